@@ -1,0 +1,12 @@
+# The two commands of the README. Everything else is `nest --help`.
+.PHONY: demo test lint
+demo:
+	@scripts/bootstrap
+	@.venv/bin/nest demo
+
+test:
+	@scripts/bootstrap
+	@.venv/bin/python -m pytest -q -p no:cacheprovider
+
+lint:
+	@.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy

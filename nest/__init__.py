@@ -1,0 +1,1 @@
+"""The `nest` command line and the local Kubernetes control plane it can bring up."""

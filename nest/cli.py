@@ -1,0 +1,52 @@
+"""The `nest` command: one parser, with each command group registered by the module that owns it.
+
+Every command returns a process exit code; errors of type `NestError` are reported as one line on
+stderr with exit code 1 rather than a traceback, because scripts and people read them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from nest import cluster_cmd, crds_cmd
+from nest.errors import NestError
+
+EPILOG = """\
+examples:
+  nest cluster up            # a real local control plane (etcd, apiserver, controllers, node)
+  nest crds generate         # write crds/*.yaml from the pydantic models
+  nest crds check            # fail when crds/*.yaml and the models differ
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nest",
+        description="Nest: high-density sandboxes on Kubernetes, with pods treated as nodes.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    cluster_cmd.register(sub)
+    crds_cmd.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        code: int = args.func(args)
+    except NestError as exc:
+        print(f"nest: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
