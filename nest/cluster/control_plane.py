@@ -1,0 +1,250 @@
+"""`nest cluster up | down | status`: a real control plane as local processes.
+
+etcd, kube-apiserver, kube-controller-manager and kube-scheduler run as detached processes under
+the state directory, plus the local node's process runner (our kubelet stand-in). `up` is
+idempotent: running components are kept, dead ones restarted; ports are chosen free once and kept
+while they stay free so kubeconfigs remain valid across restarts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import ssl
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+
+from nest.cluster.build import Builder
+from nest.cluster.paths import ClusterPaths
+from nest.cluster.pki import ensure_pki, write_kubeconfig
+from nest.cluster.procs import ProcessSpec, ProcessTable, wait_until
+from nest.errors import ClusterError
+
+NODE_NAME = "nest-local"
+SERVICE_CIDR = "10.0.0.0/24"
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "node")
+
+
+@dataclass
+class Ports:
+    etcd_client: int
+    etcd_peer: int
+    apiserver: int
+    controller_manager: int
+    scheduler: int
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+@dataclass(frozen=True)
+class Health:
+    """One component's state, as `nest cluster status` prints it."""
+
+    name: str
+    pid: int | None
+    healthy: bool
+    detail: str
+
+
+class ControlPlane:
+    """The local cluster rooted at one state directory."""
+
+    def __init__(self, paths: ClusterPaths | None = None) -> None:
+        self.paths = paths or ClusterPaths.default()
+        self.procs = ProcessTable(self.paths.run, self.paths.logs)
+
+    # -- configuration -------------------------------------------------------------------------
+
+    def _ports(self, running: bool) -> Ports:
+        """Keep recorded ports when the cluster runs or they are still free; else choose anew."""
+        try:
+            recorded = Ports(**json.loads(self.paths.config.read_text())["ports"])
+        except (OSError, KeyError, TypeError, ValueError):
+            recorded = None
+        if recorded is not None and (running or all(map(_port_free, asdict(recorded).values()))):
+            return recorded
+        return Ports(*(_free_port() for _ in range(5)))
+
+    def _server(self, ports: Ports) -> str:
+        return f"https://127.0.0.1:{ports.apiserver}"
+
+    def _specs(self, ports: Ports) -> dict[str, ProcessSpec]:
+        pki, bins, kc = self.paths.pki, self.paths.binary, self.paths.state
+        etcd_url = f"http://127.0.0.1:{ports.etcd_client}"
+        peer_url = f"http://127.0.0.1:{ports.etcd_peer}"
+        etcd = [
+            "etcd", "--name=nest", f"--data-dir={self.paths.etcd_data}",
+            f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
+            f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
+            f"--initial-cluster=nest={peer_url}", "--log-level=warn",
+        ]  # fmt: skip
+        apiserver = [
+            str(bins("kube-apiserver")), f"--etcd-servers={etcd_url}",
+            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            f"--secure-port={ports.apiserver}", "--insecure-port=0",
+            f"--tls-cert-file={pki / 'apiserver.crt'}",
+            f"--tls-private-key-file={pki / 'apiserver.key'}",
+            f"--client-ca-file={pki / 'ca.crt'}",
+            f"--token-auth-file={pki / 'tokens.csv'}", "--authorization-mode=RBAC",
+            f"--service-account-key-file={pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            "--service-account-issuer=https://kubernetes.default.svc",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            # The default reconciler keeps rejecting a loopback address for the `kubernetes`
+            # endpoint; nothing in this cluster routes through that Service anyway.
+            "--endpoint-reconciler-type=none", "--allow-privileged=true",
+            "--profiling=false", "--v=1",
+        ]  # fmt: skip
+        controller_manager = [
+            str(bins("kube-controller-manager")), f"--kubeconfig={kc / 'controller-manager.kubeconfig'}",
+            f"--authentication-kubeconfig={kc / 'controller-manager.kubeconfig'}",
+            f"--authorization-kubeconfig={kc / 'controller-manager.kubeconfig'}",
+            "--bind-address=127.0.0.1", f"--secure-port={ports.controller_manager}", "--port=0",
+            "--leader-elect=false", "--use-service-account-credentials=true",
+            f"--service-account-private-key-file={pki / 'sa.key'}",
+            f"--root-ca-file={pki / 'ca.crt'}",
+            f"--cluster-signing-cert-file={pki / 'ca.crt'}",
+            f"--cluster-signing-key-file={pki / 'ca.key'}",
+            # No cloud, no pod network: IPAM, node lifecycle (our runner keeps the node fresh)
+            # and the cloud controllers have nothing to do here.
+            "--controllers=*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service,-route",
+            "--profiling=false", "--v=1",
+        ]  # fmt: skip
+        scheduler = [
+            str(bins("kube-scheduler")), f"--kubeconfig={kc / 'scheduler.kubeconfig'}",
+            f"--authentication-kubeconfig={kc / 'scheduler.kubeconfig'}",
+            f"--authorization-kubeconfig={kc / 'scheduler.kubeconfig'}",
+            "--bind-address=127.0.0.1", f"--secure-port={ports.scheduler}", "--port=0",
+            "--leader-elect=false", "--profiling=false", "--v=1",
+        ]  # fmt: skip
+        node = [
+            sys.executable, "-m", "nest.cluster.runner",
+            f"--kubeconfig={self.paths.kubeconfig}", f"--node-name={NODE_NAME}",
+            f"--state-dir={self.paths.state / 'node'}",
+            f"--ca-file={pki / 'ca.crt'}", f"--api-server={self._server(ports)}",
+        ]  # fmt: skip
+        return {
+            "etcd": ProcessSpec("etcd", etcd),
+            "kube-apiserver": ProcessSpec("kube-apiserver", apiserver),
+            "kube-controller-manager": ProcessSpec("kube-controller-manager", controller_manager),
+            "kube-scheduler": ProcessSpec("kube-scheduler", scheduler),
+            "node": ProcessSpec("node", node, env={**os.environ, "PYTHONUNBUFFERED": "1"}),
+        }
+
+    # -- probes --------------------------------------------------------------------------------
+
+    def _get(self, url: str, token: str | None = None) -> tuple[int, str]:
+        ctx = ssl.create_default_context(cafile=str(self.paths.pki / "ca.crt"))
+        if "127.0.0.1:" in url and not url.startswith(self._server(self._ports(True))):
+            # controller-manager and scheduler serve self-signed loopback certificates.
+            ctx = ssl._create_unverified_context()
+        req = urllib.request.Request(url)
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(req, timeout=2, context=ctx) as resp:
+                return resp.status, resp.read().decode(errors="replace")
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode(errors="replace")
+        except (OSError, ssl.SSLError) as err:
+            return 0, str(err)
+
+    def _health_urls(self, ports: Ports) -> dict[str, str]:
+        return {
+            "etcd": f"http://127.0.0.1:{ports.etcd_client}/health",
+            "kube-apiserver": f"{self._server(ports)}/readyz",
+            "kube-controller-manager": f"https://127.0.0.1:{ports.controller_manager}/healthz",
+            "kube-scheduler": f"https://127.0.0.1:{ports.scheduler}/healthz",
+        }
+
+    def _healthy(self, name: str, ports: Ports) -> tuple[bool, str]:
+        if name == "node":
+            return self._node_ready()
+        token = (self.paths.pki / "admin.token").read_text().strip()
+        code, body = self._get(self._health_urls(ports)[name], token)
+        return code == 200, body.strip().splitlines()[0][:80] if body.strip() else str(code)
+
+    def _node_ready(self) -> tuple[bool, str]:
+        kubectl = self.kubectl_path()
+        import subprocess
+
+        out = subprocess.run(
+            [kubectl, f"--kubeconfig={self.paths.kubeconfig}", "get", "node", NODE_NAME, "-o",
+             "jsonpath={.status.conditions[?(@.type=='Ready')].status}"],
+            capture_output=True, text=True, timeout=10,
+        )  # fmt: skip
+        ready = out.stdout.strip() == "True"
+        return ready, f"node {NODE_NAME} Ready={out.stdout.strip() or 'unknown'}"
+
+    def kubectl_path(self) -> str:
+        built = self.paths.binary("kubectl")
+        return str(built) if built.exists() else (shutil.which("kubectl") or "kubectl")
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def up(self, timeout: float = 120.0) -> None:
+        Builder(self.paths).build()
+        if shutil.which("etcd") is None:
+            raise ClusterError("etcd not found: install Debian's etcd-server package")
+        running = self.procs.find("kube-apiserver") is not None
+        ports = self._ports(running)
+        ensure_pki(self.paths.pki)
+        server = self._server(ports)
+        write_kubeconfig(self.paths.kubeconfig, server, self.paths.pki, "admin")
+        for component in ("controller-manager", "scheduler"):
+            path = self.paths.state / f"{component}.kubeconfig"
+            write_kubeconfig(path, server, self.paths.pki, component)
+        self.paths.config.write_text(json.dumps({"ports": asdict(ports)}, indent=2))
+        specs = self._specs(ports)
+        started = time.monotonic()
+        for name in COMPONENTS:
+            proc = self.procs.start(specs[name])
+            wait_until(
+                lambda n=name: self._healthy(n, ports)[0],  # type: ignore[misc]
+                timeout,
+                f"{name} (log: {self.procs.log_path(name)})",
+                alive=proc.is_running,
+            )
+            _say(f"{name:<24} ready  (+{time.monotonic() - started:.1f}s)")
+
+    def down(self, purge: bool = False) -> None:
+        for name in reversed(COMPONENTS):
+            # The node first: its pods get SIGTERM and their grace period while the API is up.
+            self.procs.stop(name, grace=30.0 if name == "node" else 10.0)
+        if purge:
+            shutil.rmtree(self.paths.state, ignore_errors=True)
+
+    def status(self) -> list[Health]:
+        ports = self._ports(True)
+        rows = []
+        for name in COMPONENTS:
+            proc = self.procs.find(name)
+            if proc is None:
+                rows.append(Health(name, None, False, "not running"))
+                continue
+            ok, detail = self._healthy(name, ports)
+            rows.append(Health(name, proc.pid, ok, detail))
+        return rows
+
+
+def _say(message: str) -> None:
+    print(f"nest: {message}", file=sys.stderr, flush=True)

@@ -1,0 +1,1 @@
+"""The local node's process runner (placeholder until the runner lands)."""
