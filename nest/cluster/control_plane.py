@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import ssl
+import subprocess
 import sys
 import time
 import urllib.error
@@ -88,7 +89,9 @@ class ControlPlane:
         return f"https://127.0.0.1:{ports.apiserver}"
 
     def _specs(self, ports: Ports) -> dict[str, ProcessSpec]:
-        pki, bins, kc = self.paths.pki, self.paths.binary, self.paths.state
+        pki, bins = self.paths.pki, self.paths.binary
+        cm_config = self.paths.state / "controller-manager.kubeconfig"
+        sched_config = self.paths.state / "scheduler.kubeconfig"
         etcd_url = f"http://127.0.0.1:{ports.etcd_client}"
         peer_url = f"http://127.0.0.1:{ports.etcd_peer}"
         etcd = [
@@ -115,9 +118,8 @@ class ControlPlane:
             "--profiling=false", "--v=1",
         ]  # fmt: skip
         controller_manager = [
-            str(bins("kube-controller-manager")), f"--kubeconfig={kc / 'controller-manager.kubeconfig'}",
-            f"--authentication-kubeconfig={kc / 'controller-manager.kubeconfig'}",
-            f"--authorization-kubeconfig={kc / 'controller-manager.kubeconfig'}",
+            str(bins("kube-controller-manager")), f"--kubeconfig={cm_config}",
+            f"--authentication-kubeconfig={cm_config}", f"--authorization-kubeconfig={cm_config}",
             "--bind-address=127.0.0.1", f"--secure-port={ports.controller_manager}", "--port=0",
             "--leader-elect=false", "--use-service-account-credentials=true",
             f"--service-account-private-key-file={pki / 'sa.key'}",
@@ -130,9 +132,9 @@ class ControlPlane:
             "--profiling=false", "--v=1",
         ]  # fmt: skip
         scheduler = [
-            str(bins("kube-scheduler")), f"--kubeconfig={kc / 'scheduler.kubeconfig'}",
-            f"--authentication-kubeconfig={kc / 'scheduler.kubeconfig'}",
-            f"--authorization-kubeconfig={kc / 'scheduler.kubeconfig'}",
+            str(bins("kube-scheduler")), f"--kubeconfig={sched_config}",
+            f"--authentication-kubeconfig={sched_config}",
+            f"--authorization-kubeconfig={sched_config}",
             "--bind-address=127.0.0.1", f"--secure-port={ports.scheduler}", "--port=0",
             "--leader-elect=false", "--profiling=false", "--v=1",
         ]  # fmt: skip
@@ -185,8 +187,6 @@ class ControlPlane:
 
     def _node_ready(self) -> tuple[bool, str]:
         kubectl = self.kubectl_path()
-        import subprocess
-
         out = subprocess.run(
             [kubectl, f"--kubeconfig={self.paths.kubeconfig}", "get", "node", NODE_NAME, "-o",
              "jsonpath={.status.conditions[?(@.type=='Ready')].status}"],
