@@ -11,11 +11,12 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from nest import cluster_cmd, crds_cmd
+from nest import cluster_cmd, crds_cmd, demo_cmd
 from nest.errors import NestError
 
 EPILOG = """\
 examples:
+  nest demo                  # local cluster + Nest installed, shown through kubectl
   nest cluster up            # a real local control plane (etcd, apiserver, controllers, node)
   nest crds generate         # write crds/*.yaml from the pydantic models
   nest crds check            # fail when crds/*.yaml and the models differ
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     cluster_cmd.register(sub)
     crds_cmd.register(sub)
+    demo_cmd.register(sub)
     return parser
 
 
