@@ -1,0 +1,244 @@
+"""Building blocks shared by the four kinds: the wire conventions and Kubernetes' common shapes.
+
+Every Nest object is read and written by several components (operator, sidecar, gateway, CLI);
+`NestModel` pins the wire format once: camelCase names on the wire, snake_case in Python, unknown
+fields rejected so a typo in a manifest fails loudly instead of being silently pruned. The other
+types mirror apimachinery's (quantities, int-or-percent, conditions, label selectors) so the
+objects read like any other Kubernetes object and the generated schema validates them the way
+the API server validates built-in kinds.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic.alias_generators import to_camel
+
+# apimachinery's resource.Quantity grammar, as controller-gen emits it.
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+PERCENT_PATTERN = r"^[0-9]+%$"
+# A qualified name as Kubernetes validates label keys and values loosely; enough to catch typos.
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+# metav1.Condition's reason grammar: CamelCase identifiers that machines can switch on.
+REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+
+_QUANTITY_RE = re.compile(QUANTITY_PATTERN)
+_PERCENT_RE = re.compile(PERCENT_PATTERN)
+
+
+class NestModel(BaseModel):
+    """Base of every Nest API model: Kubernetes wire names, strict about unknown fields."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+        extra="forbid",
+    )
+
+    def to_k8s(self) -> dict[str, Any]:
+        """The object as the API server expects it: camelCase, JSON types, unset optionals omitted.
+
+        For a partial merge patch use `model_dump(mode="json", exclude_unset=True)` instead:
+        defaults such as an empty `conditions` list would otherwise overwrite what is stored.
+        """
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _check_quantity(value: int | str) -> int | str:
+    if isinstance(value, bool):
+        raise ValueError("a quantity is a number or a string such as '64Mi' or '100m'")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a quantity must not be negative")
+        return value
+    if not _QUANTITY_RE.match(value):
+        raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. '64Mi', '0.5', '100m')")
+    if value.startswith("-"):
+        raise ValueError("a quantity must not be negative")
+    return value
+
+
+def _check_int_or_percent(value: int | str) -> int | str:
+    if isinstance(value, bool):
+        raise ValueError("expected an integer or a percentage such as '25%'")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
+    if not _PERCENT_RE.match(value):
+        raise ValueError(f"{value!r} is neither an integer nor a percentage such as '25%'")
+    return value
+
+
+# Kubernetes' schema for int-or-string fields, exactly as controller-gen writes it; the pattern
+# applies to the string form only (OpenAPI patterns ignore integers).
+Quantity = Annotated[
+    int | str,
+    AfterValidator(_check_quantity),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "pattern": QUANTITY_PATTERN,
+            "x-kubernetes-int-or-string": True,
+        }
+    ),
+]
+
+IntOrPercent = Annotated[
+    int | str,
+    AfterValidator(_check_int_or_percent),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "pattern": PERCENT_PATTERN,
+            "x-kubernetes-int-or-string": True,
+        }
+    ),
+]
+
+
+class ConditionStatus(StrEnum):
+    """Whether a condition holds, as in metav1.Condition."""
+
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+class Condition(NestModel):
+    """One aspect of an object's state, shaped like metav1.Condition."""
+
+    type: str = Field(
+        min_length=1,
+        max_length=316,
+        description="Condition type, CamelCase (e.g. Ready, Scheduled, Available).",
+    )
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str | None = Field(
+        default=None,
+        max_length=1024,
+        pattern=REASON_PATTERN,
+        description="CamelCase, machine-readable cause of the last transition.",
+    )
+    message: str | None = Field(
+        default=None, max_length=32768, description="Human-readable details of the transition."
+    )
+    last_transition_time: datetime = Field(
+        default_factory=_now, description="When the status last changed (RFC 3339)."
+    )
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="metadata.generation the condition was computed from."
+    )
+
+
+def conditions_field(description: str) -> Any:
+    """A `conditions` list keyed by `type`, so server-side apply merges it per condition."""
+    return Field(
+        default_factory=list,
+        description=description,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+
+
+class SelectorOperator(StrEnum):
+    """Operator of a label selector requirement, as in metav1.LabelSelectorRequirement."""
+
+    IN = "In"
+    NOT_IN = "NotIn"
+    EXISTS = "Exists"
+    DOES_NOT_EXIST = "DoesNotExist"
+
+
+class LabelSelectorRequirement(NestModel):
+    """One `key operator values` clause of a label selector."""
+
+    key: str = Field(min_length=1, max_length=317, description="Label key the clause applies to.")
+    operator: SelectorOperator = Field(description="In, NotIn, Exists or DoesNotExist.")
+    values: list[str] = Field(
+        default_factory=list,
+        description="Values for In and NotIn (non-empty); must be empty for Exists/DoesNotExist.",
+    )
+
+    @model_validator(mode="after")
+    def _values_match_operator(self) -> LabelSelectorRequirement:
+        wants_values = self.operator in (SelectorOperator.IN, SelectorOperator.NOT_IN)
+        if wants_values and not self.values:
+            raise ValueError(f"operator {self.operator.value} needs at least one value")
+        if not wants_values and self.values:
+            raise ValueError(f"operator {self.operator.value} takes no values")
+        return self
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        """Whether `labels` satisfy this clause."""
+        match self.operator:
+            case SelectorOperator.IN:
+                return labels.get(self.key) in self.values
+            case SelectorOperator.NOT_IN:
+                return labels.get(self.key) not in self.values
+            case SelectorOperator.EXISTS:
+                return self.key in labels
+            case SelectorOperator.DOES_NOT_EXIST:
+                return self.key not in labels
+
+    def to_selector_string(self) -> str:
+        """The clause in kubectl's `-l` syntax."""
+        match self.operator:
+            case SelectorOperator.IN:
+                return f"{self.key} in ({','.join(self.values)})"
+            case SelectorOperator.NOT_IN:
+                return f"{self.key} notin ({','.join(self.values)})"
+            case SelectorOperator.EXISTS:
+                return self.key
+            case SelectorOperator.DOES_NOT_EXIST:
+                return f"!{self.key}"
+
+
+class LabelSelector(NestModel):
+    """Selects objects by labels, as metav1.LabelSelector; all clauses must hold."""
+
+    match_labels: dict[str, str] = Field(
+        default_factory=dict, description="Labels that must be present with exactly these values."
+    )
+    match_expressions: list[LabelSelectorRequirement] = Field(
+        default_factory=list, description="Further clauses, all of which must hold."
+    )
+
+    def is_empty(self) -> bool:
+        """An empty selector selects everything, which no workload may use."""
+        return not self.match_labels and not self.match_expressions
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        """Whether an object with `labels` is selected."""
+        return all(labels.get(k) == v for k, v in self.match_labels.items()) and all(
+            r.matches(labels) for r in self.match_expressions
+        )
+
+    def to_selector_string(self) -> str:
+        """The selector in kubectl's `-l` syntax: what `status.selector` holds for `scale`."""
+        clauses = [f"{k}={v}" for k, v in sorted(self.match_labels.items())]
+        clauses += [r.to_selector_string() for r in self.match_expressions]
+        return ",".join(clauses)
+
+
+class TemplateMetadata(NestModel):
+    """The metadata a template stamps onto the objects it creates."""
+
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="Labels of created objects; must match the selector."
+    )
+    annotations: dict[str, str] = Field(
+        default_factory=dict, description="Annotations of created objects."
+    )

@@ -1,0 +1,49 @@
+"""Names shared by every part of Nest: API group, kinds, plurals, labels, annotations, finalizers.
+
+They live in one module so that the operator, the sidecar, the gateway and the CLI agree on the
+exact strings; a typo in a label key silently breaks a server-side watch, so nobody spells these
+out by hand. `crds` imports nothing else of Nest, which makes this module safe to import anywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+GROUP: Final = "nest.sandbox.dev"
+VERSION: Final = "v1alpha1"
+# Spelled out (not an f-string) so type checkers see a Literal for the models' apiVersion.
+API_VERSION: Final = "nest.sandbox.dev/v1alpha1"
+CATEGORY: Final = "nest"
+
+SANDBOX_KIND: Final = "Sandbox"
+SANDBOX_PLURAL: Final = "sandboxes"
+SANDBOX_SINGULAR: Final = "sandbox"
+SANDBOX_SHORT: Final = "sbx"
+
+REPLICASET_KIND: Final = "SandboxReplicaSet"
+REPLICASET_PLURAL: Final = "sandboxreplicasets"
+REPLICASET_SINGULAR: Final = "sandboxreplicaset"
+REPLICASET_SHORT: Final = "sbxrs"
+
+DEPLOYMENT_KIND: Final = "SandboxDeployment"
+DEPLOYMENT_PLURAL: Final = "sandboxdeployments"
+DEPLOYMENT_SINGULAR: Final = "sandboxdeployment"
+DEPLOYMENT_SHORT: Final = "sbxd"
+
+ENDPOINTS_KIND: Final = "SandboxEndpoints"
+ENDPOINTS_PLURAL: Final = "sandboxendpoints"
+ENDPOINTS_SINGULAR: Final = "sandboxendpoints"
+ENDPOINTS_SHORT: Final = "sbxep"
+
+# Pool pods carry this label (value: the pool name); bound Sandboxes carry it too, so a pool's
+# sandboxes can be listed without reading every spec.
+POOL_LABEL: Final = f"{GROUP}/pool"
+# Set on a Sandbox at binding. Pod UIDs are unique forever while pod names are reused, so each
+# sidecar watches `pod-uid=<own uid>` and never sees a sandbox bound to a previous pod of its name.
+POD_UID_LABEL: Final = f"{GROUP}/pod-uid"
+# Hash of a SandboxDeployment's template; names and selects the SandboxReplicaSet per revision.
+TEMPLATE_HASH_LABEL: Final = f"{GROUP}/template-hash"
+# Revision number of a SandboxReplicaSet (and its Deployment), as Deployments do.
+REVISION_ANNOTATION: Final = f"{GROUP}/revision"
+# The sidecar holds this finalizer on bound Sandboxes so they disappear only once really stopped.
+SIDECAR_FINALIZER: Final = f"{GROUP}/sidecar"

@@ -1,0 +1,293 @@
+"""The `Sandbox` kind: one running function instance, Nest's equivalent of a Pod.
+
+The operator's scheduler binds a Sandbox to a pool pod (spec.podName/podNamespace, like
+pod.spec.nodeName), and that pod's sidecar runs it and alone writes its status. The phase enum and
+its transition table live here, next to the type, because the sidecar's state machine, the
+operator and the tests must agree on which moves are legal.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from crds.common import (
+    LABEL_VALUE_PATTERN,
+    REASON_PATTERN,
+    Condition,
+    NestModel,
+    Quantity,
+    conditions_field,
+)
+from crds.constants import API_VERSION, SANDBOX_KIND
+
+HANDLER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+CODE_SOURCES = ("inline", "configMap", "url", "path")
+_ENV_NAME_RE = re.compile(ENV_NAME_PATTERN)
+
+
+class Isolation(StrEnum):
+    """How a sandbox is isolated inside its pool pod."""
+
+    SUBPROCESS = "subprocess"
+    NAMESPACE = "namespace"
+
+
+class RestartPolicy(StrEnum):
+    """When the sidecar restarts a sandbox that stopped, as a Pod's restartPolicy."""
+
+    ALWAYS = "Always"
+    ON_FAILURE = "OnFailure"
+    NEVER = "Never"
+
+
+class Resources(NestModel):
+    """What one sandbox may use of its pool pod; the scheduler packs pods by these amounts."""
+
+    memory: Quantity = Field(default="64Mi", description="Memory limit, a quantity (e.g. 64Mi).")
+    cpu: Quantity = Field(default="100m", description="CPU share, a quantity (e.g. 100m).")
+
+
+class ConfigMapSource(NestModel):
+    """Code stored in a ConfigMap of the Sandbox's own namespace.
+
+    There is deliberately no namespace field: the sidecar reads with its own credentials, and a
+    cross-namespace reference would let any user ship any namespace's ConfigMap as code.
+    """
+
+    name: str = Field(min_length=1, max_length=253, description="Name of the ConfigMap.")
+    key: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Only this key, as a single file; every key becomes a file when unset.",
+    )
+
+
+class CodeSource(NestModel):
+    """Where the function's code comes from; exactly one of inline, configMap, url, path."""
+
+    model_config = NestModel.model_config | {
+        # Structural schemas allow oneOf of `required` lists: the API server rejects zero or
+        # two sources with "must validate one and only one schema (oneOf)" on this path.
+        "json_schema_extra": {
+            "oneOf": [
+                {"required": ["inline"]},
+                {"required": ["configMap"]},
+                {"required": ["url", "sha256"]},
+                {"required": ["path"]},
+            ]
+        }
+    }
+
+    inline: dict[str, str] | None = Field(
+        default=None,
+        min_length=1,
+        description="Files by relative path (e.g. handler.py) with their content; small code.",
+    )
+    config_map: ConfigMapSource | None = Field(
+        default=None, description="A ConfigMap whose keys are files."
+    )
+    url: str | None = Field(
+        default=None,
+        pattern=r"^https?://",
+        max_length=2048,
+        description="HTTP(S) address of a .zip/.tar.gz or a single .py file; needs sha256.",
+    )
+    sha256: str | None = Field(
+        default=None,
+        pattern=SHA256_PATTERN,
+        description="Lower-case hex SHA-256 of the file at url; the code is rejected on mismatch.",
+    )
+    path: str | None = Field(
+        default=None,
+        pattern=r"^/",
+        description="Absolute path of code already present in the pool image.",
+    )
+
+    @field_validator("inline")
+    @classmethod
+    def _relative_file_names(cls, files: dict[str, str] | None) -> dict[str, str] | None:
+        for name in files or {}:
+            parts = name.split("/")
+            if not name or name.startswith("/") or ".." in parts or "" in parts:
+                raise ValueError(f"inline file name {name!r} must be a relative path without '..'")
+        return files
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> CodeSource:
+        given = [
+            wire
+            for wire, value in zip(
+                CODE_SOURCES, (self.inline, self.config_map, self.url, self.path), strict=True
+            )
+            if value is not None
+        ]
+        if len(given) != 1:
+            found = ", ".join(given) if given else "none"
+            raise ValueError(
+                f"exactly one code source of {', '.join(CODE_SOURCES)} is required (got {found})"
+            )
+        if (self.url is None) != (self.sha256 is None):
+            raise ValueError("url and sha256 go together: code fetched by url must be pinned")
+        return self
+
+
+class Function(NestModel):
+    """The function a sandbox runs and how."""
+
+    handler: str = Field(
+        pattern=HANDLER_PATTERN,
+        description="Entry point as module:function, e.g. main:handler or pkg.app:handle.",
+    )
+    source: CodeSource = Field(description="Where the code comes from; exactly one source.")
+    isolation: Isolation = Field(
+        default=Isolation.SUBPROCESS,
+        description="subprocess (own process, strong isolation) or namespace (shared "
+        "interpreter, highest density, trusted code only).",
+    )
+    resources: Resources = Field(
+        default_factory=Resources, description="Memory and CPU of one sandbox."
+    )
+    timeout_seconds: int = Field(
+        default=30, ge=1, le=900, description="Longest a single invocation may run."
+    )
+    concurrency: int = Field(
+        default=1,
+        ge=1,
+        le=1000,
+        description="Most invocations in flight in one sandbox; more wait or go elsewhere.",
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Environment variables of the function, name to value.",
+    )
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
+        bad = [name for name in env if not _ENV_NAME_RE.match(name)]
+        if bad:
+            raise ValueError(f"invalid environment variable names: {', '.join(sorted(bad))}")
+        return env
+
+
+class SandboxSpec(NestModel):
+    """Desired state of a Sandbox: what to run, where it may run, and where it is bound."""
+
+    function: Function = Field(description="The function to run.")
+    pool: str = Field(
+        default="default",
+        min_length=1,
+        max_length=63,
+        pattern=LABEL_VALUE_PATTERN,
+        description="Pool whose pods (label nest.sandbox.dev/pool) may run this sandbox.",
+    )
+    restart_policy: RestartPolicy = Field(
+        default=RestartPolicy.ALWAYS,
+        description="When the sidecar restarts a stopped sandbox: Always, OnFailure or Never.",
+    )
+    pod_name: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        description="Pool pod the sandbox is bound to; set once by the scheduler.",
+    )
+    pod_namespace: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=63,
+        description="Namespace of the pool pod; set together with podName.",
+    )
+
+
+class SandboxPhase(StrEnum):
+    """Where a sandbox is in its life; see `can_transition` for the legal moves."""
+
+    PENDING = "Pending"
+    SCHEDULED = "Scheduled"
+    STARTING = "Starting"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    TERMINATING = "Terminating"
+
+
+_P = SandboxPhase
+# Every edge, and why it exists:
+_TRANSITIONS: dict[SandboxPhase, frozenset[SandboxPhase]] = {
+    # The scheduler binds it; deletion before binding still goes through Terminating.
+    _P.PENDING: frozenset({_P.SCHEDULED, _P.TERMINATING}),
+    # The sidecar picks it up; the pod may vanish first (Evicted) before anything started.
+    _P.SCHEDULED: frozenset({_P.STARTING, _P.FAILED, _P.TERMINATING}),
+    # Code fetched and imported; or fetch/import fails (ImportError, checksum, Timeout).
+    _P.STARTING: frozenset({_P.RUNNING, _P.FAILED, _P.TERMINATING}),
+    # Stops cleanly (Succeeded) or crashes, is OOMKilled or evicted (Failed).
+    _P.RUNNING: frozenset({_P.SUCCEEDED, _P.FAILED, _P.TERMINATING}),
+    # restartPolicy Always restarts even a clean stop in the same pod.
+    _P.SUCCEEDED: frozenset({_P.STARTING, _P.TERMINATING}),
+    # Always/OnFailure restart in the same pod (restartCount + 1, with back-off).
+    _P.FAILED: frozenset({_P.STARTING, _P.TERMINATING}),
+    # Final: the object disappears once the sidecar releases its finalizer.
+    _P.TERMINATING: frozenset(),
+}
+
+
+def can_transition(current: SandboxPhase, new: SandboxPhase) -> bool:
+    """Whether the phase may move from `current` to `new`; staying put is not a transition."""
+    return new in _TRANSITIONS[current]
+
+
+class SandboxConditionType(StrEnum):
+    """Condition types of a Sandbox."""
+
+    SCHEDULED = "Scheduled"
+    CODE_READY = "CodeReady"
+    READY = "Ready"
+
+
+class SandboxStatus(NestModel):
+    """Observed state of a Sandbox, written only by the sidecar of the pod it is bound to."""
+
+    phase: SandboxPhase = Field(
+        default=SandboxPhase.PENDING,
+        description="Pending, Scheduled, Starting, Running, Succeeded, Failed or Terminating.",
+    )
+    conditions: list[Condition] = conditions_field("Scheduled, CodeReady and Ready.")
+    pod_ip: str | None = Field(
+        default=None, alias="podIP", description="IP of the pool pod serving this sandbox."
+    )
+    port: int | None = Field(
+        default=None, ge=1, le=65535, description="Port of the sandbox on podIP."
+    )
+    restart_count: int = Field(default=0, ge=0, description="Times the sidecar restarted it.")
+    reason: str | None = Field(
+        default=None,
+        pattern=REASON_PATTERN,
+        description="Why it is not running: ImportError, OOMKilled, Timeout, CrashLoopBackOff, "
+        "Evicted, Unschedulable, ...",
+    )
+    message: str | None = Field(default=None, description="Human-readable details of reason.")
+    start_time: datetime | None = Field(
+        default=None, description="When the sidecar last started it (RFC 3339)."
+    )
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="metadata.generation the status was computed from."
+    )
+
+
+class Sandbox(NestModel):
+    """One function instance, hot-plugged into a pool pod."""
+
+    api_version: Literal["nest.sandbox.dev/v1alpha1"] = Field(
+        default=API_VERSION, description="nest.sandbox.dev/v1alpha1."
+    )
+    kind: Literal["Sandbox"] = Field(default=SANDBOX_KIND, description="Sandbox.")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Standard metadata.")
+    spec: SandboxSpec = Field(description="Desired state.")
+    status: SandboxStatus = Field(default_factory=SandboxStatus, description="Observed state.")
