@@ -1,0 +1,3 @@
+"""A different `utils` than `hello/utils.py`: both must load side by side."""
+
+VALUE = "other"

@@ -1,0 +1,214 @@
+"""The backend interface every isolation mode implements, and the state machine they share.
+
+Why: the runtime daemon (and the conformance suite) must treat `subprocess` and `namespace`
+sandboxes identically — create, invoke, stop, status, usage — so that a function can move between
+isolation modes by changing one field. Status is reported as immutable snapshots so that a reader
+(the runtime's control API, the event stream) can never observe a half-updated sandbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from types import TracebackType
+from typing import Any, Protocol
+
+from isolation.contract import Request, Response
+from isolation.errors import IllegalTransition, Overloaded
+
+
+class SandboxState(StrEnum):
+    CREATING = "Creating"
+    RUNNING = "Running"
+    RESTARTING = "Restarting"
+    STOPPING = "Stopping"
+    STOPPED = "Stopped"
+    FAILED = "Failed"
+
+
+TRANSITIONS: Mapping[SandboxState, frozenset[SandboxState]] = {
+    SandboxState.CREATING: frozenset(
+        {SandboxState.RUNNING, SandboxState.FAILED, SandboxState.STOPPING}
+    ),
+    SandboxState.RUNNING: frozenset(
+        {SandboxState.RESTARTING, SandboxState.STOPPING, SandboxState.FAILED}
+    ),
+    SandboxState.RESTARTING: frozenset(
+        {SandboxState.RUNNING, SandboxState.FAILED, SandboxState.STOPPING}
+    ),
+    SandboxState.STOPPING: frozenset({SandboxState.STOPPED}),
+    SandboxState.STOPPED: frozenset(),
+    SandboxState.FAILED: frozenset(),
+}
+
+TERMINAL = frozenset({SandboxState.STOPPED, SandboxState.FAILED})
+
+
+class Reason(StrEnum):
+    """CamelCase failure reasons; the sidecar copies them into Kubernetes status verbatim."""
+
+    SYNTAX_ERROR = "SyntaxError"
+    IMPORT_ERROR = "ImportError"
+    HANDLER_NOT_FOUND = "HandlerNotFound"
+    OOM_KILLED = "OOMKilled"
+    TIMEOUT = "Timeout"
+    CRASHED = "Crashed"
+    ERROR = "Error"
+    COMPLETED = "Completed"
+
+
+def check_transition(src: SandboxState, dst: SandboxState) -> None:
+    if dst not in TRANSITIONS[src]:
+        raise IllegalTransition(f"{src} -> {dst} is not allowed")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    concurrency: int = 1  # invocations in flight at once
+    queue: int = 64  # invocations allowed to wait for a slot; beyond that: Overloaded
+    timeout_s: float = 30.0
+    memory_mb: int | None = None  # enforced by the subprocess backend only
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxSpec:
+    id: str
+    code_dir: str
+    handler: str  # "module:function" (or Lambda's "module.function")
+    function_name: str = ""
+    function_version: str = "$LATEST"
+    env: Mapping[str, str] = field(default_factory=dict)
+    limits: Limits = field(default_factory=Limits)
+    layers: tuple[str, ...] = ()  # runtime-level hooks, "module:attribute"
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxStatus:
+    id: str
+    isolation: str
+    state: SandboxState
+    reason: str = ""
+    message: str = ""
+    pid: int | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    restart_count: int = 0
+    created_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    in_flight: int = 0
+    queued: int = 0
+    invocations: int = 0
+    errors: int = 0
+    timeouts: int = 0
+    memory_bytes: int | None = None  # USS; None where it cannot be attributed (namespace)
+    cpu_seconds: float | None = None
+
+
+StatusListener = Callable[[SandboxStatus], None]
+
+
+class StatusCell:
+    """Holds a sandbox's current snapshot; every change goes through the transition table."""
+
+    def __init__(self, spec: SandboxSpec, isolation: str, listener: StatusListener) -> None:
+        self._listener = listener
+        self.current = SandboxStatus(
+            id=spec.id, isolation=isolation, state=SandboxState.CREATING, created_at=time.time()
+        )
+        listener(self.current)
+
+    def move(self, state: SandboxState, **changes: Any) -> SandboxStatus:
+        check_transition(self.current.state, state)
+        now = time.time()
+        if state is SandboxState.RUNNING:
+            changes.setdefault("started_at", now)
+        elif state in TERMINAL:
+            changes.setdefault("finished_at", now)
+        self.current = replace(self.current, state=state, **changes)
+        self._listener(self.current)
+        return self.current
+
+
+class Admission:
+    """Per-sandbox concurrency gate with a bounded FIFO wait queue."""
+
+    def __init__(self, concurrency: int, queue: int) -> None:
+        self._free = max(1, concurrency)
+        self._max_waiting = max(0, queue)
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self.in_flight = 0
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)
+
+    async def __aenter__(self) -> None:
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+        elif len(self._waiters) >= self._max_waiting:
+            raise Overloaded(f"{self.in_flight} in flight and {self.queued} queued")
+        else:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(fut)
+            try:
+                await fut
+            except asyncio.CancelledError:
+                if fut.done() and not fut.cancelled():
+                    self._release_slot()  # the slot was handed to us just as we were cancelled
+                else:
+                    self._waiters.remove(fut)
+                raise
+        self.in_flight += 1
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.in_flight -= 1
+        self._release_slot()
+
+    def _release_slot(self) -> None:
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)  # hand the slot over directly: FIFO, no barging
+                return
+        self._free += 1
+
+
+class Backend(Protocol):
+    """What the runtime daemon needs from an isolation mode."""
+
+    name: str
+
+    async def create(self, spec: SandboxSpec) -> SandboxStatus:
+        """Load the function; returns Running, or raises LoadError after recording Failed."""
+        ...
+
+    async def invoke(self, sandbox_id: str, request: Request) -> Response: ...
+
+    async def stop(self, sandbox_id: str, grace_s: float = 5.0) -> SandboxStatus:
+        """Idempotent: stopping a stopped or failed sandbox returns its status unchanged."""
+        ...
+
+    async def remove(self, sandbox_id: str) -> None:
+        """Stop (without grace) if needed, then forget the sandbox."""
+        ...
+
+    def status(self, sandbox_id: str) -> SandboxStatus: ...
+
+    def usage(self, sandbox_id: str) -> Usage: ...
+
+    def list(self) -> list[SandboxStatus]: ...
+
+    async def close(self) -> None:
+        """Stop every sandbox and release the backend's own resources."""
+        ...

@@ -1,0 +1,189 @@
+"""The function contract: what a handler receives and what it may return.
+
+Why it lives in `isolation` and not in `sandbox`: the backends are the code that builds a
+context, calls the handler and turns its return value into a response, and `isolation` must not
+import anything of ours (it is the bottom layer, like runc under a CRI runtime). So the contract
+objects live here, with no dependencies beyond the standard library, and `sandbox` — the package
+users write against — re-exports them (`from sandbox import Response, before_invoke`). There is
+exactly one `Response` class in the process, whichever name it is imported under.
+
+Function-level hooks are plain decorators that only *mark* a function (an attribute); the loader
+collects marked functions from the handler's module. There is no global registry, which matters
+in namespace mode where hundreds of sandboxes share one interpreter.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+HOOK_ATTR = "__nest_hook__"
+JSON_TYPE = "application/json"
+
+
+class HookKind(StrEnum):
+    """Lifecycle points a hook can attach to (see docs/isolation.md for the order)."""
+
+    RUNTIME_START = "runtime_start"
+    FUNCTION_START = "function_start"
+    BEFORE_INVOKE = "before_invoke"
+    AFTER_INVOKE = "after_invoke"
+    CLOSE = "close"
+
+
+def _mark(kind: HookKind) -> Callable[[F], F]:
+    def decorate(fn: F) -> F:
+        setattr(fn, HOOK_ATTR, kind)
+        return fn
+
+    return decorate
+
+
+on_function_start = _mark(HookKind.FUNCTION_START)
+"""`fn(info: FunctionInfo)` — after the module loaded, before the sandbox reports ready."""
+before_invoke = _mark(HookKind.BEFORE_INVOKE)
+"""`fn(event, context)` — before the handler; returning a `Response` short-circuits it."""
+after_invoke = _mark(HookKind.AFTER_INVOKE)
+"""`fn(event, context, response)` — after the handler; returning a `Response` replaces it."""
+on_close = _mark(HookKind.CLOSE)
+"""`fn(info: FunctionInfo)` — when the sandbox stops gracefully."""
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """The HTTP request that triggered an invocation, as the handler sees it."""
+
+    method: str = "POST"
+    path: str = "/"
+    query: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """An explicit HTTP response. `body` may be bytes, str or any JSON-able value."""
+
+    status: int = 200
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: Any = b""
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionInfo:
+    """Identity and limits of one sandbox, shared by every invocation of it."""
+
+    sandbox_id: str
+    function_name: str
+    function_version: str = "$LATEST"
+    memory_limit_in_mb: int = 128
+    timeout_s: float = 30.0
+
+
+class Context:
+    """Per-invocation context, answering both to Nest names and to AWS Lambda's names."""
+
+    __slots__ = ("deadline", "function", "logger", "request", "request_id")
+
+    def __init__(
+        self,
+        *,
+        request: Request,
+        request_id: str,
+        deadline: float,
+        function: FunctionInfo,
+        logger: logging.LoggerAdapter[logging.Logger],
+    ) -> None:
+        self.request = request
+        self.request_id = request_id
+        self.deadline = deadline  # time.monotonic() seconds: CLOCK_MONOTONIC is system-wide
+        self.function = function
+        self.logger = logger
+
+    @property
+    def sandbox_id(self) -> str:
+        return self.function.sandbox_id
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self.deadline - time.monotonic()) * 1000))
+
+    # AWS Lambda's attribute names, so existing Lambda handlers run unchanged.
+    @property
+    def aws_request_id(self) -> str:
+        return self.request_id
+
+    @property
+    def function_name(self) -> str:
+        return self.function.function_name
+
+    @property
+    def function_version(self) -> str:
+        return self.function.function_version
+
+    @property
+    def memory_limit_in_mb(self) -> int:
+        return self.function.memory_limit_in_mb
+
+    @property
+    def invoked_function_arn(self) -> str:
+        return f"arn:nest:function:local:{self.function.function_name}"
+
+    @property
+    def log_group_name(self) -> str:
+        return f"/nest/functions/{self.function.function_name}"
+
+    @property
+    def log_stream_name(self) -> str:
+        return self.function.sandbox_id
+
+
+def decode_event(body: bytes) -> Any:
+    """The handler's `event`: decoded JSON, `None` for an empty body, else the raw bytes."""
+    if not body:
+        return None
+    try:
+        return json.loads(body)
+    except ValueError:
+        return body
+
+
+def _encode_body(body: Any, headers: dict[str, str]) -> bytes:
+    if isinstance(body, bytes | bytearray | memoryview):
+        headers.setdefault("Content-Type", "application/octet-stream")
+        return bytes(body)
+    if isinstance(body, str):
+        headers.setdefault("Content-Type", "text/plain; charset=utf-8")
+        return body.encode()
+    headers.setdefault("Content-Type", JSON_TYPE)
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def to_response(value: Any) -> Response:
+    """Normalise whatever a handler returned into a `Response` whose body is bytes.
+
+    Raises TypeError/ValueError when the value is not JSON-able; callers turn that into a 500.
+    """
+    if isinstance(value, Response):
+        headers = dict(value.headers)
+        return Response(value.status, headers, _encode_body(value.body, headers))
+    headers = {}
+    return Response(200, headers, _encode_body(value, headers))
+
+
+def error_response(exc: BaseException, status: int = 500) -> Response:
+    """The response for a failed invocation: type and message, never the traceback."""
+    body = json.dumps({"error": type(exc).__name__, "message": str(exc)}).encode()
+    return Response(status, {"Content-Type": JSON_TYPE}, body)
+
+
+def failure_response(status: int, error: str, message: str) -> Response:
+    """A response produced by the platform itself (overload, timeout, crash)."""
+    body = json.dumps({"error": error, "message": message}).encode()
+    return Response(status, {"Content-Type": JSON_TYPE}, body)

@@ -1,0 +1,195 @@
+"""Hosting one loaded function: hooks, invocation, and load-error classification.
+
+Why: both backends run the same code around a handler — the namespace backend in the runtime
+process, the subprocess backend in the forked child — so the hook order, the event decoding and
+the error-to-500 rule are written once, here, and cannot drift between isolation modes.
+
+Hook order (documented in docs/isolation.md and tested by the conformance suite):
+  create:  layer.function_start (layer order) -> module @on_function_start (definition order)
+  invoke:  layer.before_invoke (layer order) -> module @before_invoke -> handler
+           -> module @after_invoke -> layer.after_invoke (reverse layer order)
+  stop:    module @on_close -> layer.close (reverse layer order)
+Layers wrap functions like onion skins: the first layer sees the request first and the response
+last. A before-hook returning a `Response` skips the handler (and later before-hooks); every
+after-hook still runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+from isolation.contract import (
+    HOOK_ATTR,
+    Context,
+    FunctionInfo,
+    HookKind,
+    Request,
+    Response,
+    decode_event,
+    error_response,
+    to_response,
+)
+from isolation.errors import LoadError
+
+RunSync = Callable[[Callable[[], Any]], Awaitable[Any]]
+Hook = Callable[..., Any]
+
+function_log = logging.getLogger("nest.function")
+
+
+def parse_handler(handler: str) -> tuple[str, str]:
+    """`module:function`, or Lambda's `module.function`."""
+    module, sep, attr = handler.partition(":")
+    if not sep:
+        module, _, attr = handler.rpartition(".")
+    if not module or not attr:
+        raise LoadError("HandlerNotFound", f"handler {handler!r} is not 'module:function'")
+    return module, attr
+
+
+def classify_load_error(exc: BaseException, handler: str) -> LoadError:
+    if isinstance(exc, LoadError):
+        return exc
+    if isinstance(exc, SyntaxError):
+        where = f"{exc.filename}:{exc.lineno}" if exc.filename else "unknown location"
+        return LoadError("SyntaxError", f"{exc.msg} ({where})")
+    if isinstance(exc, ImportError):
+        return LoadError("ImportError", f"{type(exc).__name__}: {exc}")
+    return LoadError("Error", f"loading {handler!r} raised {type(exc).__name__}: {exc}")
+
+
+def load_layers(specs: Iterable[str]) -> list[Any]:
+    """Import runtime-level hook objects ("module:attribute"; classes are instantiated)."""
+    layers = []
+    for spec in specs:
+        module, attr = parse_handler(spec)
+        obj = getattr(importlib.import_module(module), attr)
+        layers.append(obj() if isinstance(obj, type) else obj)
+    return layers
+
+
+def _layer_hooks(layers: list[Any], kind: HookKind) -> list[Hook]:
+    return [h for h in (getattr(layer, kind.value, None) for layer in layers) if callable(h)]
+
+
+@dataclass(frozen=True, slots=True)
+class Hooks:
+    function_start: tuple[Hook, ...] = ()
+    before_invoke: tuple[Hook, ...] = ()
+    after_invoke: tuple[Hook, ...] = ()
+    close: tuple[Hook, ...] = ()
+
+    @classmethod
+    def collect(cls, module: ModuleType, layers: list[Any]) -> Hooks:
+        own: dict[HookKind, list[Hook]] = {kind: [] for kind in HookKind}
+        for value in vars(module).values():
+            kind = getattr(value, HOOK_ATTR, None)
+            if kind is not None and callable(value):
+                own[HookKind(kind)].append(value)
+
+        def outer(kind: HookKind) -> list[Hook]:
+            return _layer_hooks(layers, kind)
+
+        return cls(
+            function_start=(*outer(HookKind.FUNCTION_START), *own[HookKind.FUNCTION_START]),
+            before_invoke=(*outer(HookKind.BEFORE_INVOKE), *own[HookKind.BEFORE_INVOKE]),
+            after_invoke=(*own[HookKind.AFTER_INVOKE], *reversed(outer(HookKind.AFTER_INVOKE))),
+            close=(*own[HookKind.CLOSE], *reversed(outer(HookKind.CLOSE))),
+        )
+
+
+async def call(fn: Hook, *args: Any) -> Any:
+    result = fn(*args)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+async def run_runtime_start(layers: list[Any]) -> None:
+    for hook in _layer_hooks(layers, HookKind.RUNTIME_START):
+        await call(hook)
+
+
+class FunctionHost:
+    """One function, loaded and ready: runs its hooks and handler for each invocation."""
+
+    def __init__(
+        self,
+        info: FunctionInfo,
+        module: ModuleType,
+        attr: str,
+        layers: list[Any],
+        run_sync: RunSync,
+    ) -> None:
+        handler = getattr(module, attr, None)
+        if not callable(handler):
+            raise LoadError(
+                "HandlerNotFound", f"module {module.__name__!r} has no callable {attr!r}"
+            )
+        self.info = info
+        self._handler: Hook = handler
+        self._is_async = inspect.iscoroutinefunction(handler)
+        self._hooks = Hooks.collect(module, layers)
+        self._run_sync = run_sync
+        self.logger = logging.LoggerAdapter(function_log, {"sandbox": info.sandbox_id})
+
+    async def start(self) -> None:
+        for hook in self._hooks.function_start:
+            try:
+                await call(hook, self.info)
+            except Exception as exc:
+                raise LoadError(
+                    "Error", f"function start hook {hook.__qualname__} raised {exc!r}"
+                ) from exc
+
+    async def invoke(self, request: Request, request_id: str, deadline: float) -> Response:
+        """Never raises for faults of the function's code: those become a 500 response."""
+        ctx = Context(
+            request=request,
+            request_id=request_id,
+            deadline=deadline,
+            function=self.info,
+            logger=self.logger,
+        )
+        event = decode_event(request.body)
+        try:
+            response = await self._before_and_handler(event, ctx)
+        except (Exception, SystemExit) as exc:  # sys.exit() in a handler must not end the host
+            self.logger.exception("invocation %s failed", request_id)
+            response = error_response(exc)
+        for hook in self._hooks.after_invoke:
+            try:
+                replaced = await call(hook, event, ctx, response)
+                if isinstance(replaced, Response):
+                    response = to_response(replaced)
+            except Exception as exc:
+                self.logger.exception("after-invoke hook failed in %s", request_id)
+                response = error_response(exc)
+        return response
+
+    async def _before_and_handler(self, event: Any, ctx: Context) -> Response:
+        for hook in self._hooks.before_invoke:
+            early = await call(hook, event, ctx)
+            if isinstance(early, Response):
+                return to_response(early)
+        if self._is_async:
+            result = await self._handler(event, ctx)
+        else:
+            handler = self._handler
+            result = await self._run_sync(lambda: handler(event, ctx))
+            if inspect.isawaitable(result):
+                result = await result
+        return to_response(result)
+
+    async def close(self) -> None:
+        for hook in self._hooks.close:
+            try:
+                await call(hook, self.info)
+            except Exception:
+                self.logger.exception("close hook %s failed", hook.__qualname__)
