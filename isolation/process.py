@@ -1,0 +1,368 @@
+"""The subprocess backend: one forked process per sandbox, supervised by the runtime.
+
+Why: it is the strong end of the trade-off — the function gets its own address space, env and
+working directory, and can be killed. Memory limits are watched with psutil (kill -> OOMKilled),
+an invocation overrunning its timeout kills the process (Timeout) and the sandbox is restarted
+from the zygote, and any other death is reported with its exit code or signal (Crashed).
+
+Only a crash or an OOM kill ends a sandbox in Failed; restarting those with back-off is the
+sidecar's job, as it is the kubelet's. A timeout is an invocation fault, so the backend restarts
+the process itself and counts it in `restart_count`; the status keeps Timeout as the reason of
+the last restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import signal
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import psutil
+
+from isolation.base import (
+    TERMINAL,
+    Admission,
+    Reason,
+    SandboxSpec,
+    SandboxState,
+    SandboxStatus,
+    StatusCell,
+    StatusListener,
+    Usage,
+)
+from isolation.contract import Request, Response
+from isolation.errors import (
+    InvokeTimeout,
+    LoadError,
+    NotRunning,
+    SandboxCrashed,
+    SandboxExists,
+    SandboxNotFound,
+)
+from isolation.ipc import encode_frame, read_frame
+from isolation.namespace import function_info
+from isolation.zygote import Zygote
+
+
+def _ignore(status: SandboxStatus) -> None:
+    pass
+
+
+def describe_exit(wait_status: int) -> tuple[int | None, int | None, str]:
+    """(exit code, signal, human message) from an os.waitpid status."""
+    if os.WIFSIGNALED(wait_status):
+        sig = os.WTERMSIG(wait_status)
+        return None, sig, f"killed by signal {signal.Signals(sig).name}"
+    code = os.waitstatus_to_exitcode(wait_status)
+    return code, None, f"exited with code {code}"
+
+
+class _Proc:
+    """The mutable runtime-side record of one sandbox process (one generation at a time)."""
+
+    def __init__(self, spec: SandboxSpec, cell: StatusCell) -> None:
+        self.spec = spec
+        self.cell = cell
+        self.admission = Admission(spec.limits.concurrency, spec.limits.queue)
+        self.pid: int | None = None
+        self.ps: psutil.Process | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.reader: asyncio.Task[None] | None = None
+        self.pending: dict[int, asyncio.Future[Response]] = {}
+        self.ids = itertools.count(1)
+        self.kill_reason: str | None = None  # why *we* ended the process, if we did
+        self.kill_message = ""
+        self.settled = asyncio.Event()  # set when no create/restart is in progress
+        self.done = asyncio.Event()  # set once terminal
+        self.invocations = 0
+        self.errors = 0
+        self.timeouts = 0
+
+    def kill(self, reason: str, message: str) -> None:
+        if self.kill_reason is None:
+            self.kill_reason, self.kill_message = reason, message
+        if self.ps is not None:
+            with contextlib.suppress(psutil.Error):
+                self.ps.kill()  # psutil refuses if the pid was reused meanwhile
+
+
+class SubprocessBackend:
+    name = "subprocess"
+
+    def __init__(
+        self,
+        on_change: StatusListener = _ignore,
+        preload: Sequence[str] = (),
+        memory_poll_s: float = 0.2,
+    ) -> None:
+        self._on_change = on_change
+        self._zygote = Zygote(["sandbox", *preload])
+        self._procs: dict[str, _Proc] = {}
+        self._memory_poll_s = memory_poll_s
+        self._watcher: asyncio.Task[None] | None = None
+
+    @property
+    def zygote_pid(self) -> int | None:
+        return self._zygote.pid
+
+    async def start(self) -> None:
+        await self._zygote.start()
+        self._watcher = asyncio.create_task(self._watch_memory())
+
+    def _get(self, sandbox_id: str) -> _Proc:
+        try:
+            return self._procs[sandbox_id]
+        except KeyError:
+            raise SandboxNotFound(sandbox_id) from None
+
+    async def create(self, spec: SandboxSpec) -> SandboxStatus:
+        if spec.id in self._procs:
+            raise SandboxExists(spec.id)
+        proc = _Proc(spec, StatusCell(spec, self.name, self._on_change))
+        self._procs[spec.id] = proc
+        try:
+            await self._spawn(proc)
+        except LoadError as err:
+            proc.cell.move(SandboxState.FAILED, reason=err.reason, message=err.message)
+            proc.done.set()
+            raise
+        finally:
+            proc.settled.set()
+        return proc.cell.move(SandboxState.RUNNING, pid=proc.pid)
+
+    def _child_spec(self, spec: SandboxSpec) -> dict[str, Any]:
+        info = function_info(spec)
+        return {
+            "id": spec.id,
+            "code_dir": os.path.abspath(spec.code_dir),
+            "handler": spec.handler,
+            "function_name": info.function_name,
+            "function_version": info.function_version,
+            "memory_limit_in_mb": info.memory_limit_in_mb,
+            "timeout_s": info.timeout_s,
+            "concurrency": spec.limits.concurrency,
+            "env": dict(spec.env),
+            "layers": list(spec.layers),
+        }
+
+    async def _spawn(self, proc: _Proc) -> None:
+        """Fork and load one generation of the sandbox; raises LoadError if it never got ready."""
+        proc.kill_reason, proc.kill_message = None, ""
+        pid, sock = await self._zygote.fork(self._child_spec(proc.spec))
+        proc.pid = pid
+        exited = self._zygote.exit_future(pid)
+        try:
+            proc.ps = psutil.Process(pid)
+        except psutil.Error:
+            proc.ps = None  # already gone: the handshake below reports how
+        reader, writer = await asyncio.open_unix_connection(sock=sock)
+        timeout = proc.spec.limits.timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                header, _ = await read_frame(reader)
+        except TimeoutError:
+            proc.kill(Reason.TIMEOUT, f"loading took longer than {timeout:g}s")
+            header = {"t": "failed", "reason": Reason.TIMEOUT, "message": proc.kill_message}
+        except (asyncio.IncompleteReadError, ConnectionError):
+            _, _, how = describe_exit(await exited)
+            header = {"t": "failed", "reason": Reason.CRASHED, "message": f"while loading: {how}"}
+        if header["t"] != "ready":
+            writer.close()
+            await exited
+            self._zygote.forget(pid)
+            proc.ps = None
+            raise LoadError(str(header["reason"]), str(header["message"]))
+        proc.writer = writer
+        proc.reader = asyncio.create_task(self._read_results(proc, reader, writer, exited))
+
+    async def _read_results(
+        self,
+        proc: _Proc,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        exited: asyncio.Future[int],
+    ) -> None:
+        try:
+            while True:
+                header, body = await read_frame(reader)
+                fut = proc.pending.pop(header["id"], None)
+                if fut is not None and not fut.done():
+                    fut.set_result(Response(header["status"], header["headers"], body))
+        except Exception:
+            pass  # EOF, reset, or a malformed frame: the process is gone or untrustworthy
+        writer.close()
+        if not exited.done():
+            proc.kill(Reason.CRASHED, "sent a malformed frame")
+        wait_status = await exited
+        self._zygote.forget(proc.pid or 0)
+        await self._on_exit(proc, wait_status)
+
+    async def _on_exit(self, proc: _Proc, wait_status: int) -> None:
+        code, sig, how = describe_exit(wait_status)
+        proc.writer, proc.ps = None, None
+        crashed = SandboxCrashed(f"{proc.spec.id} {how}")
+        for fut in proc.pending.values():
+            if not fut.done():
+                fut.set_exception(crashed)
+        proc.pending.clear()
+        state = proc.cell.current.state
+        if state is SandboxState.STOPPING:
+            proc.cell.move(
+                SandboxState.STOPPED, reason=Reason.COMPLETED, exit_code=code, signal=sig
+            )
+        elif proc.kill_reason == Reason.TIMEOUT:
+            await self._restart(proc, proc.kill_message)
+            return
+        elif proc.kill_reason == Reason.OOM_KILLED:
+            proc.cell.move(
+                SandboxState.FAILED,
+                reason=Reason.OOM_KILLED,
+                message=proc.kill_message,
+                exit_code=code,
+                signal=sig,
+            )
+        else:
+            proc.cell.move(
+                SandboxState.FAILED, reason=Reason.CRASHED, message=how, exit_code=code, signal=sig
+            )
+        proc.done.set()
+
+    async def _restart(self, proc: _Proc, message: str) -> None:
+        proc.settled.clear()
+        proc.cell.move(SandboxState.RESTARTING, reason=Reason.TIMEOUT, message=message)
+        try:
+            await self._spawn(proc)
+        except LoadError as err:
+            proc.cell.move(SandboxState.FAILED, reason=err.reason, message=err.message)
+            proc.done.set()
+            return
+        finally:
+            proc.settled.set()
+        if proc.cell.current.state is SandboxState.STOPPING:
+            await self._stop_process(proc, 0.0)  # stop() arrived while we were restarting
+            return
+        restarts = proc.cell.current.restart_count + 1
+        proc.cell.move(SandboxState.RUNNING, pid=proc.pid, restart_count=restarts)
+
+    async def invoke(self, sandbox_id: str, request: Request) -> Response:
+        proc = self._get(sandbox_id)
+        if proc.cell.current.state is not SandboxState.RUNNING:
+            raise NotRunning(f"{sandbox_id} is {proc.cell.current.state}")
+        async with proc.admission:
+            writer = proc.writer
+            if writer is None or proc.cell.current.state is not SandboxState.RUNNING:
+                raise NotRunning(f"{sandbox_id} is {proc.cell.current.state}")
+            proc.invocations += 1
+            rid = next(proc.ids)
+            fut = proc.pending[rid] = asyncio.get_running_loop().create_future()
+            timeout = proc.spec.limits.timeout_s
+            header = {
+                "t": "invoke",
+                "id": rid,
+                "rid": uuid.uuid4().hex,
+                "method": request.method,
+                "path": request.path,
+                "query": dict(request.query),
+                "headers": dict(request.headers),
+                "deadline": time.monotonic() + timeout,
+            }
+            writer.write(encode_frame(header, request.body))
+            try:
+                async with asyncio.timeout(timeout):
+                    response: Response = await fut
+            except TimeoutError:
+                proc.timeouts += 1
+                proc.kill(Reason.TIMEOUT, f"an invocation overran the {timeout:g}s timeout")
+                raise InvokeTimeout(f"{sandbox_id} did not answer within {timeout:g}s") from None
+            except SandboxCrashed:
+                proc.errors += 1
+                raise
+            finally:
+                proc.pending.pop(rid, None)
+            if response.status >= 500:
+                proc.errors += 1
+            return response
+
+    async def stop(self, sandbox_id: str, grace_s: float = 5.0) -> SandboxStatus:
+        proc = self._get(sandbox_id)
+        if proc.cell.current.state in TERMINAL:
+            return proc.cell.current
+        if proc.cell.current.state is not SandboxState.STOPPING:
+            await proc.settled.wait()  # let a create or restart in flight finish first
+            if proc.cell.current.state in TERMINAL:
+                return proc.cell.current
+            proc.cell.move(SandboxState.STOPPING)
+            await self._stop_process(proc, grace_s)
+        await proc.done.wait()
+        return proc.cell.current
+
+    async def _stop_process(self, proc: _Proc, grace_s: float) -> None:
+        """Drain, ask the process to run its close hooks and exit, kill it at the deadline."""
+        deadline = time.monotonic() + grace_s
+        while proc.pending and time.monotonic() < deadline:
+            await asyncio.wait(list(proc.pending.values()), timeout=deadline - time.monotonic())
+        if proc.writer is not None and grace_s > 0:
+            proc.writer.write(encode_frame({"t": "stop"}))
+            exited = self._zygote.exit_future(proc.pid or 0)
+            await asyncio.wait([exited], timeout=max(0.0, deadline - time.monotonic()))
+        if not proc.done.is_set():
+            proc.kill("Stopped", "grace period over")
+        await proc.done.wait()
+
+    async def remove(self, sandbox_id: str) -> None:
+        await self.stop(sandbox_id, grace_s=0.0)
+        self._procs.pop(sandbox_id, None)
+
+    def status(self, sandbox_id: str) -> SandboxStatus:
+        return self._get(sandbox_id).cell.current
+
+    def usage(self, sandbox_id: str) -> Usage:
+        proc = self._get(sandbox_id)
+        memory = cpu = None
+        if proc.ps is not None:
+            try:
+                with proc.ps.oneshot():
+                    memory = proc.ps.memory_full_info().uss
+                    times = proc.ps.cpu_times()
+                    cpu = times.user + times.system
+            except psutil.Error:
+                pass
+        return Usage(
+            in_flight=proc.admission.in_flight,
+            queued=proc.admission.queued,
+            invocations=proc.invocations,
+            errors=proc.errors,
+            timeouts=proc.timeouts,
+            memory_bytes=memory,
+            cpu_seconds=cpu,
+        )
+
+    def list(self) -> list[SandboxStatus]:
+        return [proc.cell.current for proc in self._procs.values()]
+
+    async def _watch_memory(self) -> None:
+        while True:
+            await asyncio.sleep(self._memory_poll_s)  # a periodic poll, not synchronisation
+            for proc in list(self._procs.values()):
+                limit_mb = proc.spec.limits.memory_mb
+                if limit_mb is None or proc.ps is None:
+                    continue
+                try:
+                    uss = proc.ps.memory_full_info().uss
+                except psutil.Error:
+                    continue
+                if uss > limit_mb * 1024 * 1024:
+                    used = uss / (1024 * 1024)
+                    proc.kill(Reason.OOM_KILLED, f"using {used:.0f} MiB, limit {limit_mb} MiB")
+
+    async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+        await asyncio.gather(*(self.remove(sid) for sid in list(self._procs)))
+        await self._zygote.close()

@@ -1,0 +1,213 @@
+"""The zygote: a warm, frozen interpreter that forks one process per subprocess sandbox.
+
+Why: starting an interpreter costs tens of milliseconds and megabytes; forking a warm one
+costs about a millisecond and shares every page it does not write. The zygote is started once
+as a fresh interpreter (`multiprocess.util.spawnv_passfds`: fork+exec, so it never inherits the
+runtime's threads or event loop, and — unlike multiprocessing's "spawn" — never re-imports the
+runtime's `__main__`), imports the runtime and the preload list, runs `gc.collect();
+gc.freeze()` so the collector never touches — and so never copies — the inherited heap, then
+waits for fork requests.
+
+Protocol over a `multiprocess` duplex pipe (JSON; file descriptors via SCM_RIGHTS):
+    runtime -> zygote   {"key": n, "spec": {...}} + the child's end of a socketpair
+    zygote  -> runtime  {"t": "ready"} | {"t": "forked", "key": n, "pid": p}
+                        | {"t": "exit", "pid": p, "status": waitstatus}
+The zygote reaps its children (no zombies) and reports each exit status, so the runtime learns
+exit codes and signals. If the runtime dies, the zygote dies (PR_SET_PDEATHSIG), and so do the
+sandboxes: a restarted runtime really runs nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import gc
+import importlib
+import itertools
+import json
+import os
+import select
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import multiprocess
+from multiprocess.connection import Connection
+from multiprocess.reduction import recv_handle, send_handle
+from multiprocess.util import spawnv_passfds
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent exits."""
+    # Not Linux: sandboxes then outlive a crashed runtime, as plain children would.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def exec_entry(fd: int, preload: Sequence[str]) -> None:
+    """Entry point of the zygote interpreter; `fd` is its end of the control pipe."""
+    zygote_main(Connection(fd), preload)
+
+
+def zygote_main(conn: Connection, preload: Sequence[str]) -> None:
+    die_with_parent()
+    from isolation import child  # the code every sandbox runs, warm before the first fork
+
+    for name in preload:
+        importlib.import_module(name)
+    gc.collect()
+    gc.freeze()
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+    children: set[int] = set()
+    conn.send_bytes(b'{"t":"ready"}')
+    while True:
+        readable, _, _ = select.select([conn.fileno(), wake_r], [], [])
+        if wake_r in readable:
+            os.read(wake_r, 4096)
+            _reap(conn, children)
+        if conn.fileno() not in readable:
+            continue
+        try:
+            request = json.loads(conn.recv_bytes())
+            fd = recv_handle(conn)
+        except (EOFError, OSError):
+            break  # the runtime is gone
+        pid = os.fork()
+        if pid == 0:
+            code = 70
+            try:
+                signal.set_wakeup_fd(-1)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                for inherited in (conn.fileno(), wake_r, wake_w):
+                    os.close(inherited)
+                code = child.main(fd, request["spec"])
+            finally:
+                os._exit(code)
+        os.close(fd)
+        children.add(pid)
+        conn.send_bytes(json.dumps({"t": "forked", "key": request["key"], "pid": pid}).encode())
+    for pid in children:
+        os.kill(pid, signal.SIGKILL)
+    for pid in children:
+        os.waitpid(pid, 0)
+
+
+def _reap(conn: Connection, children: set[int]) -> None:
+    while children:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        children.discard(pid)
+        conn.send_bytes(json.dumps({"t": "exit", "pid": pid, "status": status}).encode())
+
+
+class Zygote:
+    """The runtime's handle on the zygote process: fork requests and exit notifications."""
+
+    def __init__(self, preload: Sequence[str] = ()) -> None:
+        self._preload = list(preload)
+        self._keys = itertools.count(1)
+        self._forks: dict[int, asyncio.Future[int]] = {}
+        self._exits: dict[int, asyncio.Future[int]] = {}
+        self._ready: asyncio.Future[None] | None = None
+        self._lost = False
+        self._conn: Connection | None = None
+        self.pid: int | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._conn, theirs = multiprocess.Pipe(duplex=True)
+        code = (
+            f"import sys; sys.path[:] = {sys.path!r}; from isolation.zygote import exec_entry; "
+            f"exec_entry({theirs.fileno()}, {self._preload!r})"
+        )
+        self.pid = spawnv_passfds(
+            os.fsencode(sys.executable), [sys.executable, "-c", code], [theirs.fileno()]
+        )
+        theirs.close()
+        self._ready = loop.create_future()
+        loop.add_reader(self._conn.fileno(), self._on_message)
+        await self._ready
+
+    def _on_message(self) -> None:
+        assert self._conn is not None
+        try:
+            message = json.loads(self._conn.recv_bytes())
+        except (EOFError, OSError):
+            self._on_zygote_lost()
+            return
+        kind = message["t"]
+        if kind == "forked":
+            fut = self._forks.pop(message["key"], None)
+            if fut is not None and not fut.done():
+                fut.set_result(message["pid"])
+        elif kind == "exit":
+            self.exit_future(message["pid"]).set_result(message["status"])
+        elif kind == "ready" and self._ready is not None and not self._ready.done():
+            self._ready.set_result(None)
+
+    def _on_zygote_lost(self) -> None:
+        assert self._conn is not None
+        self._lost = True
+        asyncio.get_running_loop().remove_reader(self._conn.fileno())
+        lost = RuntimeError("the zygote process exited")
+        for fork in self._forks.values():
+            if not fork.done():
+                fork.set_exception(lost)
+        for exit_status in self._exits.values():
+            if not exit_status.done():
+                exit_status.set_result(signal.SIGKILL)  # its children died with it (PDEATHSIG)
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_exception(lost)
+
+    def exit_future(self, pid: int) -> asyncio.Future[int]:
+        """Resolves to the child's wait status (os.waitpid format) once it has exited."""
+        fut = self._exits.get(pid)
+        if fut is None:
+            fut = self._exits[pid] = asyncio.get_running_loop().create_future()
+        return fut
+
+    def forget(self, pid: int) -> None:
+        self._exits.pop(pid, None)
+
+    async def fork(self, spec: dict[str, Any]) -> tuple[int, socket.socket]:
+        """Fork a sandbox process; returns its pid and the runtime's end of its channel."""
+        if self._conn is None or self.pid is None:
+            raise RuntimeError("zygote not started")
+        ours, theirs = socket.socketpair()
+        key = next(self._keys)
+        fut = self._forks[key] = asyncio.get_running_loop().create_future()
+        try:
+            self._conn.send_bytes(json.dumps({"key": key, "spec": spec}).encode())
+            send_handle(self._conn, theirs.fileno(), self.pid)
+        except OSError:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        return await fut, ours
+
+    async def close(self) -> None:
+        if self._conn is None or self.pid is None:
+            return
+        if not self._lost:
+            asyncio.get_running_loop().remove_reader(self._conn.fileno())
+        self._conn.close()  # EOF: the zygote kills and reaps its children, then exits
+        self._conn = None
+        pid, self.pid = self.pid, None
+        try:
+            await asyncio.wait_for(asyncio.to_thread(os.waitpid, pid, 0), 5.0)
+        except TimeoutError:
+            os.kill(pid, signal.SIGKILL)
+            await asyncio.to_thread(os.waitpid, pid, 0)
