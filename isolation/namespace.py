@@ -161,6 +161,8 @@ class NamespaceBackend:
             sb.ns = None
 
     async def remove(self, sandbox_id: str) -> None:
+        if sandbox_id not in self._sandboxes:
+            return  # idempotent, like stop
         await self.stop(sandbox_id, grace_s=0.0)
         self._sandboxes.pop(sandbox_id, None)
 

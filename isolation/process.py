@@ -316,6 +316,8 @@ class SubprocessBackend:
         await proc.done.wait()
 
     async def remove(self, sandbox_id: str) -> None:
+        if sandbox_id not in self._procs:
+            return  # idempotent, like stop
         await self.stop(sandbox_id, grace_s=0.0)
         self._procs.pop(sandbox_id, None)
 

@@ -45,6 +45,10 @@ def echo(event, context):
     return event
 
 
+def unserialisable(event, context):
+    return {1, 2}
+
+
 def response(event, context):
     return Response(201, {"X-Example": "yes"}, {"created": True})
 

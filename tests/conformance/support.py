@@ -1,0 +1,45 @@
+"""Helpers shared by the isolation and runtime tests: condition waits, example paths, cleanup.
+
+Why: tests must never sleep to synchronise; they wait for a condition with a deadline, and they
+must prove they left no process behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import psutil
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "functions"
+HELLO = str(EXAMPLES / "hello")
+OTHER = str(EXAMPLES / "other")
+HOOKS = str(EXAMPLES / "hooks")
+
+
+async def wait_for(
+    predicate: Callable[[], bool | Awaitable[bool]], timeout: float = 10.0, what: str = ""
+) -> None:
+    """Poll `predicate` (yielding to the loop between polls) until true or the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {what or predicate}")
+        await asyncio.sleep(0.005)  # yield between polls; the deadline above is what bounds us
+
+
+def child_processes() -> list[psutil.Process]:
+    return psutil.Process().children(recursive=True)
+
+
+def write_function(directory: Path, source: str, name: str = "main.py") -> str:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / name).write_text(source)
+    return str(directory)
