@@ -18,15 +18,24 @@ from tests.kube import Kubectl, wait_for
 
 
 @pytest.fixture(scope="session")
-def kubeconfig() -> Path:
+def kubeconfig() -> Iterator[Path]:
+    """The API server's kubeconfig; a local cluster this run started is stopped at its end.
+
+    Leaving things as they were found: a cluster a developer brought up stays up (fast reruns),
+    one the test run had to start (CI) goes down again, unless NEST_KEEP_CLUSTER=1.
+    """
     named = os.environ.get("NEST_KUBECONFIG")
     if named:
-        return Path(named)
+        yield Path(named)
+        return
     from nest.cluster.control_plane import ControlPlane
 
     plane = ControlPlane()
+    was_running = plane.procs.find("kube-apiserver") is not None
     plane.up()
-    return plane.paths.kubeconfig
+    yield plane.paths.kubeconfig
+    if not was_running and os.environ.get("NEST_KEEP_CLUSTER") != "1":
+        plane.down()
 
 
 @pytest.fixture(scope="session")
@@ -58,3 +67,27 @@ def namespace(api: client.ApiClient) -> Iterator[str]:
 @pytest.fixture
 def kubectl(kubectl_binary: str, kubeconfig: Path, namespace: str) -> Kubectl:
     return Kubectl(kubectl_binary, kubeconfig, namespace)
+
+
+@pytest.fixture(scope="session")
+def nest_crds(kubeconfig: Path, kubectl_binary: str) -> list[str]:
+    """The Nest CRDs applied from crds/*.yaml and Established; their names."""
+    import subprocess
+
+    import crds
+
+    crd_dir = Path(crds.__file__).parent
+    base = [kubectl_binary, f"--kubeconfig={kubeconfig}"]
+    applied = subprocess.run(
+        [*base, "apply", "-f", str(crd_dir), "-o", "name"], capture_output=True, text=True
+    )
+    assert applied.returncode == 0, applied.stderr
+    names = [line.split("/", 1)[1] for line in applied.stdout.split()]
+    established = subprocess.run(
+        [*base, "wait", "--for=condition=established", "--timeout=60s"]
+        + [f"crd/{name}" for name in names],
+        capture_output=True,
+        text=True,
+    )
+    assert established.returncode == 0, established.stderr
+    return names
