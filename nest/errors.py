@@ -11,3 +11,7 @@ class ClusterError(NestError):
 
 class UnsupportedMachineError(ClusterError):
     """This machine cannot run the local control plane (no apt/Debian)."""
+
+
+class RunnerError(ClusterError):
+    """The local node's process runner could not run or account for a pod."""

@@ -1,7 +1,7 @@
-"""Temporary stand-in so the control plane can start before the runner exists."""
+"""`python -m nest.cluster.runner`: how `nest cluster up` starts the local node."""
 
-import signal
 import sys
 
-signal.sigwait({signal.SIGTERM, signal.SIGINT})
-sys.exit(0)
+from nest.cluster.runner.main import main
+
+sys.exit(main())
