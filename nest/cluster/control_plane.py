@@ -24,6 +24,7 @@ from nest.cluster.build import Builder
 from nest.cluster.paths import ClusterPaths
 from nest.cluster.pki import ensure_pki, write_kubeconfig
 from nest.cluster.procs import ProcessSpec, ProcessTable, wait_until
+from nest.cluster.runner.process import sweep
 from nest.errors import ClusterError
 
 NODE_NAME = "nest-local"
@@ -230,6 +231,9 @@ class ControlPlane:
         for name in reversed(COMPONENTS):
             # The node first: its pods get SIGTERM and their grace period while the API is up.
             self.procs.stop(name, grace=30.0 if name == "node" else 10.0)
+            if name == "node":
+                # Even if the runner died, nothing it started may outlive the cluster.
+                sweep(str((self.paths.state / "node").resolve()))
         if purge:
             shutil.rmtree(self.paths.state, ignore_errors=True)
 

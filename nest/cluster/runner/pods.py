@@ -119,12 +119,13 @@ def recover(name: str, init: bool, reported: Obj | None) -> ContainerRecord:
     return replace(record, restart_count=count)
 
 
-class PodWorker(threading.Thread):
+class PodWorker:
     """Runs one pod (identified by uid) until it is deleted or the runner shuts down."""
 
     def __init__(self, ctx: NodeContext, pod: Obj, on_done: Callable[[str], None]) -> None:
         meta = pod["metadata"]
-        super().__init__(daemon=True, name=f"pod-{meta['namespace']}/{meta['name']}")
+        self.name = f"{meta['namespace']}/{meta['name']}"
+        self.thread = threading.Thread(target=self._run, daemon=True, name=f"pod-{self.name}")
         self.ctx, self.pod, self.on_done = ctx, pod, on_done
         self.uid: str = meta["uid"]
         self.events: queue.Queue[Event] = queue.Queue()
@@ -153,13 +154,20 @@ class PodWorker(threading.Thread):
         self.retry_at = 0.0
         self.gone = False
         self.shutdown_by: float | None = None
+        self.post(Event("pod", pod=pod))  # the first reconcile needs no outside trigger
 
     # -- plumbing ------------------------------------------------------------------------------
 
     def post(self, event: Event) -> None:
         self.events.put(event)
 
-    def run(self) -> None:
+    def start(self) -> None:
+        self.thread.start()
+
+    def join(self, timeout: float) -> None:
+        self.thread.join(timeout)
+
+    def _run(self) -> None:
         try:
             while True:
                 self._step()
