@@ -15,13 +15,28 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    WithJsonSchema,
+    model_validator,
+)
 
 # apimachinery's resource.Quantity grammar, as controller-gen emits it.
 QUANTITY_PATTERN = (
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
     r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+# What Nest itself accepts: the same without a sign, and with a decimal exponent that is an
+# integer ("1e3", not "1e.5") as apimachinery's parser and the kubernetes client's
+# parse_quantity require, of at most three digits (larger ones overflow those parsers). The API
+# server only has the loose pattern; every Nest component parsing the object has this one.
+_STRICT_QUANTITY_PATTERN = (
+    r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?[0-9]{1,3}))?$"
 )
 PERCENT_PATTERN = r"^[0-9]+%$"
 # A qualified name as Kubernetes validates label keys and values loosely; enough to catch typos.
@@ -29,15 +44,25 @@ LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 # metav1.Condition's reason grammar: CamelCase identifiers that machines can switch on.
 REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
 
-_QUANTITY_RE = re.compile(QUANTITY_PATTERN)
+_QUANTITY_RE = re.compile(_STRICT_QUANTITY_PATTERN)
 _PERCENT_RE = re.compile(PERCENT_PATTERN)
+
+
+# Kubernetes keeps acronyms upper-case on the wire (podIP, hostIP), which to_camel would not.
+_ACRONYMS = {"ip": "IP"}
+
+
+def wire_name(name: str) -> str:
+    """The camelCase wire name of a snake_case attribute: `pod_ip` -> `podIP`."""
+    first, *rest = name.split("_")
+    return first + "".join(_ACRONYMS.get(word, word.capitalize()) for word in rest)
 
 
 class NestModel(BaseModel):
     """Base of every Nest API model: Kubernetes wire names, strict about unknown fields."""
 
     model_config = ConfigDict(
-        alias_generator=to_camel,
+        alias_generator=wire_name,
         validate_by_name=True,
         validate_by_alias=True,
         serialize_by_alias=True,
@@ -54,22 +79,18 @@ class NestModel(BaseModel):
 
 
 def _check_quantity(value: int | str) -> int | str:
-    if isinstance(value, bool):
-        raise ValueError("a quantity is a number or a string such as '64Mi' or '100m'")
     if isinstance(value, int):
         if value < 0:
             raise ValueError("a quantity must not be negative")
         return value
     if not _QUANTITY_RE.match(value):
-        raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. '64Mi', '0.5', '100m')")
-    if value.startswith("-"):
-        raise ValueError("a quantity must not be negative")
+        raise ValueError(
+            f"{value!r} is not a non-negative Kubernetes quantity (e.g. '64Mi', '0.5', '100m')"
+        )
     return value
 
 
 def _check_int_or_percent(value: int | str) -> int | str:
-    if isinstance(value, bool):
-        raise ValueError("expected an integer or a percentage such as '25%'")
     if isinstance(value, int):
         if value < 0:
             raise ValueError("must not be negative")
@@ -80,9 +101,10 @@ def _check_int_or_percent(value: int | str) -> int | str:
 
 
 # Kubernetes' schema for int-or-string fields, exactly as controller-gen writes it; the pattern
-# applies to the string form only (OpenAPI patterns ignore integers).
+# applies to the string form only (OpenAPI patterns ignore integers). Strict int/str because the
+# API server rejects a YAML float (`cpu: 0.5`) or a boolean here too.
 Quantity = Annotated[
-    int | str,
+    StrictInt | StrictStr,
     AfterValidator(_check_quantity),
     WithJsonSchema(
         {
@@ -94,7 +116,7 @@ Quantity = Annotated[
 ]
 
 IntOrPercent = Annotated[
-    int | str,
+    StrictInt | StrictStr,
     AfterValidator(_check_int_or_percent),
     WithJsonSchema(
         {

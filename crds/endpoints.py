@@ -27,9 +27,7 @@ class EndpointAddress(NestModel):
     sandbox: str = Field(min_length=1, description="Name of the Sandbox.")
     uid: str = Field(min_length=1, description="UID of the Sandbox; names are reused, UIDs not.")
     pod_name: str = Field(min_length=1, description="Pool pod serving it.")
-    pod_ip: str | None = Field(
-        default=None, alias="podIP", description="IP of that pod; unset until it has one."
-    )
+    pod_ip: str | None = Field(default=None, description="IP of that pod; unset until it has one.")
     port: int | None = Field(default=None, ge=1, le=65535, description="Port on podIP.")
     revision: int | None = Field(
         default=None,

@@ -259,9 +259,7 @@ class SandboxStatus(NestModel):
         description="Pending, Scheduled, Starting, Running, Succeeded, Failed or Terminating.",
     )
     conditions: list[Condition] = conditions_field("Scheduled, CodeReady and Ready.")
-    pod_ip: str | None = Field(
-        default=None, alias="podIP", description="IP of the pool pod serving this sandbox."
-    )
+    pod_ip: str | None = Field(default=None, description="IP of the pool pod serving this sandbox.")
     port: int | None = Field(
         default=None, ge=1, le=65535, description="Port of the sandbox on podIP."
     )

@@ -126,6 +126,9 @@ def _convert(node: JsonSchemaValue, defs: dict[str, Any], path: str) -> dict[str
             _convert_additional(out, value, defs, path)
         elif key not in ALLOWED_KEYWORDS:
             raise SchemaError(f"{path}: keyword {key!r} has no Kubernetes equivalent")
+        elif key == "default" and isinstance(value, float) and value.is_integer():
+            # The API server stores 2.0 as 2; writing it that way keeps a live CRD identical.
+            out[key] = int(value)
         else:
             # Copied so that two uses of one definition never share a list (YAML anchors).
             out[key] = copy.deepcopy(value)
