@@ -166,6 +166,18 @@ class Condition(NestModel):
     )
 
 
+def _unique_types(conditions: list[Condition]) -> list[Condition]:
+    # Kubernetes 1.20 does not enforce list-map keys' uniqueness; the models do.
+    types = [c.type for c in conditions]
+    duplicates = sorted({t for t in types if types.count(t) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate condition types: {', '.join(duplicates)}")
+    return conditions
+
+
+Conditions = Annotated[list[Condition], AfterValidator(_unique_types)]
+
+
 def conditions_field(description: str) -> Any:
     """A `conditions` list keyed by `type`, so server-side apply merges it per condition."""
     return Field(

@@ -18,7 +18,7 @@ from pydantic import Field, field_validator, model_validator
 from crds.common import (
     LABEL_VALUE_PATTERN,
     REASON_PATTERN,
-    Condition,
+    Conditions,
     NestModel,
     Quantity,
     conditions_field,
@@ -258,7 +258,7 @@ class SandboxStatus(NestModel):
         default=SandboxPhase.PENDING,
         description="Pending, Scheduled, Starting, Running, Succeeded, Failed or Terminating.",
     )
-    conditions: list[Condition] = conditions_field("Scheduled, CodeReady and Ready.")
+    conditions: Conditions = conditions_field("Scheduled, CodeReady and Ready.")
     pod_ip: str | None = Field(default=None, description="IP of the pool pod serving this sandbox.")
     port: int | None = Field(
         default=None, ge=1, le=65535, description="Port of the sandbox on podIP."

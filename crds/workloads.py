@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from crds.common import (
-    Condition,
+    Conditions,
     IntOrPercent,
     LabelSelector,
     NestModel,
@@ -83,7 +83,7 @@ class SandboxReplicaSetStatus(NestModel):
     observed_generation: int | None = Field(
         default=None, ge=0, description="metadata.generation this status describes."
     )
-    conditions: list[Condition] = conditions_field("ReplicaFailure when creations fail.")
+    conditions: Conditions = conditions_field("ReplicaFailure when creations fail.")
     selector: str | None = Field(
         default=None, description="spec.selector in -l syntax, for the scale subresource."
     )
@@ -226,7 +226,7 @@ class SandboxDeploymentStatus(NestModel):
     unavailable_replicas: int = Field(
         default=0, ge=0, description="Desired Sandboxes not yet available."
     )
-    conditions: list[Condition] = conditions_field("Available and Progressing.")
+    conditions: Conditions = conditions_field("Available and Progressing.")
     collision_count: int | None = Field(
         default=None, ge=0, description="Template-hash collisions seen; salts the next hash."
     )

@@ -293,3 +293,9 @@ def test_label_selector_semantics_and_string_form() -> None:
 def test_selector_requirement_values_must_fit_operator(requirement: dict[str, Any]) -> None:
     with pytest.raises(ValidationError, match=re.escape(requirement["operator"])):
         LabelSelectorRequirement.model_validate(requirement)
+
+
+def test_condition_types_are_unique() -> None:
+    ready = {"type": "Ready", "status": "True"}
+    with pytest.raises(ValidationError, match="duplicate condition types: Ready"):
+        SandboxStatus.model_validate({"conditions": [ready, ready]})
