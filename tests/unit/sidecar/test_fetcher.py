@@ -107,7 +107,7 @@ async def test_configmap_all_keys_or_one_key(fetcher: CodeFetcher) -> None:
 async def test_missing_configmap_and_key_are_named(fetcher: CodeFetcher) -> None:
     with pytest.raises(ConfigMapNotFound, match="ns/nope"):
         await fetcher.fetch(CodeSource(configMap={"name": "nope"}), "ns")
-    with pytest.raises(ConfigMapNotFound, match="no key 'x.py'"):
+    with pytest.raises(ConfigMapNotFound, match=r"no key 'x\.py'"):
         await fetcher.fetch(CodeSource(configMap={"name": "code", "key": "x.py"}), "ns")
     with pytest.raises(ConfigMapNotFound):
         await fetcher.fetch(CodeSource(configMap={"name": "code"}), "elsewhere")
