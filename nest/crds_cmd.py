@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
 from crds import generate
 from crds.errors import CrdError
@@ -21,7 +20,7 @@ class CrdsError(NestError):
     """The CRDs could not be generated or read."""
 
 
-def register(sub: Any) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `crds` command group to the `nest` parser's subcommands."""
     crds = sub.add_parser(
         "crds",
