@@ -1,0 +1,142 @@
+"""The control API's wire models (pydantic), shared by the runtime daemon and `RuntimeClient`.
+
+Why pydantic here and dataclasses in `isolation`: these are the CRI-like contract with the
+sidecar — validated at the boundary, versioned by path (`/v1`), JSON on the wire — while the
+isolation layer stays dependency-free. The conversion functions below are the only place where
+one becomes the other.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from isolation.base import Limits, SandboxSpec, SandboxStatus, Usage
+
+Isolation = Literal["subprocess", "namespace"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LimitsModel(_Model):
+    concurrency: int = Field(default=1, ge=1, description="invocations in flight at once")
+    queue: int = Field(default=64, ge=0, description="invocations that may wait; beyond: 429")
+    timeout_seconds: float = Field(default=30.0, gt=0)
+    memory_mb: int | None = Field(default=None, ge=1, description="enforced in subprocess mode")
+
+
+class CreateSandbox(_Model):
+    id: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    code_dir: str = Field(min_length=1, description="directory holding the function's code")
+    handler: str = Field(min_length=3, description="module:function")
+    isolation: Isolation = "subprocess"
+    function_name: str = ""
+    function_version: str = "$LATEST"
+    env: dict[str, str] = Field(default_factory=dict)
+    limits: LimitsModel = Field(default_factory=LimitsModel)
+
+
+class StopSandbox(_Model):
+    grace_seconds: float = Field(default=5.0, ge=0)
+
+
+class UsageModel(_Model):
+    in_flight: int
+    queued: int
+    invocations: int
+    errors: int
+    timeouts: int
+    memory_bytes: int | None
+    cpu_seconds: float | None
+
+
+class SandboxInfo(_Model):
+    id: str
+    isolation: Isolation
+    state: str
+    reason: str
+    message: str
+    pid: int | None
+    exit_code: int | None
+    signal: int | None
+    restart_count: int
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    usage: UsageModel | None = None
+
+
+class SandboxList(_Model):
+    items: list[SandboxInfo]
+
+
+class SandboxEvent(_Model):
+    """One state change, streamed as a line of NDJSON from `GET /v1/events`."""
+
+    type: Literal["StateChanged"] = "StateChanged"
+    sandbox: SandboxInfo
+
+
+class RuntimeInfo(_Model):
+    pid: int
+    started_at: float
+    data_host: str
+    data_port: int
+    zygote_pid: int | None
+    sandboxes: int
+
+
+class ErrorBody(_Model):
+    error: str
+    message: str
+    sandbox: SandboxInfo | None = None
+
+
+def to_spec(request: CreateSandbox, layers: tuple[str, ...]) -> SandboxSpec:
+    limits = request.limits
+    return SandboxSpec(
+        id=request.id,
+        code_dir=request.code_dir,
+        handler=request.handler,
+        function_name=request.function_name,
+        function_version=request.function_version,
+        env=dict(request.env),
+        limits=Limits(
+            concurrency=limits.concurrency,
+            queue=limits.queue,
+            timeout_s=limits.timeout_seconds,
+            memory_mb=limits.memory_mb,
+        ),
+        layers=layers,
+    )
+
+
+def to_info(status: SandboxStatus, usage: Usage | None = None) -> SandboxInfo:
+    return SandboxInfo(
+        id=status.id,
+        isolation="namespace" if status.isolation == "namespace" else "subprocess",
+        state=status.state.value,
+        reason=str(status.reason),
+        message=status.message,
+        pid=status.pid,
+        exit_code=status.exit_code,
+        signal=status.signal,
+        restart_count=status.restart_count,
+        created_at=status.created_at,
+        started_at=status.started_at,
+        finished_at=status.finished_at,
+        usage=None
+        if usage is None
+        else UsageModel(
+            in_flight=usage.in_flight,
+            queued=usage.queued,
+            invocations=usage.invocations,
+            errors=usage.errors,
+            timeouts=usage.timeouts,
+            memory_bytes=usage.memory_bytes,
+            cpu_seconds=usage.cpu_seconds,
+        ),
+    )
