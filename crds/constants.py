@@ -47,3 +47,15 @@ TEMPLATE_HASH_LABEL: Final = f"{GROUP}/template-hash"
 REVISION_ANNOTATION: Final = f"{GROUP}/revision"
 # The sidecar holds this finalizer on bound Sandboxes so they disappear only once really stopped.
 SIDECAR_FINALIZER: Final = f"{GROUP}/sidecar"
+
+# A pool pod's declared capacity, overriding its runtime container's resources when set.
+CAPACITY_MEMORY_ANNOTATION: Final = f"{GROUP}/capacity-memory"
+CAPACITY_CPU_ANNOTATION: Final = f"{GROUP}/capacity-cpu"
+MAX_SANDBOXES_ANNOTATION: Final = f"{GROUP}/max-sandboxes"
+# Comma-separated isolation modes a pool pod supports (default: all).
+ISOLATION_ANNOTATION: Final = f"{GROUP}/isolation"
+# A pool pod with this annotation set to "true" takes no new sandboxes (kubectl cordon's analogue).
+CORDON_ANNOTATION: Final = f"{GROUP}/cordoned"
+# On a pool pod's Lease: JSON of its capacity and of its live usage, renewed with the heartbeat.
+CAPACITY_ANNOTATION: Final = f"{GROUP}/capacity"
+USAGE_ANNOTATION: Final = f"{GROUP}/usage"

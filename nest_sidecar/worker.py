@@ -1,0 +1,318 @@
+"""One worker per bound Sandbox: the kubelet's pod worker, for sandboxes.
+
+A worker owns one Sandbox's life in this pod — fetch its code, create it in the runtime, watch it
+run, restart it per its restartPolicy with back-off, stop it on deletion and only then release the
+finalizer. Its phase moves only along `crds.can_transition`; an illegal move is a bug and raises.
+Everything it learns it reports as an `Observed` snapshot to the status manager, the only writer of
+Sandbox status. Inputs arrive as notifications (`update` from the informer, `runtime_changed` from
+the runtime pump) that wake the worker, so it never polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from crds import SandboxPhase, can_transition
+from crds.sandbox import RestartPolicy, Sandbox
+from nest_sidecar.errors import (
+    ChecksumMismatch,
+    CodePathNotFound,
+    InvalidCodeArchive,
+    SidecarError,
+)
+from nest_sidecar.fetcher import CodeFetcher, CodeRef
+from nest_sidecar.runtime import RuntimeAPI
+from nest_sidecar.status import Observed
+from sandbox.api import CreateSandbox, LimitsModel, SandboxInfo
+from sandbox.errors import CreateFailed, SandboxNotFoundError
+
+log = logging.getLogger(__name__)
+
+# Failures that a retry cannot fix: the code itself is wrong.
+PERMANENT_REASONS = frozenset(
+    {"SyntaxError", "ImportError", "HandlerNotFound", ChecksumMismatch.reason,
+     InvalidCodeArchive.reason, CodePathNotFound.reason, "InvalidSpec"}
+)  # fmt: skip
+RUNTIME_FAILED = frozenset({"Failed", "Stopped"})
+
+
+class IllegalPhaseTransition(SidecarError):
+    """A worker tried a phase move the transition table forbids: a bug, never user input."""
+
+
+class Kube(Protocol):
+    """The API writes a worker needs (besides status, which goes through the status manager)."""
+
+    async def ensure_finalizer(self, obj: Mapping[str, Any]) -> None: ...
+
+    async def release_finalizer(self, obj: Mapping[str, Any]) -> None: ...
+
+    def event(self, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class PodIdentity:
+    """Where this pod's sandboxes are reached."""
+
+    name: str
+    ip: str
+    port: int
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential restart back-off, reset after a sandbox ran `reset_after` seconds."""
+
+    initial: float = 0.5
+    cap: float = 60.0
+    reset_after: float = 60.0
+
+    def delay(self, failures: int) -> float:
+        return float(min(self.cap, self.initial * 2 ** max(0, failures - 1)))
+
+
+def should_restart(policy: RestartPolicy, reason: str, clean_exit: bool) -> bool:
+    """Whether a stopped sandbox runs again in this pod (restartPolicy, as for Pods)."""
+    if reason in PERMANENT_REASONS or policy == RestartPolicy.NEVER:
+        return False
+    return policy == RestartPolicy.ALWAYS or not clean_exit
+
+
+def memory_mb(quantity: str | int) -> int:
+    from kubernetes.utils.quantity import parse_quantity
+
+    return max(1, int(parse_quantity(quantity) / (1024 * 1024)))
+
+
+class SandboxWorker:
+    """Drives one Sandbox to its desired state in this pod."""
+
+    def __init__(
+        self,
+        obj: Mapping[str, Any],
+        *,
+        runtime: RuntimeAPI,
+        fetcher: CodeFetcher,
+        kube: Kube,
+        report: Callable[[Mapping[str, Any], Observed], None],
+        pod: PodIdentity,
+        backoff: Backoff,
+        grace_seconds: float = 5.0,
+    ) -> None:
+        self.obj: Mapping[str, Any] = obj
+        self.uid = str(obj["metadata"]["uid"])
+        self.runtime = runtime
+        self.fetcher = fetcher
+        self.kube = kube
+        self._report = report
+        self.pod = pod
+        self.backoff = backoff
+        self.grace = grace_seconds
+        status = obj.get("status") or {}
+        self.observed = Observed(
+            phase=SandboxPhase(status.get("phase") or SandboxPhase.PENDING),
+            generation=int(obj["metadata"].get("generation", 1)),
+            restart_count=int(status.get("restartCount", 0)),
+            pod_name=pod.name,
+        )
+        self.runtime_info: SandboxInfo | None = None
+        self._wake = asyncio.Event()
+        self.failures = 0
+
+    # -- inputs --------------------------------------------------------------------------------
+
+    def update(self, obj: Mapping[str, Any]) -> None:
+        self.obj = obj
+        self._wake.set()
+
+    def runtime_changed(self, info: SandboxInfo | None) -> None:
+        self.runtime_info = info
+        self._wake.set()
+
+    @property
+    def deleting(self) -> bool:
+        return bool(self.obj["metadata"].get("deletionTimestamp"))
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def _move(self, phase: SandboxPhase, **changes: Any) -> None:
+        current = self.observed.phase
+        if phase != current and not can_transition(current, phase):
+            raise IllegalPhaseTransition(f"sandbox {self.uid}: {current} -> {phase}")
+        self.observed = replace(self.observed, phase=phase, **changes)
+        self._report(self.obj, self.observed)
+
+    def _event(self, type_: str, reason: str, message: str) -> None:
+        self.kube.event(self.obj, type_, reason, message)
+
+    async def _wait(self, timeout: float | None = None) -> None:
+        """Sleep until an input arrives (or the timeout passes)."""
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            await self._run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # one sandbox's bug must never take the sidecar down
+            log.exception("worker for sandbox %s failed", self.uid)
+            raise
+
+    async def _run(self) -> None:
+        if not self.deleting:
+            await self.kube.ensure_finalizer(self.obj)
+        if self.observed.phase == SandboxPhase.PENDING:
+            self._move(SandboxPhase.SCHEDULED)
+        info = self.runtime_info
+        if info is not None and info.state == "Running" and self.observed.phase == "Running":
+            log.info("adopted running sandbox %s (pid %s)", self.uid, info.pid)
+            self._running(started=self.observed.start_time)
+        elif self.observed.phase == SandboxPhase.RUNNING:
+            # It ran before, and the runtime no longer has it: the runtime restarted.
+            self._fail("RuntimeRestarted", "the pod's runtime restarted; re-creating", count=True)
+        while not self.deleting:
+            if self.observed.phase == SandboxPhase.RUNNING:
+                await self._watch_running()
+                continue
+            stopped = self.observed.phase in (SandboxPhase.FAILED, SandboxPhase.SUCCEEDED)
+            if stopped and not await self._maybe_restart():
+                await self._wait()  # parked: only deletion moves it now
+                continue
+            await self._start()
+        await self._terminate()
+
+    async def _start(self) -> None:
+        try:
+            spec = Sandbox.model_validate(self.obj).spec
+        except ValueError as exc:
+            self._move(SandboxPhase.STARTING)
+            self._fail("InvalidSpec", str(exc).splitlines()[0])
+            return
+        self._move(SandboxPhase.STARTING, reason=None, message=None)
+        try:
+            namespace = self.obj["metadata"]["namespace"]
+            code = await self.fetcher.fetch(spec.function.source, namespace)
+        except SidecarError as exc:
+            self._event("Warning", exc.reason, str(exc))
+            self._move(SandboxPhase.STARTING, code_ready=False, code_message=str(exc))
+            self._fail(exc.reason, str(exc))
+            return
+        self.observed = replace(self.observed, code_ready=True, code_message=None)
+        self._event("Normal", "Pulled", f"code {code.digest[:12]} ready at {code.path}")
+        await self._create(spec, code)
+
+    async def _create(self, spec: Any, code: CodeRef) -> None:
+        fn = spec.function
+        request = CreateSandbox(
+            id=self.uid,
+            code_dir=str(code.path),
+            handler=fn.handler,
+            isolation=fn.isolation.value,
+            function_name=f"{self.obj['metadata']['namespace']}/{self.obj['metadata']['name']}",
+            env=dict(fn.env),
+            limits=LimitsModel(
+                concurrency=fn.concurrency,
+                timeout_seconds=float(fn.timeout_seconds),
+                memory_mb=memory_mb(fn.resources.memory),
+            ),
+        )
+        if self.runtime_info is not None:  # a failed leftover under our id blocks a create
+            with contextlib.suppress(SandboxNotFoundError):
+                await self.runtime.remove(self.uid, 0)
+        try:
+            info = await self.runtime.create(request)
+        except CreateFailed as exc:
+            self._event("Warning", "Failed", f"{exc.error}: {exc.message}")
+            self._fail(exc.error, exc.message)
+            return
+        self.runtime_info = info
+        if info.state != "Running":
+            self._fail(info.reason or "Error", info.message or f"runtime state {info.state}")
+            return
+        self._event("Normal", "Started", f"started in {fn.isolation.value} isolation")
+        self._running(started=datetime.now(UTC))
+
+    def _running(self, started: datetime | None) -> None:
+        self._move(
+            SandboxPhase.RUNNING,
+            ready=True,
+            reason=None,
+            message=None,
+            start_time=started or datetime.now(UTC),
+            pod_ip=self.pod.ip,
+            port=self.pod.port,
+        )
+        self._running_since = time.monotonic()
+
+    async def _watch_running(self) -> None:
+        await self._wait()
+        info = self.runtime_info
+        if self.deleting or (info is not None and info.state not in RUNTIME_FAILED):
+            return
+        if time.monotonic() - self._running_since >= self.backoff.reset_after:
+            self.failures = 0
+        if info is None:
+            self._fail("RuntimeRestarted", "the pod's runtime lost this sandbox; re-creating")
+            return
+        detail = info.message or f"exit code {info.exit_code}, signal {info.signal}"
+        if info.state == "Stopped" and info.exit_code in (0, None) and not info.reason:
+            self._move(SandboxPhase.SUCCEEDED, ready=False, reason="Completed", message=detail)
+            return
+        self._event("Warning", "Failed", f"{info.reason or 'Crashed'}: {detail}")
+        self._fail(info.reason or "Crashed", detail)
+
+    def _fail(self, reason: str, message: str, *, count: bool = False) -> None:
+        self.failures += 1
+        self._move(
+            SandboxPhase.FAILED,
+            ready=False,
+            reason=reason,
+            message=message,
+            restart_count=self.observed.restart_count + (1 if count else 0),
+        )
+
+    async def _maybe_restart(self) -> bool:
+        """Wait out the back-off and return True when the sandbox should start again."""
+        policy = RestartPolicy(
+            (self.obj.get("spec") or {}).get("restartPolicy") or RestartPolicy.ALWAYS
+        )
+        reason = self.observed.reason or ""
+        clean = self.observed.phase == SandboxPhase.SUCCEEDED
+        if not should_restart(policy, reason, clean):
+            return False
+        delay = self.backoff.delay(self.failures)
+        last = f"{reason}: {self.observed.message}" if self.observed.message else reason
+        self._event("Warning", "BackOff", f"back-off {delay:g}s restarting sandbox ({last})")
+        if self.observed.phase == SandboxPhase.FAILED:
+            self.observed = replace(
+                self.observed,
+                reason="CrashLoopBackOff",
+                message=f"back-off {delay:g}s restarting failed sandbox; last: {last}",
+            )
+            self._report(self.obj, self.observed)
+        deadline = time.monotonic() + delay
+        while not self.deleting and (remaining := deadline - time.monotonic()) > 0:
+            await self._wait(remaining)
+        if self.deleting:
+            return False
+        self.observed = replace(self.observed, restart_count=self.observed.restart_count + 1)
+        return True
+
+    async def _terminate(self) -> None:
+        self._move(SandboxPhase.TERMINATING, ready=False)
+        if self.runtime_info is not None:
+            self._event("Normal", "Killing", f"stopping sandbox (grace {self.grace:g}s)")
+            with contextlib.suppress(SandboxNotFoundError):
+                await self.runtime.remove(self.uid, self.grace)
+        await self.kube.release_finalizer(self.obj)
