@@ -104,7 +104,7 @@ def watch_pods(
                 listing = json.loads(resp.data)
                 manager.sync(listing["items"])
                 version = listing["metadata"]["resourceVersion"]
-            stream = watch.Watch().stream(  # type: ignore[no-untyped-call]
+            stream = watch.Watch().stream(
                 core.list_pod_for_all_namespaces, field_selector=selector,
                 resource_version=version, timeout_seconds=WATCH_SECONDS,
                 allow_watch_bookmarks=True, deserialize=False,
@@ -159,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(threadName)s: %(message)s"
     )
-    api = config.new_client_from_config(config_file=str(args.kubeconfig))  # type: ignore[no-untyped-call]
+    api = config.new_client_from_config(config_file=str(args.kubeconfig))
     if args.ca_file:
         api.configuration.ssl_ca_cert = str(args.ca_file)
     server = urlparse(args.api_server or api.configuration.host)

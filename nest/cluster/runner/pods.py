@@ -147,7 +147,6 @@ class PodWorker:
         }
         self.published: Obj | None = status
         self.start_time = _parse_time(status.get("startTime")) or time.time()
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.probe_stops: dict[str, threading.Event] = {}
         self.kill_at: dict[str, float] = {}
         self.volume_dirs: dict[str, Path] | None = None
@@ -198,7 +197,8 @@ class PodWorker:
         for event in batch:
             self._handle(event)
         self._reconcile()
-        if not self.gone and not self._finished():
+        # A runner going down leaves the last reported status alone: the pod resumes next start.
+        if not self.gone and self.shutdown_by is None and not self._finished():
             self._publish()
 
     def _finished(self) -> bool:
@@ -240,7 +240,6 @@ class PodWorker:
         record = self.records[event.container]
         if record.pid != event.pid:
             return
-        self.procs.pop(record.name, None)
         self.kill_at.pop(record.name, None)
         stop = self.probe_stops.pop(record.name, None)
         if stop is not None:
@@ -379,7 +378,6 @@ class PodWorker:
         ready = "readinessProbe" not in spec
         self._set(record.move(ContainerState.RUNNING, pid=popen.pid, started_at=started,
                               ready=ready, restart_count=restarts))  # fmt: skip
-        self.procs[record.name] = popen
         threading.Thread(
             target=self._wait, args=(record.name, popen), daemon=True, name=f"wait-{popen.pid}"
         ).start()
