@@ -6,12 +6,15 @@ codes. Every call goes over the runtime's unix socket; failures come back as the
 Kubernetes status). After a runtime restart `list()` is empty: the sidecar re-creates.
 
     async with RuntimeClient("/run/nest/runtime.sock") as runtime:
-        async for event in runtime.events():      # subscribe first, then relist
-            ...
+        async with runtime.watch() as events:     # subscribe first,
+            running = await runtime.list()        # then relist,
+            async for event in events:            # then follow changes
+                ...
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from types import TracebackType
@@ -91,14 +94,29 @@ class RuntimeClient:
         params = {"grace_seconds": str(grace_seconds)}
         await self._call("DELETE", f"/v1/sandboxes/{sandbox_id}", params=params)
 
-    async def events(self) -> AsyncIterator[SandboxEvent]:
-        """State changes from now on, until the runtime goes away or cuts a slow watcher off."""
+    @contextlib.asynccontextmanager
+    async def watch(self) -> AsyncIterator[AsyncIterator[SandboxEvent]]:
+        """Subscribe to state changes; once entered, no later change is missed.
+
+        Enter, then `list()`, then iterate: that is the relist-and-watch a restarted sidecar needs.
+        The iterator ends when the runtime goes away or cuts off a watcher that fell behind.
+        """
         try:
-            async with self._session.get(
+            response = await self._session.get(
                 BASE + "/v1/events", timeout=aiohttp.ClientTimeout(total=None)
-            ) as response:
-                async for line in response.content:
-                    if line.strip():
-                        yield SandboxEvent.model_validate_json(line)
+            )
+        except aiohttp.ClientConnectionError as exc:
+            raise RuntimeUnavailable(str(exc)) from exc
+        try:
+            yield self._events(response)
+        finally:
+            response.close()
+
+    @staticmethod
+    async def _events(response: aiohttp.ClientResponse) -> AsyncIterator[SandboxEvent]:
+        try:
+            async for line in response.content:
+                if line.strip():
+                    yield SandboxEvent.model_validate_json(line)
         except aiohttp.ClientConnectionError as exc:
             raise RuntimeUnavailable(str(exc)) from exc

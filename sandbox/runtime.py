@@ -174,8 +174,8 @@ async def delete_sandbox(request: web.Request) -> web.Response:
 async def watch_events(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME_KEY]
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-    await response.prepare(request)
     async with runtime.events.subscribe() as queue:
+        await response.prepare(request)  # headers after subscribing: the client may now relist
         while (event := await queue.get()) is not None:
             await response.write(event.model_dump_json().encode() + b"\n")
     return response
