@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 from sandbox.api import CreateSandbox, RuntimeInfo, SandboxEvent, SandboxInfo
@@ -29,7 +30,7 @@ class RuntimeAPI(Protocol):
 
     async def list(self) -> list[SandboxInfo]: ...
 
-    def events(self) -> AsyncIterator[SandboxEvent]: ...
+    def watch(self) -> AbstractAsyncContextManager[AsyncIterator[SandboxEvent]]: ...
 
 
 # sandbox id -> its latest info, or None when the runtime no longer has it
@@ -69,11 +70,12 @@ class RuntimePump:
     async def run(self) -> None:
         while True:
             try:
-                events = self.runtime.events()
-                await self.relist()
-                async for event in events:
-                    self.known[event.sandbox.id] = event.sandbox
-                    self.listener(event.sandbox.id, event.sandbox)
+                # Subscribe before listing, so no change between the two is missed.
+                async with self.runtime.watch() as events:
+                    await self.relist()
+                    async for event in events:
+                        self.known[event.sandbox.id] = event.sandbox
+                        self.listener(event.sandbox.id, event.sandbox)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the runtime is restarting or gone: relist when it's back

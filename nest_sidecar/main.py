@@ -1,0 +1,262 @@
+"""The sidecar process: wires the informer, the runtime pump, the workers and the heartbeat.
+
+Start-up order matters for restart safety: workers start only after both the watch has listed
+what is bound to this pod and the runtime has listed what it runs, so a worker that finds its
+sandbox already running adopts it (same process) instead of starting a second copy. Runtime
+sandboxes with no Sandbox object behind them are removed once both lists are in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from kubernetes import client, config
+
+from crds.constants import POD_UID_LABEL
+from nest_sidecar.fetcher import CodeCache, CodeFetcher
+from nest_sidecar.informer import Event, SandboxInformer, on_events
+from nest_sidecar.kube import KubeShell
+from nest_sidecar.lease import Heartbeat, Usage, capacity_from_pod
+from nest_sidecar.runtime import RuntimeAPI, RuntimePump
+from nest_sidecar.server import SidecarMetrics, health_app
+from nest_sidecar.status import Observed
+from nest_sidecar.status_manager import StatusManager
+from nest_sidecar.worker import Backoff, PodIdentity, SandboxWorker
+from sandbox.api import SandboxInfo
+from sandbox.client import RuntimeClient
+
+log = logging.getLogger("nest_sidecar")
+
+
+@dataclass(frozen=True)
+class Settings:
+    pod_name: str
+    pod_namespace: str
+    pod_uid: str
+    pod_ip: str
+    runtime_socket: str
+    runtime_port: int
+    code_cache: Path
+    health_port: int
+    lease_interval: float
+    backoff_initial: float
+    grace_seconds: float
+
+
+def parse_settings(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settings:
+    """Flags win over env (the pod's downward API), env over defaults."""
+    p = argparse.ArgumentParser(
+        prog="nest-sidecar",
+        description="Nest sidecar: runs the Sandboxes bound to this pool pod (a kubelet for "
+        "sandboxes). Identity comes from the downward API: POD_NAME, POD_NAMESPACE, POD_UID, "
+        "POD_IP.",
+    )
+    p.add_argument("--pod-name", default=env.get("POD_NAME"))
+    p.add_argument("--pod-namespace", default=env.get("POD_NAMESPACE", "default"))
+    p.add_argument("--pod-uid", default=env.get("POD_UID"))
+    p.add_argument("--pod-ip", default=env.get("POD_IP", "127.0.0.1"))
+    p.add_argument(
+        "--runtime-socket",
+        default=env.get("NEST_RUNTIME_SOCKET", "/var/run/nest/runtime.sock"),
+        help="the runtime's control socket (env NEST_RUNTIME_SOCKET)",
+    )
+    p.add_argument(
+        "--runtime-port",
+        type=int,
+        default=int(env.get("NEST_RUNTIME_PORT", "8080")),
+        help="the runtime's data-plane port, published in Sandbox status",
+    )
+    p.add_argument("--code-cache", default=env.get("NEST_CODE_CACHE", "/var/lib/nest/code"))
+    p.add_argument("--health-port", type=int, default=int(env.get("NEST_SIDECAR_PORT", "8081")))
+    p.add_argument("--lease-interval", type=float, default=10.0, help="heartbeat period, s")
+    p.add_argument(
+        "--backoff", type=float, default=0.5, help="first restart back-off, s (doubles to 60)"
+    )
+    p.add_argument("--grace", type=float, default=5.0, help="grace period when stopping, s")
+    a = p.parse_args(argv)
+    if not a.pod_name or not a.pod_uid:
+        p.error("--pod-name and --pod-uid (or POD_NAME and POD_UID) are required")
+    return Settings(
+        a.pod_name, a.pod_namespace, a.pod_uid, a.pod_ip, a.runtime_socket, a.runtime_port,
+        Path(a.code_cache), a.health_port, a.lease_interval, a.backoff, a.grace,
+    )  # fmt: skip
+
+
+def load_kube() -> client.ApiClient:
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()
+
+
+class Sidecar:
+    """All the parts of one sidecar, on one event loop."""
+
+    def __init__(self, settings: Settings, api: client.ApiClient, runtime: RuntimeAPI) -> None:
+        self.settings = settings
+        self.api = api
+        self.runtime = runtime
+        self.kube = KubeShell(api, settings.pod_name)
+        self.metrics = SidecarMetrics()
+        self.status = StatusManager(self._patch_status)
+        self.pump = RuntimePump(runtime, self._runtime_changed)
+        self.workers: dict[str, SandboxWorker] = {}
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.pending_runtime: dict[str, SandboxInfo | None] = {}
+        self.started = False
+        self.pod = PodIdentity(settings.pod_name, settings.pod_ip, settings.runtime_port)
+
+    async def _patch_status(self, obj: Mapping[str, Any], patch: Mapping[str, Any]) -> None:
+        await self.kube.patch_status(obj, patch)
+        self.metrics.status_writes.inc()
+
+    def _report(self, obj: Mapping[str, Any], observed: Observed) -> None:
+        self.status.report(obj, observed)
+
+    def _runtime_changed(self, sandbox_id: str, info: SandboxInfo | None) -> None:
+        worker = self.workers.get(sandbox_id)
+        if worker is not None:
+            worker.runtime_changed(info)
+
+    def ready(self) -> tuple[bool, str]:
+        if not self.informer.synced.is_set():
+            return False, "waiting for the sandbox watch to sync"
+        if not self.pump.ready.is_set():
+            return False, "waiting for the runtime"
+        return True, f"ok: {len(self.workers)} sandboxes"
+
+    def usage(self) -> Usage:
+        known = self.pump.known.values()
+        live = [s for s in known if s.state == "Running"]
+        memory = sum((s.usage.memory_bytes or 0) for s in live if s.usage is not None)
+        return Usage(sandboxes=len(self.workers), memory_bytes=memory, cpu_millis=0)
+
+    def _on_event(self, event: Event) -> None:
+        uid = event.uid
+        if event.type == "DELETED":
+            # Gone without our finalizer being released (force-removed): stop what remains.
+            task = self.tasks.pop(uid, None)
+            self.workers.pop(uid, None)
+            self.status.forget(uid)
+            if task is not None:
+                task.cancel()
+                asyncio.get_running_loop().create_task(self._remove_quietly(uid))
+            return
+        worker = self.workers.get(uid)
+        if worker is not None:
+            worker.update(event.obj)
+        elif self.started:
+            self._start_worker(event.obj)
+
+    async def _remove_quietly(self, uid: str) -> None:
+        with contextlib.suppress(Exception):
+            await self.runtime.remove(uid, self.settings.grace_seconds)
+
+    def _start_worker(self, obj: Mapping[str, Any]) -> None:
+        uid = str(obj["metadata"]["uid"])
+        worker = SandboxWorker(
+            obj,
+            runtime=self.runtime,
+            fetcher=self.fetcher,
+            kube=self.kube,
+            report=self._report,
+            pod=self.pod,
+            backoff=Backoff(initial=self.settings.backoff_initial),
+            grace_seconds=self.settings.grace_seconds,
+        )
+        worker.runtime_info = self.pump.known.get(uid)
+        self.workers[uid] = worker
+
+        def finished(task: asyncio.Task[None]) -> None:
+            if self.tasks.get(uid) is task:
+                self.tasks.pop(uid, None)
+                self.workers.pop(uid, None)
+                self.status.forget(uid)
+
+        task = asyncio.get_running_loop().create_task(worker.run(), name=f"sandbox-{uid}")
+        task.add_done_callback(finished)
+        self.tasks[uid] = task
+
+    async def run(self, stop: asyncio.Event) -> None:
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        selector = f"{POD_UID_LABEL}={s.pod_uid}"
+        self.informer = SandboxInformer(self.api, selector, loop)
+        pod = await self.kube.read_pod(s.pod_namespace, s.pod_name)
+        capacity = capacity_from_pod(pod)
+        log.info("pod %s/%s capacity %s", s.pod_namespace, s.pod_name, capacity)
+        heartbeat = Heartbeat(self.api, pod, capacity, self.usage, interval=s.lease_interval)
+        runner = web.AppRunner(health_app(self.ready, self.metrics), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, s.pod_ip, s.health_port).start()
+        async with aiohttp.ClientSession() as http:
+            self.fetcher = CodeFetcher(CodeCache(s.code_cache), self.kube.read_configmap, http)
+            background = [
+                loop.create_task(self.pump.run(), name="runtime-pump"),
+                loop.create_task(self.status.run(), name="status-manager"),
+                loop.create_task(heartbeat.run(), name="heartbeat"),
+            ]
+            self.informer.start()
+            background.append(on_events(self.informer, self._on_event))
+            try:
+                await self._start_workers(stop)
+                await stop.wait()
+            finally:
+                self.informer.stop()
+                for task in [*background, *self.tasks.values()]:
+                    task.cancel()
+                await asyncio.gather(*background, *self.tasks.values(), return_exceptions=True)
+                await self.status.flush()
+                await runner.cleanup()
+
+    async def _start_workers(self, stop: asyncio.Event) -> None:
+        waits = [asyncio.ensure_future(e.wait()) for e in (self.informer.synced, self.pump.ready)]
+        stopper = asyncio.ensure_future(stop.wait())
+        while not all(w.done() for w in waits):
+            await asyncio.wait([*[w for w in waits if not w.done()], stopper],
+                               return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+            if stop.is_set():
+                return
+        stopper.cancel()
+        self.started = True
+        for obj in list(self.informer.known.values()):
+            if str(obj["metadata"]["uid"]) not in self.workers:
+                self._start_worker(obj)
+        orphans = set(self.pump.known) - set(self.informer.known)
+        for uid in orphans:
+            log.info("removing runtime sandbox %s: no Sandbox is bound to this pod for it", uid)
+            await self._remove_quietly(uid)
+        log.info("sidecar ready: %d sandboxes, %d orphans removed", len(self.workers), len(orphans))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    settings = parse_settings(argv, os.environ)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("kubernetes").setLevel(logging.WARNING)
+
+    async def _main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        runtime = RuntimeClient(settings.runtime_socket)
+        try:
+            await Sidecar(settings, load_kube(), runtime).run(stop)
+        finally:
+            await runtime.close()
+
+    asyncio.run(_main())

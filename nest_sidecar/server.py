@@ -1,0 +1,53 @@
+"""The sidecar's own HTTP endpoints: /healthz, /readyz and /metrics (prometheus-client).
+
+/readyz is what the pool pod's readiness probe asks, and the scheduler only places sandboxes on
+Ready pods: so it says ready only once the watch has synced (the sidecar knows what is bound to
+it) and the runtime answers (it can run what is bound to it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+
+class SidecarMetrics:
+    """The sidecar's metrics, in a registry of its own (tests run several sidecars)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.sandboxes = Gauge(
+            "nest_sidecar_sandboxes", "Sandboxes bound to this pod, by phase", ["phase"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.status_writes = Counter(
+            "nest_sidecar_status_writes", "Status patches written", registry=self.registry
+        )
+        self.runtime_restarts = Counter(
+            "nest_sidecar_runtime_restarts", "Runtime restarts observed", registry=self.registry
+        )
+        self.restarts = Counter(
+            "nest_sidecar_sandbox_restarts", "Sandbox restarts", registry=self.registry
+        )
+
+
+def health_app(ready: Callable[[], tuple[bool, str]], metrics: SidecarMetrics) -> web.Application:
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(request: web.Request) -> web.Response:
+        ok, detail = ready()
+        return web.Response(status=200 if ok else 503, text=f"{detail}\n")
+
+    async def metrics_handler(request: web.Request) -> web.Response:
+        body = generate_latest(metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_handler)
+    return app
