@@ -194,8 +194,20 @@ def file_name(kind: Kind) -> str:
     return f"{kind.plural}.yaml"
 
 
+KUSTOMIZATION = "kustomization.yaml"
+
+
+def kustomization() -> dict[str, Any]:
+    """Makes `crds/` a kustomize base, so `deploy/` composes it without copying the YAML."""
+    return {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [file_name(kind) for kind in KINDS],
+    }
+
+
 def write(directory: Path | None = None) -> list[Path]:
-    """Write every CRD to `<directory>/<plural>.yaml`; returns the paths written."""
+    """Write every CRD to `<directory>/<plural>.yaml` and the kustomization; the paths written."""
     target = directory or default_dir()
     target.mkdir(parents=True, exist_ok=True)
     written = []
@@ -203,6 +215,9 @@ def write(directory: Path | None = None) -> list[Path]:
         path = target / file_name(kind)
         path.write_text(render(crd_manifest(kind)), encoding="utf-8")
         written.append(path)
+    path = target / KUSTOMIZATION
+    path.write_text(render(kustomization()), encoding="utf-8")
+    written.append(path)
     return written
 
 
@@ -248,6 +263,12 @@ def check(directory: Path | None = None) -> list[str]:
         difference = first_difference(crd_manifest(kind), stored)
         if difference is not None:
             problems.append(f"{path}: differs from the models at {difference}")
+    path = source / KUSTOMIZATION
+    try:
+        if first_difference(kustomization(), _load_file(path)) is not None:
+            problems.append(f"{path}: does not list exactly the generated CRDs")
+    except ManifestError as exc:
+        problems.append(str(exc))
     expected = {file_name(kind) for kind in KINDS}
     for path in sorted(source.glob("*.yaml")) if source.is_dir() else []:
         if path.name not in expected and _is_our_crd(path):

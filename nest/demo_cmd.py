@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
     _step("installing the Nest CRDs")
     crd_dir = Path(crds.__file__).parent
-    print(_kubectl(plane, kubeconfig, "apply", "-f", str(crd_dir)), end="")
+    print(_kubectl(plane, kubeconfig, "apply", "-k", str(crd_dir)), end="")
     _kubectl(plane, kubeconfig, "wait", "--for=condition=established", "--timeout=60s",
              *[f"crd/{name}" for name in CRD_NAMES])  # fmt: skip
 

@@ -79,7 +79,7 @@ def nest_crds(kubeconfig: Path, kubectl_binary: str) -> list[str]:
     crd_dir = Path(crds.__file__).parent
     base = [kubectl_binary, f"--kubeconfig={kubeconfig}"]
     applied = subprocess.run(
-        [*base, "apply", "-f", str(crd_dir), "-o", "name"], capture_output=True, text=True
+        [*base, "apply", "-k", str(crd_dir), "-o", "name"], capture_output=True, text=True
     )
     assert applied.returncode == 0, applied.stderr
     names = [line.split("/", 1)[1] for line in applied.stdout.split()]

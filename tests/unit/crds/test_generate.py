@@ -125,6 +125,15 @@ def test_a_hand_edit_is_drift(crd_dir: Path, capsys: pytest.CaptureFixture[str])
     assert "sandboxes.yaml" in err and "resources.properties.memory.default" in err
 
 
+def test_a_kustomization_missing_a_crd_is_drift(
+    crd_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = crd_dir / "kustomization.yaml"
+    path.write_text(path.read_text().replace("- sandboxendpoints.yaml\n", ""))
+    assert run("crds", "check", "--dir", str(crd_dir)) == 1
+    assert "kustomization.yaml: does not list exactly the generated CRDs" in capsys.readouterr().err
+
+
 def test_formatting_and_comments_are_not_drift(crd_dir: Path) -> None:
     path = crd_dir / "sandboxdeployments.yaml"
     data = yaml.safe_load(path.read_text())
