@@ -25,6 +25,7 @@ from typing import Any
 
 from isolation import zygote
 from isolation.contract import FunctionInfo, Request
+from isolation.errors import LoadError
 from isolation.host import FunctionHost, classify_load_error, load_layers, parse_handler
 from isolation.ipc import encode_frame, read_frame
 
@@ -37,7 +38,18 @@ def main(fd: int, spec: dict[str, Any]) -> int:
     os.chdir(spec.get("workdir") or code_dir)
     sys.path.insert(0, code_dir)
     sock = socket.socket(fileno=fd)
-    return asyncio.run(_serve(sock, spec))
+    try:
+        host = _load(spec)
+    except (Exception, SystemExit) as exc:
+        err = classify_load_error(exc, spec["handler"])
+        sock.sendall(encode_frame({"t": "failed", "reason": err.reason, "message": err.message}))
+        return 1
+    if not host.has_start_hooks:
+        # Nothing left to run before serving: say ready now and build the event loop while the
+        # runtime already routes to us (requests wait in the socket buffer). Creating the loop
+        # in a fresh fork costs about as much as everything else together.
+        sock.sendall(encode_frame({"t": "ready"}))
+    return asyncio.run(_serve(sock, host))
 
 
 def _make_run_sync(concurrency: int) -> Callable[[Callable[[], Any]], Any]:
@@ -55,7 +67,7 @@ def _make_run_sync(concurrency: int) -> Callable[[Callable[[], Any]], Any]:
     return threaded
 
 
-async def _load(spec: dict[str, Any]) -> FunctionHost:
+def _load(spec: dict[str, Any]) -> FunctionHost:
     info = FunctionInfo(
         sandbox_id=spec["id"],
         function_name=spec["function_name"],
@@ -66,21 +78,21 @@ async def _load(spec: dict[str, Any]) -> FunctionHost:
     module_name, attr = parse_handler(spec["handler"])
     module = importlib.import_module(module_name)
     layers = load_layers(spec["layers"])
-    host = FunctionHost(info, module, attr, layers, _make_run_sync(spec["concurrency"]))
-    await host.start()
-    return host
+    return FunctionHost(info, module, attr, layers, _make_run_sync(spec["concurrency"]))
 
 
-async def _serve(sock: socket.socket, spec: dict[str, Any]) -> int:
+async def _serve(sock: socket.socket, host: FunctionHost) -> int:
     reader, writer = await asyncio.open_unix_connection(sock=sock)
-    try:
-        host = await _load(spec)
-    except (Exception, SystemExit) as exc:
-        err = classify_load_error(exc, spec["handler"])
-        writer.write(encode_frame({"t": "failed", "reason": err.reason, "message": err.message}))
-        await writer.drain()
-        return 1
-    writer.write(encode_frame({"t": "ready"}))
+    if host.has_start_hooks:
+        try:
+            await host.start()
+        except LoadError as err:
+            writer.write(
+                encode_frame({"t": "failed", "reason": err.reason, "message": err.message})
+            )
+            await writer.drain()
+            return 1
+        writer.write(encode_frame({"t": "ready"}))
     tasks: set[asyncio.Task[None]] = set()
     while True:
         try:

@@ -139,6 +139,10 @@ class FunctionHost:
         self._run_sync = run_sync
         self.logger = logging.LoggerAdapter(function_log, {"sandbox": info.sandbox_id})
 
+    @property
+    def has_start_hooks(self) -> bool:
+        return bool(self._hooks.function_start)
+
     async def start(self) -> None:
         for hook in self._hooks.function_start:
             try:
