@@ -60,7 +60,10 @@ def zygote_main(conn: Connection, preload: Sequence[str]) -> None:
 
     for name in preload:
         importlib.import_module(name)
-    gc.collect()
+    child.warm_up()
+    # CPython's advice for pre-fork servers: never collect in the parent (collections leave
+    # holes in its pages, which the children's allocations then fill, copying each page) and
+    # freeze what exists so the children's collector never writes to the inherited heap.
     gc.freeze()
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
@@ -84,6 +87,7 @@ def zygote_main(conn: Connection, preload: Sequence[str]) -> None:
         if pid == 0:
             code = 70
             try:
+                gc.enable()
                 signal.set_wakeup_fd(-1)
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                 for inherited in (conn.fileno(), wake_r, wake_w):
@@ -129,6 +133,7 @@ class Zygote:
         loop = asyncio.get_running_loop()
         self._conn, theirs = multiprocess.Pipe(duplex=True)
         code = (
+            "import gc; gc.disable(); "  # no collections in the zygote: see zygote_main
             f"import sys; sys.path[:] = {sys.path!r}; from isolation.zygote import exec_entry; "
             f"exec_entry({theirs.fileno()}, {self._preload!r})"
         )
