@@ -250,6 +250,8 @@ def test_deleting_a_pod_sigterms_its_process(
     pod = _phase(api, namespace, "victim", "Running")
     pid = int(_status(pod, "main")["containerID"].removeprefix("nest://"))
     assert psutil.pid_exists(pid)
+    # Running means exec'd; the handler is in place only once the program says so.
+    wait_for(lambda: "waiting" in _logs(namespace, "victim"), what="SIGTERM handler installed")
     client.CoreV1Api(api).delete_namespaced_pod("victim", namespace)
     wait_for(lambda: _gone(api, namespace, "victim"), timeout=60, what="pod object gone")
     assert marker.read_text() == "TERM"
