@@ -44,8 +44,9 @@ class KubeShell:
     def _json_patch(self, obj: Mapping[str, Any], patch: list[dict[str, Any]]) -> None:
         meta = obj["metadata"]
         self.custom.patch_namespaced_custom_object(
-            GROUP, VERSION, meta["namespace"], SANDBOX_PLURAL, meta["name"], patch
-        )
+            GROUP, VERSION, meta["namespace"], SANDBOX_PLURAL, meta["name"], patch,
+            _content_type="application/json-patch+json",
+        )  # fmt: skip
 
     async def ensure_finalizer(self, obj: Mapping[str, Any]) -> None:
         finalizers = list(obj["metadata"].get("finalizers") or [])
@@ -92,6 +93,7 @@ class KubeShell:
             await asyncio.to_thread(
                 self.custom.patch_namespaced_custom_object_status,
                 GROUP, VERSION, meta["namespace"], SANDBOX_PLURAL, meta["name"], dict(patch),
+                _content_type="application/merge-patch+json",
             )  # fmt: skip
         except ApiException as exc:
             if exc.status != 404:  # deleted meanwhile: nothing left to report on
@@ -147,8 +149,3 @@ class KubeShell:
                 return None
             raise
         return dict(cm.data or {})
-
-    async def read_pod(self, namespace: str, name: str) -> dict[str, Any]:
-        pod = await asyncio.to_thread(self.core.read_namespaced_pod, name, namespace)
-        result: dict[str, Any] = self.core.api_client.sanitize_for_serialization(pod)
-        return result

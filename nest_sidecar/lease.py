@@ -25,7 +25,6 @@ from crds import constants as c
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_SANDBOXES = 100
-RUNTIME_CONTAINER = "runtime"
 
 
 @dataclass(frozen=True)
@@ -47,59 +46,57 @@ class Usage:
     cpu_millis: int
 
 
-def _amount(resources: Mapping[str, Any], name: str) -> Any:
-    for kind in ("limits", "requests"):
-        value = (resources.get(kind) or {}).get(name)
-        if value is not None:
-            return value
-    return None
+@dataclass(frozen=True)
+class PodRef:
+    """The pool pod this sidecar runs in, from the downward API."""
+
+    name: str
+    namespace: str
+    uid: str
+    pool: str
 
 
-def capacity_from_pod(pod: Mapping[str, Any]) -> Capacity:
-    """Capacity from the pod's annotations, else its runtime container's resources.
+def capacity_from_env(env: Mapping[str, str]) -> Capacity:
+    """Capacity as the pool pod declares it through the downward API.
 
-    Annotations win because one may declare a pool's density independently of the container
-    limits (for example to keep headroom for the runtime itself).
+    The pod template maps the runtime container's limits (resourceFieldRef) and the
+    `max-sandboxes`/`isolation` annotations (fieldRef) into env, so the sidecar needs no right
+    to read pods; an annotation left unset arrives as an empty string and means the default.
     """
-    annotations = pod.get("metadata", {}).get("annotations") or {}
-    containers = pod.get("spec", {}).get("containers") or []
-    runtime = next((x for x in containers if x.get("name") == RUNTIME_CONTAINER), None)
-    resources = (runtime or {}).get("resources") or {}
-    memory = annotations.get(c.CAPACITY_MEMORY_ANNOTATION) or _amount(resources, "memory") or "1Gi"
-    cpu = annotations.get(c.CAPACITY_CPU_ANNOTATION) or _amount(resources, "cpu") or "1"
-    count = annotations.get(c.MAX_SANDBOXES_ANNOTATION) or DEFAULT_MAX_SANDBOXES
-    isolation = annotations.get(c.ISOLATION_ANNOTATION)
+    memory = env.get("NEST_CAPACITY_MEMORY") or "1Gi"
+    cpu_millis = env.get("NEST_CAPACITY_CPU_MILLIS") or "1000"
+    count = env.get("NEST_MAX_SANDBOXES") or str(DEFAULT_MAX_SANDBOXES)
+    isolation = env.get("NEST_ISOLATION")
     return Capacity(
         memory_bytes=int(parse_quantity(memory)),
-        cpu_millis=int(parse_quantity(cpu) * 1000),
+        cpu_millis=int(parse_quantity(cpu_millis)),
         max_sandboxes=int(count),
         isolation=tuple(isolation.split(",")) if isolation else Capacity.isolation,
     )
 
 
 def lease_body(
-    pod: Mapping[str, Any], capacity: Capacity, usage: Usage, now: datetime, duration: int
+    pod: PodRef, capacity: Capacity, usage: Usage, now: datetime, duration: int
 ) -> dict[str, Any]:
     """The whole Lease object for this pod at `now`."""
-    meta = pod["metadata"]
     stamp = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return {
         "apiVersion": "coordination.k8s.io/v1",
         "kind": "Lease",
         "metadata": {
-            "name": meta["name"],
-            "namespace": meta["namespace"],
-            "labels": {c.POOL_LABEL: (meta.get("labels") or {}).get(c.POOL_LABEL, "")},
+            "name": pod.name,
+            "namespace": pod.namespace,
+            "labels": {c.POOL_LABEL: pod.pool},
             "annotations": {
                 c.CAPACITY_ANNOTATION: json.dumps(asdict(capacity), sort_keys=True),
                 c.USAGE_ANNOTATION: json.dumps(asdict(usage), sort_keys=True),
             },
             "ownerReferences": [
-                {"apiVersion": "v1", "kind": "Pod", "name": meta["name"], "uid": meta["uid"]}
+                {"apiVersion": "v1", "kind": "Pod", "name": pod.name, "uid": pod.uid}
             ],
         },
         "spec": {
-            "holderIdentity": meta["uid"],
+            "holderIdentity": pod.uid,
             "leaseDurationSeconds": duration,
             "renewTime": stamp,
         },
@@ -112,7 +109,7 @@ class Heartbeat:
     def __init__(
         self,
         api: client.ApiClient,
-        pod: Mapping[str, Any],
+        pod: PodRef,
         capacity: Capacity,
         usage: Callable[[], Usage],
         interval: float = 10.0,
@@ -132,7 +129,9 @@ class Heartbeat:
         )
         name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
         try:
-            self.coordination.replace_namespaced_lease(name, namespace, body)
+            self.coordination.patch_namespaced_lease(
+                name, namespace, body, _content_type="application/merge-patch+json"
+            )
         except ApiException as exc:
             if exc.status != 404:
                 raise

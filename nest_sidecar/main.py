@@ -27,7 +27,7 @@ from crds.constants import POD_UID_LABEL
 from nest_sidecar.fetcher import CodeCache, CodeFetcher
 from nest_sidecar.informer import Event, SandboxInformer, on_events
 from nest_sidecar.kube import KubeShell
-from nest_sidecar.lease import Heartbeat, Usage, capacity_from_pod
+from nest_sidecar.lease import Capacity, Heartbeat, PodRef, Usage, capacity_from_env
 from nest_sidecar.runtime import RuntimeAPI, RuntimePump
 from nest_sidecar.server import SidecarMetrics, health_app
 from nest_sidecar.status import Observed
@@ -52,6 +52,8 @@ class Settings:
     lease_interval: float
     backoff_initial: float
     grace_seconds: float
+    pool: str
+    capacity: Capacity
 
 
 def parse_settings(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settings:
@@ -84,12 +86,14 @@ def parse_settings(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settin
         "--backoff", type=float, default=0.5, help="first restart back-off, s (doubles to 60)"
     )
     p.add_argument("--grace", type=float, default=5.0, help="grace period when stopping, s")
+    p.add_argument("--pool", default=env.get("NEST_POOL") or "default", help="env NEST_POOL")
     a = p.parse_args(argv)
     if not a.pod_name or not a.pod_uid:
         p.error("--pod-name and --pod-uid (or POD_NAME and POD_UID) are required")
     return Settings(
         a.pod_name, a.pod_namespace, a.pod_uid, a.pod_ip, a.runtime_socket, a.runtime_port,
-        Path(a.code_cache), a.health_port, a.lease_interval, a.backoff, a.grace,
+        Path(a.code_cache), a.health_port, a.lease_interval, a.backoff, a.grace, a.pool,
+        capacity_from_env(env),
     )  # fmt: skip
 
 
@@ -194,10 +198,9 @@ class Sidecar:
         loop = asyncio.get_running_loop()
         selector = f"{POD_UID_LABEL}={s.pod_uid}"
         self.informer = SandboxInformer(self.api, selector, loop)
-        pod = await self.kube.read_pod(s.pod_namespace, s.pod_name)
-        capacity = capacity_from_pod(pod)
-        log.info("pod %s/%s capacity %s", s.pod_namespace, s.pod_name, capacity)
-        heartbeat = Heartbeat(self.api, pod, capacity, self.usage, interval=s.lease_interval)
+        pod = PodRef(s.pod_name, s.pod_namespace, s.pod_uid, s.pool)
+        log.info("pod %s/%s capacity %s", s.pod_namespace, s.pod_name, s.capacity)
+        heartbeat = Heartbeat(self.api, pod, s.capacity, self.usage, interval=s.lease_interval)
         runner = web.AppRunner(health_app(self.ready, self.metrics), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, s.pod_ip, s.health_port).start()

@@ -18,7 +18,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from nest.cluster.build import Builder
 from nest.cluster.paths import ClusterPaths
@@ -39,6 +41,19 @@ class Ports:
     apiserver: int
     controller_manager: int
     scheduler: int
+
+
+def node_env(inherited: Mapping[str, str]) -> dict[str, str]:
+    """The local node's environment: its pods' commands resolve from this Python's bin first.
+
+    The local node ignores images, so "the image" is this installation: `nest-runtime` and
+    `nest-sidecar` in deploy/'s pod specs must resolve even when the venv is not activated.
+    """
+    bin_dir = str(Path(sys.executable).parent)
+    path = inherited.get("PATH", "/usr/local/bin:/usr/bin:/bin")
+    if path.split(os.pathsep)[0] != bin_dir:
+        path = os.pathsep.join([bin_dir, path])
+    return {**inherited, "PATH": path, "PYTHONUNBUFFERED": "1"}
 
 
 def _free_port() -> int:
@@ -150,7 +165,7 @@ class ControlPlane:
             "kube-apiserver": ProcessSpec("kube-apiserver", apiserver),
             "kube-controller-manager": ProcessSpec("kube-controller-manager", controller_manager),
             "kube-scheduler": ProcessSpec("kube-scheduler", scheduler),
-            "node": ProcessSpec("node", node, env={**os.environ, "PYTHONUNBUFFERED": "1"}),
+            "node": ProcessSpec("node", node, env=node_env(os.environ)),
         }
 
     # -- probes --------------------------------------------------------------------------------

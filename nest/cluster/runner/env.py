@@ -114,10 +114,15 @@ def _quantity(text: str) -> float:
     return float(text)
 
 
-def _resource_ref(ref: Obj, container: Obj) -> str:
+def _resource_ref(ref: Obj, pod: Obj, container: Obj) -> str:
+    named = ref.get("containerName")
+    if named:
+        containers = (pod.get("spec") or {}).get("containers") or []
+        container = next((c for c in containers if c.get("name") == named), container)
     kind, _, resource = ref["resource"].partition(".")
     value = ((container.get("resources") or {}).get(kind) or {}).get(resource)
-    divisor = _quantity(str(ref.get("divisor") or "1"))
+    # The API server stores an unset divisor as "0"; it means 1.
+    divisor = _quantity(str(ref.get("divisor") or "1")) or 1.0
     if value is None:
         # The kubelet falls back to node allocatable; "unlimited" is the honest answer locally.
         return "0"
@@ -165,7 +170,7 @@ def container_env(
         elif "fieldRef" in source:
             value = field_ref(source["fieldRef"]["fieldPath"], pod, facts)
         elif "resourceFieldRef" in source:
-            value = _resource_ref(source["resourceFieldRef"], container)
+            value = _resource_ref(source["resourceFieldRef"], pod, container)
         elif "configMapKeyRef" in source:
             value = _key_ref(source["configMapKeyRef"], sources.config_maps, "configmap")
         elif "secretKeyRef" in source:

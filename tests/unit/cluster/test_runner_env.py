@@ -124,3 +124,24 @@ def test_base_env_reaches_the_real_api_server_and_marks_the_node() -> None:
     assert env[NODE_MARKER] == "/state/node"
     assert env["HOSTNAME"] == "web-1"
     assert "SECRET" not in env
+
+
+def test_resource_field_ref_reads_the_named_container_and_defaulted_divisor() -> None:
+    from nest.cluster.runner.env import _resource_ref
+
+    pod = {
+        "spec": {
+            "containers": [
+                {"name": "runtime", "resources": {"limits": {"memory": "2Gi", "cpu": "2"}}},
+                {"name": "sidecar", "resources": {"limits": {"memory": "256Mi"}}},
+            ]
+        }
+    }
+    sidecar = pod["spec"]["containers"][1]
+    # The API server stores an unset divisor as "0".
+    memory = {"containerName": "runtime", "resource": "limits.memory", "divisor": "0"}
+    assert _resource_ref(memory, pod, sidecar) == str(2 * 2**30)
+    cpu = {"containerName": "runtime", "resource": "limits.cpu", "divisor": "1m"}
+    assert _resource_ref(cpu, pod, sidecar) == "2000"
+    own = {"resource": "limits.memory", "divisor": "1Mi"}
+    assert _resource_ref(own, pod, sidecar) == "256"
