@@ -207,7 +207,11 @@ async def _invoke(request: web.Request, path: str) -> web.Response:
         headers=dict(request.headers),
         body=await request.read(),
     )
-    response = await runtime.invoke(request.match_info["id"], call)
+    try:
+        response = await runtime.invoke(request.match_info["id"], call)
+    except IsolationError as exc:
+        status, word, message = http_error(exc)
+        return _error(status, word, message)
     return web.Response(status=response.status, headers=response.headers, body=response.body)
 
 
@@ -233,7 +237,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def data_app(runtime: Runtime) -> web.Application:
-    app = web.Application(middlewares=[isolation_errors])
+    # No middleware on the hot path: aiohttp rebuilds the handler chain for every request.
+    app = web.Application()
     app[RUNTIME_KEY] = runtime
     app.router.add_post("/v1/sandboxes/{id}/invoke", invoke)
     app.router.add_route("*", "/v1/sandboxes/{id}/http/{path:.*}", http_trigger)
