@@ -171,7 +171,10 @@ class SubprocessBackend:
             header = {"t": "failed", "reason": Reason.TIMEOUT, "message": proc.kill_message}
         except (asyncio.IncompleteReadError, ConnectionError):
             _, _, how = describe_exit(await exited)
-            header = {"t": "failed", "reason": Reason.CRASHED, "message": f"while loading: {how}"}
+            # Killed by us while loading (the memory watcher) is that reason, not a crash.
+            reason = proc.kill_reason or Reason.CRASHED
+            message = f"while loading: {proc.kill_message or how}"
+            header = {"t": "failed", "reason": reason, "message": message}
         if header["t"] != "ready":
             writer.close()
             await exited
