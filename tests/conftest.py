@@ -10,11 +10,14 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes import client, config
 
 from tests.kube import Kubectl, wait_for
+
+POOL_SELECTOR = "app.kubernetes.io/name=nest-pool"
 
 
 @pytest.fixture(scope="session")
@@ -56,9 +59,10 @@ def namespace(api: client.ApiClient) -> Iterator[str]:
     core = client.CoreV1Api(api)
     name = f"t-{uuid.uuid4().hex[:8]}"
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    # Pods are admitted only once the default ServiceAccount has its token secret.
     wait_for(
-        lambda: core.read_namespaced_service_account("default", name),
-        what=f"default ServiceAccount in {name}",
+        lambda: core.read_namespaced_service_account("default", name).secrets,
+        what=f"default ServiceAccount token in {name}",
     )
     yield name
     core.delete_namespace(name, propagation_policy="Background")
@@ -91,3 +95,31 @@ def nest_crds(kubeconfig: Path, kubectl_binary: str) -> list[str]:
     )
     assert established.returncode == 0, established.stderr
     return names
+
+
+@pytest.fixture(scope="session")
+def nest_pool(kubeconfig: Path, kubectl_binary: str, nest_crds: list[str]) -> list[dict[str, Any]]:
+    """deploy/ applied (CRDs, RBAC, the pool) and every pool pod Ready; the pool pods."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    base = [kubectl_binary, f"--kubeconfig={kubeconfig}", "--namespace=nest-system"]
+    applied = subprocess.run(
+        [*base, "apply", "-k", str(root / "deploy")], capture_output=True, text=True
+    )
+    assert applied.returncode == 0, applied.stderr
+    core = client.CoreV1Api(config.new_client_from_config(config_file=str(kubeconfig)))
+
+    def ready_pods() -> list[dict[str, Any]] | None:
+        pods = core.list_namespaced_pod("nest-system", label_selector=POOL_SELECTOR).items
+        live = [p for p in pods if p.metadata.deletion_timestamp is None]
+        ready = [
+            p for p in live
+            if all(c.ready for c in (p.status.container_statuses or []))
+            and p.status.container_statuses
+        ]  # fmt: skip
+        if len(live) < 2 or len(ready) != len(live):
+            return None
+        return [core.api_client.sanitize_for_serialization(p) for p in ready]
+
+    return wait_for(ready_pods, timeout=120, what="the pool pods from deploy/ to be Ready")
