@@ -7,7 +7,7 @@ import asyncio
 import importlib
 import json
 
-NAMES = ("hotplug", "memory", "density", "invoke")
+NAMES = ("hotplug", "memory", "density", "invoke", "hotplug-e2e")
 
 
 def main() -> None:
@@ -15,7 +15,7 @@ def main() -> None:
     parser.add_argument("name", choices=NAMES)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
-    module = importlib.import_module(f"bench.{args.name}")
+    module = importlib.import_module(f"bench.{args.name.replace('-', '_')}")
     report = asyncio.run(module.run()).as_dict()
     if args.json:
         print(json.dumps(report))

@@ -2,20 +2,25 @@
 
 Workers report every change at once; writing each would cost an API call per step (Scheduled,
 Starting, Running within milliseconds). The manager keeps the latest report per sandbox and
-writes after a short coalescing window, so a fast start becomes one patch, and a write is skipped
-entirely when the status the API already shows is the one we would write (as the kubelet's status
-manager does).
+writes transient phases only after a short coalescing window, while a settled phase (Running,
+Failed, Succeeded) is written at once: so a fast start becomes one patch without making anyone
+wait for the window. A write is skipped entirely when the API already shows the status we would
+write (as the kubelet's status manager does).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from crds import SandboxPhase
 from nest_sidecar.status import Observed, desired_status, status_patch
+
+SETTLED = frozenset({SandboxPhase.RUNNING, SandboxPhase.FAILED, SandboxPhase.SUCCEEDED})
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +37,7 @@ class StatusManager:
         self.pending: dict[str, tuple[Mapping[str, Any], Observed]] = {}
         self.writes = 0
         self._dirty = asyncio.Event()
+        self._urgent = asyncio.Event()
 
     def report(self, obj: Mapping[str, Any], observed: Observed) -> None:
         uid = str(obj["metadata"]["uid"])
@@ -39,6 +45,8 @@ class StatusManager:
             self.written[uid] = dict(obj.get("status") or {})
         self.pending[uid] = (obj, observed)
         self._dirty.set()
+        if observed.phase in SETTLED:
+            self._urgent.set()
 
     def forget(self, uid: str) -> None:
         self.written.pop(uid, None)
@@ -64,8 +72,11 @@ class StatusManager:
     async def run(self) -> None:
         while True:
             await self._dirty.wait()
-            await asyncio.sleep(self.window)  # the coalescing window, not a synchronisation
+            # The coalescing window, cut short by a settled phase: not a synchronisation.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._urgent.wait(), self.window)
             self._dirty.clear()
+            self._urgent.clear()
             await self.flush()
             if self.pending:
                 self._dirty.set()
