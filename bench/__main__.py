@@ -7,7 +7,7 @@ import asyncio
 import importlib
 import json
 
-NAMES = ("hotplug", "memory", "density", "invoke", "hotplug-e2e")
+NAMES = ("hotplug", "memory", "density", "invoke", "hotplug-e2e", "schedule")
 
 
 def main() -> None:

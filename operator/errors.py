@@ -3,3 +3,19 @@
 
 class OperatorError(Exception):
     """Base of every error the operator raises on purpose."""
+
+
+class AlreadyBound(OperatorError):
+    """A sandbox was assumed or added to a pod while the cache already holds it on a pod."""
+
+
+class UnknownPod(OperatorError):
+    """The scheduler cache holds no pool pod with that UID."""
+
+
+class InvalidRolloutStrategy(OperatorError):
+    """A RollingUpdate whose maxSurge and maxUnavailable are both zero can never progress."""
+
+
+class RevisionNotFound(OperatorError):
+    """A rollback asked for a revision that no SandboxReplicaSet carries any more."""

@@ -1,0 +1,34 @@
+"""The operator's scheduler: sandboxes onto pool pods, as a pure core the kopf shell drives."""
+
+from nest_operator.scheduler.cache import DEFAULT_ASSUME_TTL, SchedulerCache
+from nest_operator.scheduler.framework import (
+    DEFAULT_FEASIBLE_PODS_TO_SCORE,
+    DEFAULT_SCORES,
+    Decision,
+    Scheduler,
+    default_filters,
+)
+from nest_operator.scheduler.snapshot import (
+    BoundSandbox,
+    PodInfo,
+    PoolPod,
+    SandboxRequest,
+    parse_cpu,
+    parse_memory,
+)
+
+__all__ = [
+    "DEFAULT_ASSUME_TTL",
+    "DEFAULT_FEASIBLE_PODS_TO_SCORE",
+    "DEFAULT_SCORES",
+    "BoundSandbox",
+    "Decision",
+    "PodInfo",
+    "PoolPod",
+    "SandboxRequest",
+    "Scheduler",
+    "SchedulerCache",
+    "default_filters",
+    "parse_cpu",
+    "parse_memory",
+]

@@ -1,0 +1,144 @@
+"""The scheduler cache: pool pods with their sandboxes, including bindings only assumed so far.
+
+Why: a decision is made, then the shell patches the Sandbox, then the watch reports the binding.
+Between the decision and the watch event the pod must already count the sandbox, or the next
+decisions would overbook it (kube-scheduler's AssumePod). An assumed binding is confirmed by the
+watch (`add_sandbox`), dropped when the bind patch fails (`forget`) and expires after a TTL in
+case the watch never reports it (`expire`). Time is injected; nothing here does I/O.
+The per-pool index keeps pods sorted by name so every walk over them is deterministic.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from nest_operator.errors import AlreadyBound, UnknownPod
+from nest_operator.scheduler.snapshot import BoundSandbox, PodInfo, PoolPod, SandboxRequest
+
+DEFAULT_ASSUME_TTL = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Assumed:
+    pod_uid: str
+    deadline: float
+
+
+class SchedulerCache:
+    """Pool pods and their sandboxes; the scheduler's only input besides the request."""
+
+    def __init__(self, assume_ttl: float = DEFAULT_ASSUME_TTL) -> None:
+        self._assume_ttl = assume_ttl
+        self._pods: dict[str, PodInfo] = {}
+        self._sandbox_pod: dict[str, str] = {}  # sandbox uid -> pod uid, bound or assumed
+        self._assumed: dict[str, _Assumed] = {}
+        # pool -> pods sorted by name, and their names for bisect.
+        self._pools: dict[str, list[PodInfo]] = {}
+        self._pool_names: dict[str, list[str]] = {}
+
+    # --- pods ------------------------------------------------------------------------------
+
+    def set_pod(self, pod: PoolPod) -> None:
+        """Add a pool pod or replace its snapshot (lease renewal, readiness, cordon, capacity)."""
+        info = self._pods.get(pod.uid)
+        if info is None:
+            self._pods[pod.uid] = info = PodInfo(pod)
+            self._index(info)
+            return
+        moved = info.pod.pool != pod.pool or info.pod.name != pod.name
+        if moved:
+            self._unindex(info)
+        info.pod = pod
+        if moved:
+            self._index(info)
+
+    def remove_pod(self, uid: str) -> list[str]:
+        """Forget a pod; returns the UIDs of the sandboxes it held, which are now unbound."""
+        info = self._pods.pop(uid, None)
+        if info is None:
+            return []
+        self._unindex(info)
+        for sandbox_uid in info.sandboxes:
+            del self._sandbox_pod[sandbox_uid]
+            self._assumed.pop(sandbox_uid, None)
+        return sorted(info.sandboxes)
+
+    def pod(self, uid: str) -> PodInfo:
+        try:
+            return self._pods[uid]
+        except KeyError:
+            raise UnknownPod(uid) from None
+
+    def pods(self) -> Iterator[PodInfo]:
+        return iter(self._pods.values())
+
+    @property
+    def pod_count(self) -> int:
+        return len(self._pods)
+
+    def pool(self, pool: str) -> Sequence[PodInfo]:
+        """The pods of one pool, sorted by name."""
+        return self._pools.get(pool, ())
+
+    def pool_position(self, pool: str, name: str) -> int:
+        """Where a pod named `name` is, or would be, in `pool(pool)`."""
+        return bisect.bisect_left(self._pool_names.get(pool, ()), name)
+
+    def _index(self, info: PodInfo) -> None:
+        names = self._pool_names.setdefault(info.pod.pool, [])
+        at = bisect.bisect_left(names, info.pod.name)
+        names.insert(at, info.pod.name)
+        self._pools.setdefault(info.pod.pool, []).insert(at, info)
+
+    def _unindex(self, info: PodInfo) -> None:
+        pods = self._pools[info.pod.pool]
+        at = pods.index(info)
+        del pods[at]
+        del self._pool_names[info.pod.pool][at]
+
+    # --- sandboxes -------------------------------------------------------------------------
+
+    def add_sandbox(self, sandbox: BoundSandbox) -> None:
+        """The watch saw a bound sandbox: count it, confirming an assumption if there was one."""
+        target = self.pod(sandbox.pod_uid)
+        self._assumed.pop(sandbox.uid, None)
+        current = self._sandbox_pod.get(sandbox.uid)
+        if current is not None:
+            # Already counted (assumed or a repeated event): re-add in case the pod changed.
+            self._pods[current].remove(sandbox.uid)
+        target.add(sandbox)
+        self._sandbox_pod[sandbox.uid] = sandbox.pod_uid
+
+    def remove_sandbox(self, uid: str) -> None:
+        """The sandbox is gone or unbound: stop counting it."""
+        self._assumed.pop(uid, None)
+        pod_uid = self._sandbox_pod.pop(uid, None)
+        if pod_uid is not None:
+            self._pods[pod_uid].remove(uid)
+
+    def assume(self, request: SandboxRequest, pod_uid: str, now: float) -> None:
+        """Count `request` on the pod right away, until the watch confirms it or it expires."""
+        if request.uid in self._sandbox_pod:
+            raise AlreadyBound(
+                f"sandbox {request.uid} is already on pod {self._sandbox_pod[request.uid]}"
+            )
+        self.pod(pod_uid).add(request.bound_to(pod_uid))
+        self._sandbox_pod[request.uid] = pod_uid
+        self._assumed[request.uid] = _Assumed(pod_uid, now + self._assume_ttl)
+
+    def forget(self, uid: str) -> None:
+        """The bind patch failed: undo the assumption (a confirmed binding stays)."""
+        if uid in self._assumed:
+            self.remove_sandbox(uid)
+
+    def is_assumed(self, uid: str) -> bool:
+        return uid in self._assumed
+
+    def expire(self, now: float) -> list[str]:
+        """Drop assumptions older than the TTL that no watch event confirmed; returns their UIDs."""
+        expired = sorted(uid for uid, a in self._assumed.items() if a.deadline <= now)
+        for uid in expired:
+            self.remove_sandbox(uid)
+        return expired

@@ -1,0 +1,130 @@
+"""Snapshot types of the scheduler: what it knows about pool pods and about the sandbox to place.
+
+Why: the scheduler is a pure function over these small frozen records, not over API objects, so
+it is fast, testable without a cluster and independent of how the API types evolve. The I/O
+shell adapts Pods, Leases and Sandboxes into them (`parse_memory`/`parse_cpu` turn Kubernetes
+quantities into the integers used here). `PodInfo` is the kube-scheduler's NodeInfo: the
+per-pod aggregates every plugin reads, kept up to date incrementally so that one decision costs
+O(pods looked at), never O(pods x sandboxes).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from kubernetes.utils.quantity import parse_quantity
+
+
+def parse_memory(quantity: str | int) -> int:
+    """A memory quantity (`64Mi`, `1G`, `1048576`) in bytes, rounded up."""
+    return math.ceil(parse_quantity(quantity))
+
+
+def parse_cpu(quantity: str | int) -> int:
+    """A CPU quantity (`100m`, `0.5`, `2`) in millicores, rounded up."""
+    return math.ceil(parse_quantity(quantity) * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolPod:
+    """A pool pod as a node: identity, health and declared capacity."""
+
+    name: str
+    namespace: str
+    uid: str
+    pool: str
+    ready: bool
+    # Seconds since the epoch of the Lease's renewTime; None when the pod has no Lease yet.
+    lease_renewed_at: float | None
+    cordoned: bool
+    memory: int  # bytes
+    cpu: int  # millicores
+    max_sandboxes: int
+    isolation: frozenset[str]
+    # Digests of code the pod's sidecar already holds in its content-addressed cache.
+    cached_digests: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class BoundSandbox:
+    """A sandbox bound (or assumed bound) to a pod, reduced to what scheduling needs."""
+
+    uid: str
+    pod_uid: str
+    memory: int
+    cpu: int
+    replica_set: str | None
+    code_digest: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxRequest:
+    """The sandbox to place."""
+
+    name: str
+    namespace: str
+    uid: str
+    pool: str
+    memory: int
+    cpu: int
+    isolation: str
+    code_digest: str | None = None
+    replica_set: str | None = None
+
+    def bound_to(self, pod_uid: str) -> BoundSandbox:
+        """This sandbox as bound to `pod_uid`."""
+        return BoundSandbox(
+            self.uid, pod_uid, self.memory, self.cpu, self.replica_set, self.code_digest
+        )
+
+
+@dataclass(slots=True)
+class PodInfo:
+    """One pool pod with the aggregates of its sandboxes, maintained on every add and remove."""
+
+    pod: PoolPod
+    sandboxes: dict[str, BoundSandbox] = field(default_factory=dict)
+    memory_requested: int = 0
+    cpu_requested: int = 0
+    # Sandboxes per owning replica set, and per code digest (code that is or will be on the pod).
+    replica_sets: dict[str, int] = field(default_factory=dict)
+    digests: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def count(self) -> int:
+        return len(self.sandboxes)
+
+    def add(self, sandbox: BoundSandbox) -> None:
+        self.sandboxes[sandbox.uid] = sandbox
+        self.memory_requested += sandbox.memory
+        self.cpu_requested += sandbox.cpu
+        if sandbox.replica_set is not None:
+            self.replica_sets[sandbox.replica_set] = (
+                self.replica_sets.get(sandbox.replica_set, 0) + 1
+            )
+        if sandbox.code_digest is not None:
+            self.digests[sandbox.code_digest] = self.digests.get(sandbox.code_digest, 0) + 1
+
+    def remove(self, uid: str) -> BoundSandbox | None:
+        sandbox = self.sandboxes.pop(uid, None)
+        if sandbox is None:
+            return None
+        self.memory_requested -= sandbox.memory
+        self.cpu_requested -= sandbox.cpu
+        _decrement(self.replica_sets, sandbox.replica_set)
+        _decrement(self.digests, sandbox.code_digest)
+        return sandbox
+
+    def holds_code(self, digest: str) -> bool:
+        return digest in self.pod.cached_digests or digest in self.digests
+
+
+def _decrement(counts: dict[str, int], key: str | None) -> None:
+    if key is None:
+        return
+    left = counts[key] - 1
+    if left:
+        counts[key] = left
+    else:
+        del counts[key]
