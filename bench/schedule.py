@@ -13,8 +13,9 @@ import random
 import time
 from dataclasses import dataclass, field
 
-from bench.common import Report, percentile
 from nest_operator.scheduler import PoolPod, SandboxRequest, Scheduler, SchedulerCache
+
+from bench.common import Report, percentile
 
 PODS = 1_000
 SANDBOXES = 10_000
