@@ -227,8 +227,10 @@ _TRANSITIONS: dict[SandboxPhase, frozenset[SandboxPhase]] = {
     _P.SCHEDULED: frozenset({_P.STARTING, _P.FAILED, _P.TERMINATING}),
     # Code fetched and imported; or fetch/import fails (ImportError, checksum, Timeout).
     _P.STARTING: frozenset({_P.RUNNING, _P.FAILED, _P.TERMINATING}),
-    # Stops cleanly (Succeeded) or crashes, is OOMKilled or evicted (Failed).
-    _P.RUNNING: frozenset({_P.SUCCEEDED, _P.FAILED, _P.TERMINATING}),
+    # Stops cleanly (Succeeded) or crashes, is OOMKilled or evicted (Failed) for good; or it
+    # crashed and the sidecar restarts it in place (Starting, restartCount + 1, CrashLoopBackOff
+    # while backing off), as a Pod stays Running while its containers restart.
+    _P.RUNNING: frozenset({_P.STARTING, _P.SUCCEEDED, _P.FAILED, _P.TERMINATING}),
     # restartPolicy Always restarts even a clean stop in the same pod.
     _P.SUCCEEDED: frozenset({_P.STARTING, _P.TERMINATING}),
     # Always/OnFailure restart in the same pod (restartCount + 1, with back-off).
@@ -236,6 +238,17 @@ _TRANSITIONS: dict[SandboxPhase, frozenset[SandboxPhase]] = {
     # Final: the object disappears once the sidecar releases its finalizer.
     _P.TERMINATING: frozenset(),
 }
+
+
+# Failure reasons that would recur identically in any pod: the code or its pin is wrong. A sandbox
+# Failed for one of these is neither restarted by its sidecar nor replaced by its replica set
+# (replacing would only churn); the fix is a new revision. Every other Failed is replaced.
+PERMANENT_FAILURE_REASONS: frozenset[str] = frozenset(
+    {"SyntaxError", "ImportError", "HandlerNotFound", "ChecksumMismatch", "InvalidCodeArchive",
+     "CodePathNotFound", "InvalidSpec"}
+)  # fmt: skip
+# The reason of a sandbox whose pod went away (deleted, NotReady too long, Lease expired).
+EVICTED_REASON = "Evicted"
 
 
 def can_transition(current: SandboxPhase, new: SandboxPhase) -> bool:

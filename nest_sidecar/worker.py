@@ -20,11 +20,8 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from crds import SandboxPhase, can_transition
-from crds.sandbox import RestartPolicy, Sandbox
+from crds.sandbox import PERMANENT_FAILURE_REASONS, RestartPolicy, Sandbox
 from nest_sidecar.errors import (
-    ChecksumMismatch,
-    CodePathNotFound,
-    InvalidCodeArchive,
     SidecarError,
 )
 from nest_sidecar.fetcher import CodeFetcher, CodeRef
@@ -35,11 +32,6 @@ from sandbox.errors import CreateFailed, SandboxNotFoundError
 
 log = logging.getLogger(__name__)
 
-# Failures that a retry cannot fix: the code itself is wrong.
-PERMANENT_REASONS = frozenset(
-    {"SyntaxError", "ImportError", "HandlerNotFound", ChecksumMismatch.reason,
-     InvalidCodeArchive.reason, CodePathNotFound.reason, "InvalidSpec"}
-)  # fmt: skip
 RUNTIME_FAILED = frozenset({"Failed", "Stopped"})
 
 
@@ -80,7 +72,7 @@ class Backoff:
 
 def should_restart(policy: RestartPolicy, reason: str, clean_exit: bool) -> bool:
     """Whether a stopped sandbox runs again in this pod (restartPolicy, as for Pods)."""
-    if reason in PERMANENT_REASONS or policy == RestartPolicy.NEVER:
+    if reason in PERMANENT_FAILURE_REASONS or policy == RestartPolicy.NEVER:
         return False
     return policy == RestartPolicy.ALWAYS or not clean_exit
 
@@ -125,6 +117,8 @@ class SandboxWorker:
         self.runtime_info: SandboxInfo | None = None
         self._wake = asyncio.Event()
         self.failures = 0
+        self.retry_at: float | None = None  # monotonic time a pending restart is due
+        self._running_since = 0.0
 
     # -- inputs --------------------------------------------------------------------------------
 
@@ -175,38 +169,35 @@ class SandboxWorker:
         if self.observed.phase == SandboxPhase.PENDING:
             self._move(SandboxPhase.SCHEDULED)
         info = self.runtime_info
-        if info is not None and info.state == "Running" and self.observed.phase == "Running":
-            log.info("adopted running sandbox %s (pid %s)", self.uid, info.pid)
-            self._running(started=self.observed.start_time)
-        elif self.observed.phase == SandboxPhase.RUNNING:
-            # It ran before, and the runtime no longer has it: the runtime restarted.
-            self._fail("RuntimeRestarted", "the pod's runtime restarted; re-creating", count=True)
+        if self.observed.phase == SandboxPhase.RUNNING:
+            if info is not None and info.state == "Running":
+                log.info("adopted running sandbox %s (pid %s)", self.uid, info.pid)
+                self._running(started=self.observed.start_time)
+            else:  # it ran, and the runtime no longer has it: the runtime restarted
+                self._stopped("RuntimeRestarted", "the pod's runtime restarted", ran=True)
         while not self.deleting:
-            if self.observed.phase == SandboxPhase.RUNNING:
+            phase = self.observed.phase
+            if phase == SandboxPhase.RUNNING:
                 await self._watch_running()
-                continue
-            stopped = self.observed.phase in (SandboxPhase.FAILED, SandboxPhase.SUCCEEDED)
-            if stopped and not await self._maybe_restart():
-                await self._wait()  # parked: only deletion moves it now
-                continue
-            await self._start()
-        await self._terminate()
+            elif phase in (SandboxPhase.FAILED, SandboxPhase.SUCCEEDED):
+                await self._wait()  # final: only deletion moves it now
+            elif await self._back_off():
+                await self._start()
 
     async def _start(self) -> None:
         try:
             spec = Sandbox.model_validate(self.obj).spec
         except ValueError as exc:
-            self._move(SandboxPhase.STARTING)
-            self._fail("InvalidSpec", str(exc).splitlines()[0])
+            self._stopped("InvalidSpec", str(exc).splitlines()[0], ran=False)
             return
-        self._move(SandboxPhase.STARTING, reason=None, message=None)
+        self._move(SandboxPhase.STARTING)
         try:
             namespace = self.obj["metadata"]["namespace"]
             code = await self.fetcher.fetch(spec.function.source, namespace)
         except SidecarError as exc:
             self._event("Warning", exc.reason, str(exc))
-            self._move(SandboxPhase.STARTING, code_ready=False, code_message=str(exc))
-            self._fail(exc.reason, str(exc))
+            self.observed = replace(self.observed, code_ready=False, code_message=str(exc))
+            self._stopped(exc.reason, str(exc), ran=False)
             return
         self.observed = replace(self.observed, code_ready=True, code_message=None)
         self._event("Normal", "Pulled", f"code {code.digest[:12]} ready at {code.path}")
@@ -234,16 +225,18 @@ class SandboxWorker:
             info = await self.runtime.create(request)
         except CreateFailed as exc:
             self._event("Warning", "Failed", f"{exc.error}: {exc.message}")
-            self._fail(exc.error, exc.message)
+            self._stopped(exc.error, exc.message, ran=True)
             return
         self.runtime_info = info
         if info.state != "Running":
-            self._fail(info.reason or "Error", info.message or f"runtime state {info.state}")
+            message = info.message or f"runtime state {info.state}"
+            self._stopped(info.reason or "Error", message, ran=True)
             return
         self._event("Normal", "Started", f"started in {fn.isolation.value} isolation")
         self._running(started=datetime.now(UTC))
 
     def _running(self, started: datetime | None) -> None:
+        self.retry_at = None
         self._move(
             SandboxPhase.RUNNING,
             ready=True,
@@ -263,51 +256,51 @@ class SandboxWorker:
         if time.monotonic() - self._running_since >= self.backoff.reset_after:
             self.failures = 0
         if info is None:
-            self._fail("RuntimeRestarted", "the pod's runtime lost this sandbox; re-creating")
+            self._stopped("RuntimeRestarted", "the pod's runtime lost this sandbox", ran=True)
             return
         detail = info.message or f"exit code {info.exit_code}, signal {info.signal}"
         if info.state == "Stopped" and info.exit_code in (0, None) and not info.reason:
-            self._move(SandboxPhase.SUCCEEDED, ready=False, reason="Completed", message=detail)
+            self._stopped("Completed", detail, ran=True, clean=True)
             return
         self._event("Warning", "Failed", f"{info.reason or 'Crashed'}: {detail}")
-        self._fail(info.reason or "Crashed", detail)
+        self._stopped(info.reason or "Crashed", detail, ran=True)
 
-    def _fail(self, reason: str, message: str, *, count: bool = False) -> None:
-        self.failures += 1
-        self._move(
-            SandboxPhase.FAILED,
-            ready=False,
-            reason=reason,
-            message=message,
-            restart_count=self.observed.restart_count + (1 if count else 0),
-        )
+    def _stopped(self, reason: str, message: str, *, ran: bool, clean: bool = False) -> None:
+        """It stopped (or never started): restart it after a back-off, or settle for good.
 
-    async def _maybe_restart(self) -> bool:
-        """Wait out the back-off and return True when the sandbox should start again."""
+        A restart pending shows as Starting with reason CrashLoopBackOff (or, when it never
+        ran, the reason it could not start), so Failed always means final: replica sets then
+        know what to replace.
+        """
         policy = RestartPolicy(
             (self.obj.get("spec") or {}).get("restartPolicy") or RestartPolicy.ALWAYS
         )
-        reason = self.observed.reason or ""
-        clean = self.observed.phase == SandboxPhase.SUCCEEDED
         if not should_restart(policy, reason, clean):
-            return False
+            final = SandboxPhase.SUCCEEDED if clean else SandboxPhase.FAILED
+            self._move(final, ready=False, reason=reason, message=message)
+            return
+        self.failures += 1
         delay = self.backoff.delay(self.failures)
-        last = f"{reason}: {self.observed.message}" if self.observed.message else reason
+        self.retry_at = time.monotonic() + delay
+        last = f"{reason}: {message}" if message else reason
         self._event("Warning", "BackOff", f"back-off {delay:g}s restarting sandbox ({last})")
-        if self.observed.phase == SandboxPhase.FAILED:
-            self.observed = replace(
-                self.observed,
-                reason="CrashLoopBackOff",
-                message=f"back-off {delay:g}s restarting failed sandbox; last: {last}",
-            )
-            self._report(self.obj, self.observed)
-        deadline = time.monotonic() + delay
-        while not self.deleting and (remaining := deadline - time.monotonic()) > 0:
+        self._move(
+            SandboxPhase.STARTING,
+            ready=False,
+            reason="CrashLoopBackOff" if ran else reason,
+            message=f"back-off {delay:g}s before starting again; last: {last}",
+            restart_count=self.observed.restart_count + (1 if ran else 0),
+        )
+
+    async def _back_off(self) -> bool:
+        """Wait until a pending restart is due; False when deletion came first."""
+        while self.retry_at is not None and not self.deleting:
+            remaining = self.retry_at - time.monotonic()
+            if remaining <= 0:
+                break
             await self._wait(remaining)
-        if self.deleting:
-            return False
-        self.observed = replace(self.observed, restart_count=self.observed.restart_count + 1)
-        return True
+        self.retry_at = None
+        return not self.deleting
 
     async def _terminate(self) -> None:
         self._move(SandboxPhase.TERMINATING, ready=False)

@@ -19,6 +19,7 @@ EXPECTED_EDGES = {
     (P.RUNNING, P.FAILED),
     (P.SUCCEEDED, P.STARTING),
     (P.FAILED, P.STARTING),
+    (P.RUNNING, P.STARTING),
     *((phase, P.TERMINATING) for phase in P if phase is not P.TERMINATING),
 }
 
@@ -42,7 +43,7 @@ def test_terminating_is_final_and_reachable_from_everywhere() -> None:
     [
         (P.PENDING, P.RUNNING),  # nothing runs before it is bound and started
         (P.SCHEDULED, P.PENDING),  # bindings are never undone; a replacement is created instead
-        (P.RUNNING, P.STARTING),  # a restart is observed as Failed/Succeeded first
+        (P.RUNNING, P.SCHEDULED),  # a restart stays in its pod: Starting, never re-scheduled
         (P.FAILED, P.RUNNING),  # restarting re-imports the code: Starting first
     ],
 )
