@@ -1,0 +1,98 @@
+"""Request-driven autoscaling policy, after Knative's KPA, as a pure object with an injected clock.
+
+Why: scaling on concurrency (not CPU) is what lets functions scale to zero and back; getting the
+windows right decides whether a burst is absorbed or dropped and whether idle functions really
+go away. Two windows, as Knative: the stable window (60 s) averages demand for normal decisions;
+the panic window (6 s) catches bursts, and while panicking the policy never scales down. The
+shell feeds it `observe(t, concurrency)` samples (in-flight invocations across the deployment)
+and asks `decide(now, ready)`; nothing here reads a clock or a metric itself.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class AutoscalerConfig:
+    """SandboxDeployment.spec.autoscaling, with targetConcurrency resolved."""
+
+    max_replicas: int
+    target_concurrency: float
+    min_replicas: int = 0
+    target_utilization: float = 0.7
+    scale_to_zero_after_seconds: float = 120.0
+    stable_window_seconds: float = 60.0
+    panic_window_seconds: float = 6.0
+    panic_threshold: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class ScaleDecision:
+    """How many replicas to want now, and a short reason for events and status."""
+
+    replicas: int
+    reason: str
+    panicking: bool
+
+
+class Autoscaler:
+    """The policy for one deployment: samples in, desired replicas out."""
+
+    def __init__(self, config: AutoscalerConfig) -> None:
+        self.config = config
+        self._samples: deque[tuple[float, float]] = deque()
+        self._panic_since: float | None = None  # last time the panic condition held
+        self._panic_floor = 0  # never scale below this while panicking
+        # Last sample with traffic, or the first sample: idleness is counted from either.
+        self._last_active: float | None = None
+
+    def observe(self, t: float, concurrency: float) -> None:
+        """Record the deployment's in-flight invocations at time `t` (non-decreasing)."""
+        self._samples.append((t, concurrency))
+        if concurrency > 0 or self._last_active is None:
+            self._last_active = t
+
+    def _average(self, now: float, window: float) -> float | None:
+        values = [c for t, c in self._samples if now - window < t <= now]
+        return sum(values) / len(values) if values else None
+
+    def decide(self, now: float, ready: int) -> ScaleDecision:
+        """Desired replicas at `now` for a deployment that has `ready` ready sandboxes."""
+        cfg = self.config
+        while self._samples and self._samples[0][0] <= now - cfg.stable_window_seconds:
+            self._samples.popleft()
+        stable = self._average(now, cfg.stable_window_seconds)
+        if stable is None:
+            return self._clamp(ready, "no metrics", panicking=False)
+        per_sandbox = cfg.target_concurrency * cfg.target_utilization
+        panic = self._average(now, cfg.panic_window_seconds)
+        desired_stable = math.ceil(stable / per_sandbox)
+        desired_panic = math.ceil((panic or 0.0) / per_sandbox)
+
+        if desired_panic >= cfg.panic_threshold * max(ready, 1) and desired_panic > ready:
+            self._panic_since = now
+        elif self._panic_since is not None and now - self._panic_since >= cfg.stable_window_seconds:
+            self._panic_since = None
+            self._panic_floor = 0
+        if self._panic_since is not None:
+            desired = max(desired_panic, desired_stable, ready, self._panic_floor)
+            self._panic_floor = desired
+            return self._clamp(desired, "panic", panicking=True)
+
+        if desired_stable == 0 and ready > 0 and cfg.min_replicas == 0:
+            idle_since = self._last_active
+            if idle_since is not None and now - idle_since < cfg.scale_to_zero_after_seconds:
+                return self._clamp(1, "idle, waiting to scale to zero", panicking=False)
+            return self._clamp(0, "scale to zero", panicking=False)
+        return self._clamp(desired_stable, "stable", panicking=False)
+
+    def _clamp(self, desired: int, reason: str, panicking: bool) -> ScaleDecision:
+        cfg = self.config
+        if desired > cfg.max_replicas:
+            return ScaleDecision(cfg.max_replicas, f"{reason}; at maxReplicas", panicking)
+        if desired < cfg.min_replicas:
+            return ScaleDecision(cfg.min_replicas, f"{reason}; at minReplicas", panicking)
+        return ScaleDecision(desired, reason, panicking)
