@@ -1,34 +1,52 @@
 """What a forked sandbox process runs: load the function, say ready, serve invocations.
 
 Why a module of its own: it is imported into the zygote before `gc.freeze()`, so every
-sandbox process starts with this code (and asyncio) already loaded and shared copy-on-write.
-The process is dedicated to one function, so plain `import` is the right loader here (the
-function's modules have their real names); env and working directory are applied before load.
+sandbox process starts with this code already loaded and shared copy-on-write. The process is
+dedicated to one function, so plain `import` is the right loader here (the function's modules
+have their real names); env and working directory are applied before load.
+
+Two ways to serve, because an event loop is the largest thing a sandbox would otherwise build
+for itself (about 1 MB of private memory per process, plus a loop iteration per request):
+* blocking — a sync handler with concurrency 1: read a frame, call the handler, write the
+  result, on a plain blocking socket. Async hooks still work: the first one to return an
+  awaitable creates an event loop, which then runs each awaitable to completion in place.
+* asyncio — an async handler, or concurrency > 1 (sync handlers then run on threads).
 
 Channel: the socket inherited from the zygote, speaking `isolation.ipc` frames.
     child -> runtime   {"t": "ready"} | {"t": "failed", "reason", "message"}
                        | {"t": "result", "id", "status", "headers"} + body
-    runtime -> child   {"t": "invoke", "id", "method", "path", "query", "headers", "deadline"}
-                       + body | {"t": "stop"}
+    runtime -> child   {"t": "invoke", "id", "rid", "method", "path", "query", "headers",
+                       "deadline"} + body | {"t": "stop"}
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib
+import inspect
 import os
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
 from typing import Any
 
 from isolation import zygote
-from isolation.contract import FunctionInfo, Request
+from isolation.contract import FunctionInfo, Request, Response
 from isolation.errors import LoadError
-from isolation.host import FunctionHost, classify_load_error, load_layers, parse_handler
-from isolation.ipc import encode_frame, read_frame
+from isolation.host import (
+    BlockOn,
+    FunctionHost,
+    classify_load_error,
+    load_layers,
+    parse_handler,
+    run_eagerly,
+)
+from isolation.ipc import FrameParser, encode_frame, read_frame, read_frame_blocking
+
+READY = encode_frame({"t": "ready"})
+STOP = encode_frame({"t": "stop"})
 
 
 def main(fd: int, spec: dict[str, Any]) -> int:
@@ -43,14 +61,35 @@ def main(fd: int, spec: dict[str, Any]) -> int:
         host = _load(spec)
     except (Exception, SystemExit) as exc:
         err = classify_load_error(exc, spec["handler"])
-        sock.sendall(encode_frame({"t": "failed", "reason": err.reason, "message": err.message}))
+        sock.sendall(_failed(err))
         return 1
     if not host.has_start_hooks:
-        # Nothing left to run before serving: say ready now and build the event loop while the
-        # runtime already routes to us (requests wait in the socket buffer). Creating the loop
-        # in a fresh fork costs about as much as everything else together.
-        sock.sendall(encode_frame({"t": "ready"}))
+        # Nothing left to run before serving: say ready now, while whatever serving still needs
+        # to build is built (requests wait in the socket buffer meanwhile).
+        sock.sendall(READY)
+    if _blocks(spec, host):
+        return _serve_blocking(sock, host)
     return asyncio.run(_serve(sock, host))
+
+
+def _failed(err: LoadError) -> bytes:
+    return encode_frame({"t": "failed", "reason": err.reason, "message": err.message})
+
+
+def _blocks(spec: dict[str, Any], host: FunctionHost) -> bool:
+    return spec["concurrency"] <= 1 and not host.handler_is_async
+
+
+class _LazyLoop:
+    """An event loop made on first need, for the awaitables a blocking sandbox meets."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def block_on(self, awaitable: Awaitable[Any]) -> Any:
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        return self._loop.run_until_complete(awaitable)
 
 
 def _make_run_sync(concurrency: int) -> Callable[[Callable[[], Any]], Any]:
@@ -79,80 +118,142 @@ def _load(spec: dict[str, Any]) -> FunctionHost:
     module_name, attr = parse_handler(spec["handler"])
     module = importlib.import_module(module_name)
     layers = load_layers(spec["layers"])
-    return FunctionHost(info, module, attr, layers, _make_run_sync(spec["concurrency"]))
+    concurrency = spec["concurrency"]
+    block_on: BlockOn | None = None
+    if concurrency <= 1 and not inspect.iscoroutinefunction(getattr(module, attr, None)):
+        block_on = _LazyLoop().block_on
+    return FunctionHost(info, module, attr, layers, _make_run_sync(concurrency), block_on)
+
+
+def _request(header: dict[str, Any], body: bytes) -> Request:
+    return Request(header["method"], header["path"], header["query"], header["headers"], body)
+
+
+def _result(header: dict[str, Any], response: Response) -> bytes:
+    out = {"t": "result", "id": header["id"], "status": response.status}
+    out["headers"] = dict(response.headers)
+    return encode_frame(out, response.body)
+
+
+def _serve_blocking(sock: socket.socket, host: FunctionHost) -> int:
+    if host.has_start_hooks:
+        try:
+            run_eagerly(host.start())
+        except LoadError as err:
+            sock.sendall(_failed(err))
+            return 1
+        sock.sendall(READY)
+    stream = sock.makefile("rb")
+    while (frame := read_frame_blocking(stream)) is not None:
+        header, body = frame
+        if header["t"] == "stop":
+            break
+        response = run_eagerly(
+            host.invoke(_request(header, body), header["rid"], header["deadline"])
+        )
+        sock.sendall(_result(header, response))
+    run_eagerly(host.close())
+    return 0
+
+
+class _Channel(asyncio.Protocol):
+    """The asyncio end of the channel: frames are parsed as they arrive, one task per invoke."""
+
+    def __init__(self, host: FunctionHost, done: asyncio.Future[None]) -> None:
+        self._host = host
+        self._done = done
+        self._parser = FrameParser()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        for header, body in self._parser.feed(data):
+            if header["t"] == "stop":
+                self.connection_lost(None)
+                return
+            task = asyncio.create_task(self._invoke(header, body))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._done.done():
+            self._done.set_result(None)
+
+    async def _invoke(self, header: dict[str, Any], body: bytes) -> None:
+        response = await self._host.invoke(
+            _request(header, body), header["rid"], header["deadline"]
+        )
+        assert self.transport is not None
+        self.transport.write(_result(header, response))
 
 
 async def _serve(sock: socket.socket, host: FunctionHost) -> int:
-    reader, writer = await asyncio.open_unix_connection(sock=sock)
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    transport, _ = await loop.create_unix_connection(lambda: _Channel(host, done), sock=sock)
     if host.has_start_hooks:
         try:
             await host.start()
         except LoadError as err:
-            writer.write(
-                encode_frame({"t": "failed", "reason": err.reason, "message": err.message})
-            )
-            await writer.drain()
+            transport.write(_failed(err))
             return 1
-        writer.write(encode_frame({"t": "ready"}))
-    tasks: set[asyncio.Task[None]] = set()
-    while True:
-        try:
-            header, body = await read_frame(reader)
-        except asyncio.IncompleteReadError:
-            break  # the runtime closed the channel
-        if header["t"] == "stop":
-            break
-        task = asyncio.create_task(_invoke(host, writer, header, body))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+        transport.write(READY)
+    await done
     await host.close()
     return 0
-
-
-async def _invoke(
-    host: FunctionHost, writer: asyncio.StreamWriter, header: dict[str, Any], body: bytes
-) -> None:
-    request = Request(
-        method=header["method"],
-        path=header["path"],
-        query=header["query"],
-        headers=header["headers"],
-        body=body,
-    )
-    response = await host.invoke(request, header["rid"], header["deadline"])
-    out = {"t": "result", "id": header["id"], "status": response.status}
-    out["headers"] = dict(response.headers)
-    writer.write(encode_frame(out, response.body))
 
 
 def _warm_handler(event: Any, context: Any) -> Any:
     return {"ok": True, "event": event}
 
 
-async def _warm_session(rounds: int) -> None:
-    ours, theirs = socket.socketpair()
+def _warm_frames(rounds: int) -> bytes:
+    header: dict[str, Any] = {"t": "invoke", "rid": "warm", "method": "POST", "path": "/"}
+    header |= {"query": {}, "headers": {"Content-Type": "application/json"}, "deadline": 1e18}
+    body = b'{"warm": [1, 2.5, "x", null, true]}'
+    return b"".join(encode_frame(header | {"id": n}, body) for n in range(rounds))
+
+
+def _warm_host(block_on: BlockOn | None) -> FunctionHost:
     module = ModuleType("_nest_warm_up")
     module.handler = _warm_handler  # type: ignore[attr-defined]
     info = FunctionInfo(sandbox_id="warm-up", function_name="warm-up")
-    host = FunctionHost(info, module, "handler", [], _make_run_sync(1))
-    serving = asyncio.create_task(_serve(theirs, host))
+    return FunctionHost(info, module, "handler", [], _make_run_sync(1), block_on)
+
+
+def _warm_blocking(rounds: int) -> None:
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        # Requests and answers both fit in the socket buffers, so one thread plays both ends.
+        ours.sendall(_warm_frames(rounds) + STOP)
+        _serve_blocking(theirs, _warm_host(_LazyLoop().block_on))
+
+
+async def _warm_asyncio(rounds: int) -> None:
+    ours, theirs = socket.socketpair()
+    serving = asyncio.create_task(_serve(theirs, _warm_host(None)))
     reader, writer = await asyncio.open_unix_connection(sock=ours)
-    for n in range(rounds):
-        header = {"t": "invoke", "id": n, "rid": "warm", "method": "POST", "path": "/"}
-        header |= {"query": {}, "headers": {"Content-Type": "application/json"}, "deadline": 1e18}
-        writer.write(encode_frame(header, b'{"warm": [1, 2.5, "x", null, true]}'))
+    frames = _warm_frames(rounds)
+    writer.write(frames)
+    for _ in range(rounds):
         await read_frame(reader)
-    writer.write(encode_frame({"t": "stop"}))
+    writer.write(STOP)
     await serving
     writer.close()
+    theirs.close()
 
 
 def warm_up(rounds: int = 200) -> None:
-    """Run a throw-away sandbox session in the zygote before it freezes.
+    """Run throw-away sandbox sessions (both ways of serving) in the zygote before it freezes.
 
     Why: a fork shares pages only until they are written. Python writes on first use — it
     specialises bytecode as it runs (3.11's adaptive interpreter), fills lazy caches, creates
     interned strings — so if every child did its first invocation itself, each would copy the
     same pages. Doing it once here leaves those pages warm and shared.
     """
-    asyncio.run(_warm_session(rounds))
+    _warm_blocking(rounds)
+    asyncio.run(_warm_asyncio(rounds))

@@ -19,10 +19,10 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 from isolation.contract import (
     HOOK_ATTR,
@@ -38,9 +38,11 @@ from isolation.contract import (
 from isolation.errors import LoadError
 
 RunSync = Callable[[Callable[[], Any]], Awaitable[Any]]
+BlockOn = Callable[[Awaitable[Any]], Any]
 Hook = Callable[..., Any]
 
 function_log = logging.getLogger("nest.function")
+T = TypeVar("T")
 
 
 def parse_handler(handler: str) -> tuple[str, str]:
@@ -126,7 +128,11 @@ class FunctionHost:
         attr: str,
         layers: list[Any],
         run_sync: RunSync,
+        block_on: BlockOn | None = None,
     ) -> None:
+        """`block_on`, if given, runs whatever a hook or handler returns that is awaitable to
+        completion in place; the host's coroutines then never suspend, so a caller without an
+        event loop can drive them with `run_eagerly`."""
         handler = getattr(module, attr, None)
         if not callable(handler):
             raise LoadError(
@@ -137,16 +143,27 @@ class FunctionHost:
         self._is_async = inspect.iscoroutinefunction(handler)
         self._hooks = Hooks.collect(module, layers)
         self._run_sync = run_sync
+        self._block_on = block_on
         self.logger = logging.LoggerAdapter(function_log, {"sandbox": info.sandbox_id})
 
     @property
     def has_start_hooks(self) -> bool:
         return bool(self._hooks.function_start)
 
+    @property
+    def handler_is_async(self) -> bool:
+        return self._is_async
+
+    async def _call(self, fn: Hook, *args: Any) -> Any:
+        result = fn(*args)
+        if inspect.isawaitable(result):
+            result = self._block_on(result) if self._block_on else await result
+        return result
+
     async def start(self) -> None:
         for hook in self._hooks.function_start:
             try:
-                await call(hook, self.info)
+                await self._call(hook, self.info)
             except Exception as exc:
                 raise LoadError(
                     "Error", f"function start hook {hook.__qualname__} raised {exc!r}"
@@ -169,7 +186,7 @@ class FunctionHost:
             response = error_response(exc)
         for hook in self._hooks.after_invoke:
             try:
-                replaced = await call(hook, event, ctx, response)
+                replaced = await self._call(hook, event, ctx, response)
                 if isinstance(replaced, Response):
                     response = to_response(replaced)
             except Exception as exc:
@@ -179,21 +196,32 @@ class FunctionHost:
 
     async def _before_and_handler(self, event: Any, ctx: Context) -> Response:
         for hook in self._hooks.before_invoke:
-            early = await call(hook, event, ctx)
+            early = await self._call(hook, event, ctx)
             if isinstance(early, Response):
                 return to_response(early)
         if self._is_async:
-            result = await self._handler(event, ctx)
+            result = await self._call(self._handler, event, ctx)
         else:
             handler = self._handler
             result = await self._run_sync(lambda: handler(event, ctx))
             if inspect.isawaitable(result):
-                result = await result
+                result = self._block_on(result) if self._block_on else await result
         return to_response(result)
 
     async def close(self) -> None:
         for hook in self._hooks.close:
             try:
-                await call(hook, self.info)
+                await self._call(hook, self.info)
             except Exception:
                 self.logger.exception("close hook %s failed", hook.__qualname__)
+
+
+def run_eagerly(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine that never suspends (a host built with `block_on`) without a loop."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        result: T = done.value
+        return result
+    coro.close()
+    raise RuntimeError("a host coroutine suspended although awaitables are blocked on")
