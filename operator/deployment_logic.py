@@ -449,7 +449,7 @@ def _plan(
     if not d.paused:
         conditions = _progressing(d, status, new, conditions, now)
     status = replace(status, conditions=conditions)
-    delete = ()
+    delete: tuple[str, ...] = ()
     if d.paused or _complete(d, status):
         delete = history_to_delete(olds, specs, d.revision_history_limit)
     scale = tuple(

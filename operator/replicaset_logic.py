@@ -79,8 +79,8 @@ def deletion_order(
     """
 
     def key(s: OwnedSandbox) -> tuple[bool, bool, int, float, str]:
-        on_pod = s.pod_uid is not None
-        return (on_pod, s.ready, load.get(s.pod_uid, 0) if on_pod else 0, -s.created_at, s.name)
+        packed = load.get(s.pod_uid, 0) if s.pod_uid is not None else 0
+        return (s.pod_uid is not None, s.ready, packed, -s.created_at, s.name)
 
     return sorted(sandboxes, key=key)
 

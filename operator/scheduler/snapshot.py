@@ -12,18 +12,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 from kubernetes.utils.quantity import parse_quantity
 
 
 def parse_memory(quantity: str | int) -> int:
     """A memory quantity (`64Mi`, `1G`, `1048576`) in bytes, rounded up."""
-    return math.ceil(parse_quantity(quantity))
+    value: Decimal = parse_quantity(quantity)
+    return math.ceil(value)
 
 
 def parse_cpu(quantity: str | int) -> int:
     """A CPU quantity (`100m`, `0.5`, `2`) in millicores, rounded up."""
-    return math.ceil(parse_quantity(quantity) * 1000)
+    value: Decimal = parse_quantity(quantity)
+    return math.ceil(value * 1000)
 
 
 @dataclass(frozen=True, slots=True)

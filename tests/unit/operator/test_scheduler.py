@@ -113,7 +113,8 @@ def test_pool_match_returns_only_the_pool_sorted_by_name() -> None:
     ],
 )
 def test_pod_ready(changes: dict[str, object], reason: str | None) -> None:
-    assert PodReady(lease_ttl=40).filter(request(), info(pod(**changes)), NOW) == reason
+    candidate = dataclasses.replace(pod(), **changes)  # type: ignore[arg-type]
+    assert PodReady(lease_ttl=40).filter(request(), info(candidate), NOW) == reason
 
 
 def test_isolation_supported() -> None:
