@@ -82,6 +82,7 @@ class SandboxSpec:
     function_name: str = ""
     function_version: str = "$LATEST"
     env: Mapping[str, str] = field(default_factory=dict)
+    workdir: str | None = None  # subprocess only; None: the code directory
     limits: Limits = field(default_factory=Limits)
     layers: tuple[str, ...] = ()  # runtime-level hooks, "module:attribute"
 

@@ -52,12 +52,11 @@ STOP = encode_frame({"t": "stop"})
 def main(fd: int, spec: dict[str, Any]) -> int:
     """Runs in the forked child; returns the process exit code."""
     zygote.die_with_parent()
-    os.environ.update(spec["env"])
-    code_dir = spec["code_dir"]
-    os.chdir(spec.get("workdir") or code_dir)
-    sys.path.insert(0, code_dir)
     sock = socket.socket(fileno=fd)
     try:
+        os.environ.update(spec["env"])
+        os.chdir(spec["workdir"] or spec["code_dir"])
+        sys.path.insert(0, spec["code_dir"])
         host = _load(spec)
     except (Exception, SystemExit) as exc:
         err = classify_load_error(exc, spec["handler"])

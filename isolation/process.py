@@ -148,6 +148,7 @@ class SubprocessBackend:
             "timeout_s": info.timeout_s,
             "concurrency": spec.limits.concurrency,
             "env": dict(spec.env),
+            "workdir": os.path.abspath(spec.workdir) if spec.workdir else None,
             "layers": list(spec.layers),
         }
 

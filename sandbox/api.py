@@ -36,6 +36,9 @@ class CreateSandbox(_Model):
     function_name: str = ""
     function_version: str = "$LATEST"
     env: dict[str, str] = Field(default_factory=dict)
+    working_dir: str | None = Field(
+        default=None, min_length=1, description="subprocess only; default: code_dir"
+    )
     limits: LimitsModel = Field(default_factory=LimitsModel)
 
 
@@ -104,6 +107,7 @@ def to_spec(request: CreateSandbox, layers: tuple[str, ...]) -> SandboxSpec:
         function_name=request.function_name,
         function_version=request.function_version,
         env=dict(request.env),
+        workdir=request.working_dir,
         limits=Limits(
             concurrency=limits.concurrency,
             queue=limits.queue,

@@ -14,7 +14,7 @@ import pytest
 
 from isolation.base import Limits, SandboxSpec, SandboxState
 from isolation.contract import Request
-from isolation.errors import InvokeTimeout, SandboxCrashed
+from isolation.errors import InvokeTimeout, LoadError, SandboxCrashed
 from isolation.process import SubprocessBackend
 from tests.conformance.conftest import Recorder
 from tests.conformance.support import HELLO, child_processes, wait_for
@@ -50,6 +50,17 @@ async def test_env_and_working_directory_are_per_sandbox(
     assert a["pid"] != b["pid"] != os.getpid()
     assert "NEST_EXAMPLE" not in os.environ
     assert a["pid"] == backend.status("a").pid
+
+
+async def test_working_directory_can_be_set_per_sandbox(
+    backend: SubprocessBackend, tmp_path: Path
+) -> None:
+    await backend.create(SandboxSpec("a", HELLO, "main:environment", workdir=str(tmp_path)))
+    assert json.loads((await backend.invoke("a", Request())).body)["cwd"] == str(tmp_path)
+    with pytest.raises(LoadError) as caught:
+        await backend.create(SandboxSpec("b", HELLO, "main:handler", workdir=str(tmp_path / "no")))
+    assert (caught.value.reason, backend.status("b").state) == ("Error", SandboxState.FAILED)
+    assert "FileNotFoundError" in caught.value.message
 
 
 async def test_sandboxes_are_children_of_the_zygote(backend: SubprocessBackend) -> None:
