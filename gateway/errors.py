@@ -1,0 +1,150 @@
+"""Typed errors of the gateway, each knowing its RFC 7807 problem: status, type and title.
+
+Downstream platforms switch on `type` (a stable URI fragment) and show `detail`; a client that
+sent a bad field reads `errors[].field`. Keeping every failure the gateway can report in this one
+module is what lets `problem()` be total: anything not listed here is a bug, reported as 500.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pydantic import ValidationError
+
+PROBLEM_BASE = "https://nest.sandbox.dev/problems/"
+PROBLEM_JSON = "application/problem+json"
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One rejected input: where (`field`, dotted wire names) and why."""
+
+    field: str
+    message: str
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway reports; `status`/`kind` choose the problem."""
+
+    status: ClassVar[int] = 500
+    kind: ClassVar[str] = "internal"
+    title: ClassVar[str] = "Internal error"
+
+    def __init__(self, detail: str, errors: list[FieldError] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = errors or []
+        self.headers: dict[str, str] = {}
+
+
+class BadRequest(GatewayError):
+    status, kind, title = 400, "bad-request", "Bad request"
+
+
+class InvalidInput(GatewayError):
+    status, kind, title = 422, "invalid", "Invalid input"
+
+
+class Unauthenticated(GatewayError):
+    status, kind, title = 401, "unauthenticated", "Unauthenticated"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.headers["WWW-Authenticate"] = 'Bearer realm="nest"'
+
+
+class Forbidden(GatewayError):
+    status, kind, title = 403, "forbidden", "Forbidden"
+
+
+class NotFound(GatewayError):
+    status, kind, title = 404, "not-found", "Not found"
+
+
+class MethodNotAllowed(GatewayError):
+    status, kind, title = 405, "method-not-allowed", "Method not allowed"
+
+
+class Conflict(GatewayError):
+    status, kind, title = 409, "conflict", "Conflict"
+
+
+class PayloadTooLarge(GatewayError):
+    status, kind, title = 413, "payload-too-large", "Payload too large"
+
+
+class UnsupportedMediaType(GatewayError):
+    status, kind, title = 415, "unsupported-media-type", "Unsupported media type"
+
+
+class Upstream(GatewayError):
+    """The API server or a sandbox failed in a way the caller cannot fix."""
+
+    status, kind, title = 502, "upstream", "Bad gateway"
+
+
+class QueueFull(GatewayError):
+    """The activator's queue of a function at zero is full."""
+
+    status, kind, title = 503, "queue-full", "Function busy scaling up"
+
+
+class NoCapacity(GatewayError):
+    """Every sandbox of the function refused the connection and none is left to try."""
+
+    status, kind, title = 503, "unavailable", "No sandbox reachable"
+
+
+class NotReady(GatewayError):
+    """The gateway has not yet listed the cluster's functions and endpoints."""
+
+    status, kind, title = 503, "not-ready", "Not ready"
+
+
+class Timeout(GatewayError):
+    """A held request waited too long for a sandbox, or an invocation exceeded its timeout."""
+
+    status, kind, title = 504, "timeout", "Timed out"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """An RFC 7807 problem document ready to serialise."""
+
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def problem(error: GatewayError, instance: str | None = None) -> Problem:
+    """The problem document of `error`; `instance` is the request path."""
+    body: dict[str, Any] = {
+        "type": PROBLEM_BASE + error.kind,
+        "title": error.title,
+        "status": error.status,
+        "detail": error.detail,
+    }
+    if instance is not None:
+        body["instance"] = instance
+    if error.errors:
+        body["errors"] = [{"field": e.field, "message": e.message} for e in error.errors]
+    return Problem(error.status, body, dict(error.headers))
+
+
+def field_errors(exc: ValidationError, prefix: str = "") -> list[FieldError]:
+    """pydantic's errors as dotted wire paths (`autoscaling.maxReplicas`), model errors at root."""
+    found = []
+    for err in exc.errors(include_url=False):
+        path = ".".join(str(part) for part in err["loc"])
+        where = ".".join(p for p in (prefix, path) if p) or "(body)"
+        found.append(FieldError(where, err["msg"]))
+    return found
+
+
+def invalid(exc: ValidationError, what: str, prefix: str = "") -> InvalidInput:
+    """An InvalidInput naming the first bad field in its detail and listing all of them."""
+    errors = field_errors(exc, prefix)
+    first = errors[0]
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return InvalidInput(f"{what}: {first.field}: {first.message}{more}", errors)

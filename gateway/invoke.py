@@ -1,0 +1,264 @@
+"""Invocation: route to the least busy ready sandbox, hold requests while a function scales up.
+
+The I/O around `gateway.routing`: this module owns the routing state (fed by the two watches),
+forwards requests to the runtime's data plane in the pool pods, and runs the activator loop.
+A connection that cannot be opened is retried on another sandbox, since the request cannot have
+run; once a request was sent, any failure is reported, never retried, so nothing runs twice.
+A function with no ready sandbox holds the request in its bounded queue, signals scale-up once
+(patching the scale subresource from zero) and resumes it as soon as the endpoints watch shows a
+ready address. Per-function metrics are what the operator's autoscaler reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from yarl import URL
+
+from gateway.errors import Conflict, GatewayError, NoCapacity, NotFound, Timeout, Upstream
+from gateway.kube import Kube, Obj
+from gateway.routing import (
+    Activator,
+    Address,
+    FunctionInfo,
+    FunctionKey,
+    RoutingTable,
+    addresses,
+    function_info,
+    scale_target,
+)
+
+log = logging.getLogger(__name__)
+# Connection-level headers (RFC 9110 §7.6.1) and ones the client library recomputes.
+HOP_BY_HOP = frozenset(
+    {
+        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
+        "trailer", "transfer-encoding", "upgrade", "host", "content-length",
+    }
+)  # fmt: skip
+# Time the runtime gets beyond the function's own timeout to report it before we give up.
+TIMEOUT_GRACE_SECONDS = 1.0
+
+
+class Metrics:
+    """Per-function counters and gauges, labelled namespace/function."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        labels = ("namespace", "function")
+        self.requests = Counter(
+            "nest_gateway_requests", "Invocations answered, by status code.",
+            (*labels, "code"), registry=registry,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "nest_gateway_request_duration_seconds", "Invocation latency including queueing.",
+            labels, registry=registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )  # fmt: skip
+        self.queued = Gauge(
+            "nest_gateway_queued", "Requests held by the activator.", labels, registry=registry
+        )
+        self.in_flight = Gauge(
+            "nest_gateway_in_flight", "Requests being served by sandboxes.", labels,
+            registry=registry,
+        )  # fmt: skip
+        self.cold_starts = Counter(
+            "nest_gateway_cold_starts", "Scale-ups from zero signalled by the activator.",
+            labels, registry=registry,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Call:
+    """What to send to the sandbox: `target` is the data-plane path after /v1/sandboxes/{uid}/."""
+
+    method: str
+    target: str
+    query: str
+    headers: Mapping[str, str]
+    body: bytes
+
+
+def invoke_call(headers: Mapping[str, str], body: bytes) -> Call:
+    content_type = headers.get("Content-Type", "application/json")
+    return Call("POST", "invoke", "", {"Content-Type": content_type}, body)
+
+
+def trigger_call(
+    method: str, path: str, query: str, headers: Mapping[str, str], body: bytes, strip_auth: bool
+) -> Call:
+    """An HTTP-trigger call; the caller's Kubernetes token is not the function's business."""
+    dropped = HOP_BY_HOP | ({"authorization"} if strip_auth else set())
+    kept = {k: v for k, v in headers.items() if k.lower() not in dropped}
+    return Call(method, "http/" + quote(path, safe="/"), query, kept, body)
+
+
+class Invoker:
+    """Routing state plus the activator loop, on one event loop."""
+
+    def __init__(
+        self,
+        kube: Kube,
+        metrics: Metrics,
+        queue_size: int,
+        activation_timeout: float,
+    ) -> None:
+        self.kube = kube
+        self._session: aiohttp.ClientSession | None = None
+        self.metrics = metrics
+        self.activation_timeout = activation_timeout
+        self.table = RoutingTable()
+        self.activator = Activator(queue_size)
+        self.functions: dict[FunctionKey, FunctionInfo] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def open(self) -> None:
+        """Start the data-plane client: unbounded pool, kept alive, bodies passed as they are."""
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
+        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        for task in list(self._tasks):
+            task.cancel()
+
+    # -- watch events (called on the loop) -----------------------------------------------------
+
+    def on_deployment(self, kind: str, obj: Obj) -> None:
+        key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
+        if kind == "DELETED":
+            self.functions.pop(key, None)
+            self.table.remove(key)
+            self.activator.release(key)  # the woken requests find no function: 404
+        else:
+            self.functions[key] = function_info(obj)
+
+    def on_endpoints(self, kind: str, obj: Obj) -> None:
+        key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
+        ready = () if kind == "DELETED" else addresses(obj.get("status"))
+        self.table.set_endpoints(key, ready)
+        if ready:
+            self.activator.release(key)
+
+    # -- invocation ----------------------------------------------------------------------------
+
+    async def _info(self, key: FunctionKey) -> FunctionInfo:
+        info = self.functions.get(key)
+        if info is None:
+            # Created a moment ago and not yet seen by the watch, or no such function.
+            obj = await self.kube.get_deployment(*key)
+            info = self.functions.setdefault(key, function_info(obj))
+        return info
+
+    async def invoke(self, key: FunctionKey, call: Call) -> web.Response:
+        started = time.perf_counter()
+        code = 500
+        try:
+            response = await self._route(key, call, started + self.activation_timeout)
+            code = response.status
+            return response
+        except GatewayError as exc:
+            code = exc.status
+            raise
+        finally:
+            labels = {"namespace": key[0], "function": key[1]}
+            self.metrics.requests.labels(**labels, code=str(code)).inc()
+            self.metrics.latency.labels(**labels).observe(time.perf_counter() - started)
+
+    async def _route(self, key: FunctionKey, call: Call, hold_until: float) -> web.Response:
+        tried: set[str] = set()
+        while True:
+            info = await self._info(key)
+            address = self.table.pick(key, tried)
+            if address is not None:
+                response = await self._try(key, address, call, info)
+                if response is not None:
+                    return response
+                tried.add(address.uid)
+                continue
+            if tried:
+                raise NoCapacity(f"no sandbox of {key[0]}/{key[1]} accepted a connection")
+            await self._hold(key, info, hold_until)
+            if key not in self.functions:
+                raise NotFound(f"function {key[0]}/{key[1]} was deleted")
+
+    async def _hold(self, key: FunctionKey, info: FunctionInfo, until: float) -> None:
+        gauge = self.metrics.queued.labels(namespace=key[0], function=key[1])
+        future, first = self.activator.hold(key)  # QueueFull: 503
+        if first:
+            task = asyncio.create_task(self._scale_up(key, info))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        gauge.inc()
+        try:
+            await asyncio.wait_for(future, max(0.0, until - time.perf_counter()))
+        except TimeoutError:
+            self.activator.forget(key, future)
+            raise Timeout(
+                f"no sandbox of {key[0]}/{key[1]} became ready within {self.activation_timeout:g}s"
+            ) from None
+        finally:
+            if not future.done():
+                self.activator.forget(key, future)
+            gauge.dec()
+
+    async def _scale_up(self, key: FunctionKey, info: FunctionInfo) -> None:
+        """Patch the scale subresource from zero, guarded by the resourceVersion we saw; on a
+        conflict re-read once, since the autoscaler or a user may have scaled it meanwhile."""
+        for _ in range(2):
+            target = scale_target(info)
+            if target is None:
+                return
+            try:
+                await self.kube.patch_scale(*key, target, info.resource_version)
+            except Conflict:
+                info = function_info(await self.kube.get_deployment(*key))
+                continue
+            except GatewayError as exc:
+                log.warning("scale-up of %s/%s failed: %s", *key, exc.detail)
+                self.activator.rearm(key)
+                return
+            self.metrics.cold_starts.labels(namespace=key[0], function=key[1]).inc()
+            log.info("scaled %s/%s from zero to %d", *key, target)
+            return
+
+    async def _try(
+        self, key: FunctionKey, address: Address, call: Call, info: FunctionInfo
+    ) -> web.Response | None:
+        """The sandbox's response, or None when no connection could be opened (retry)."""
+        url = URL(f"http://{address.host}:{address.port}/v1/sandboxes/{address.uid}/{call.target}")
+        if call.query:
+            url = URL(f"{url}?{call.query}", encoded=True)
+        timeout = aiohttp.ClientTimeout(total=info.timeout_seconds + TIMEOUT_GRACE_SECONDS)
+        gauge = self.metrics.in_flight.labels(namespace=key[0], function=key[1])
+        assert self._session is not None, "Invoker.open() first"
+        self.table.acquire(address)
+        gauge.inc()
+        try:
+            async with self._session.request(
+                call.method, url, data=call.body, headers=dict(call.headers), timeout=timeout
+            ) as resp:
+                body = await resp.read()
+                headers = {k: v for k, v in resp.headers.items() if k.lower() not in HOP_BY_HOP}
+                return web.Response(status=resp.status, body=body, headers=headers)
+        except aiohttp.ClientConnectorError as exc:
+            log.info("sandbox %s of %s/%s unreachable (%s); trying another", address.sandbox,
+                     *key, exc)  # fmt: skip
+            return None
+        except TimeoutError:
+            raise Timeout(
+                f"function {key[0]}/{key[1]} did not answer within {info.timeout_seconds:g}s"
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise Upstream(f"sandbox {address.sandbox} failed mid-request: {exc}") from exc
+        finally:
+            self.table.release(address)
+            gauge.dec()

@@ -1,0 +1,136 @@
+"""`nest-gateway`: run the gateway, or generate/check its OpenAPI document.
+
+    nest-gateway [--host H] [--port P] [--no-auth] ...   serve (in a pod: $POD_IP:8090)
+    nest-gateway openapi [--write | --check] [--file F]   the document from the code
+
+Configuration comes from flags with environment fallbacks (NEST_GATEWAY_*), because in a pod the
+downward API and env are the natural inputs. Kubernetes credentials: --kubeconfig, else
+$KUBECONFIG, else the pod's service account. Authentication is on unless --no-auth (local
+development only; deploy/ never sets it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from aiohttp import web
+from kubernetes import client, config
+
+from gateway import openapi
+from gateway.app import Options, create_app
+
+EPILOG = """\
+environment: NEST_GATEWAY_HOST (or POD_IP), NEST_GATEWAY_PORT, NEST_GATEWAY_AUTH=off,
+             NEST_GATEWAY_QUEUE_SIZE, NEST_GATEWAY_ACTIVATION_TIMEOUT, KUBECONFIG
+examples:
+  nest-gateway --no-auth --port 8090        # local development against $KUBECONFIG
+  nest-gateway openapi > openapi.json       # print the document
+  nest-gateway openapi --check              # exit 1 when gateway/openapi.json is stale
+"""
+
+
+def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nest-gateway",
+        description="Nest's gateway: function management (OpenAPI) and invocation routing.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    host = env.get("NEST_GATEWAY_HOST") or env.get("POD_IP") or "127.0.0.1"
+    parser.add_argument("--host", default=host, help=f"listen address (default {host})")
+    parser.add_argument(
+        "--port", type=int, default=int(env.get("NEST_GATEWAY_PORT", "8090")), help="listen port"
+    )
+    parser.add_argument("--kubeconfig", default=env.get("KUBECONFIG"), help="kubeconfig file")
+    parser.add_argument(
+        "--no-auth",
+        action="store_true",
+        default=env.get("NEST_GATEWAY_AUTH", "").lower() == "off",
+        help="skip TokenReview/SubjectAccessReview (local development only)",
+    )
+    parser.add_argument(
+        "--queue-size",
+        type=int,
+        default=int(env.get("NEST_GATEWAY_QUEUE_SIZE", "100")),
+        help="requests held per function while it scales from zero (more: 503)",
+    )
+    parser.add_argument(
+        "--activation-timeout",
+        type=float,
+        default=float(env.get("NEST_GATEWAY_ACTIVATION_TIMEOUT", "30")),
+        help="seconds a held request waits for a ready sandbox (then: 504)",
+    )
+    parser.add_argument(
+        "--auth-cache-seconds", type=float, default=10.0, help="how long a 'yes' is remembered"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    doc = sub.add_parser(
+        "openapi",
+        help="print, write or check the OpenAPI document",
+        description="The OpenAPI 3.1 document generated from the routes and pydantic models.",
+    )
+    mode = doc.add_mutually_exclusive_group()
+    mode.add_argument("--write", action="store_true", help="write it to --file")
+    mode.add_argument("--check", action="store_true", help="exit 1 when --file differs")
+    doc.add_argument(
+        "--file", type=Path, default=None, help="default: openapi.json in the gateway package"
+    )
+    return parser
+
+
+def _api(kubeconfig: str | None) -> client.ApiClient:
+    if kubeconfig:
+        api: client.ApiClient = config.new_client_from_config(config_file=kubeconfig)
+        return api
+    configuration = client.Configuration()
+    config.load_incluster_config(client_configuration=configuration)
+    return client.ApiClient(configuration)
+
+
+def run_openapi(args: argparse.Namespace) -> int:
+    if args.write:
+        print(openapi.write(args.file))
+        return 0
+    if args.check:
+        problems = openapi.check(args.file)
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        if problems:
+            print("nest-gateway: run `nest-gateway openapi --write`", file=sys.stderr)
+            return 1
+        print("OpenAPI document matches the code")
+        return 0
+    sys.stdout.write(openapi.render(openapi.document()))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser(os.environ).parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command == "openapi":
+        return run_openapi(args)
+    options = Options(
+        auth=not args.no_auth,
+        queue_size=args.queue_size,
+        activation_timeout=args.activation_timeout,
+        auth_cache_seconds=args.auth_cache_seconds,
+    )
+    app = create_app(_api(args.kubeconfig), options)
+    logging.getLogger("nest.gateway").info(
+        "listening on %s:%d (auth %s)", args.host, args.port, "on" if options.auth else "off"
+    )
+    web.run_app(app, host=args.host, port=args.port, access_log=None, print=None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

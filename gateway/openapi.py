@@ -1,0 +1,208 @@
+"""The OpenAPI 3.1 document of the gateway, generated from the route table and the models.
+
+Never hand-written: components come from pydantic (`models_json_schema`, JSON Schema 2020-12,
+which OpenAPI 3.1 uses natively), operations from `gateway.routes`. The generated document is
+committed as `gateway/openapi.json` so platforms can read it without a running gateway, and
+`nest-gateway openapi --check` (run by the tests) fails when it drifts from the code, as
+`nest crds check` does for the CRDs. The docs page is rendered from the same document, offline.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
+
+from crds.generate import first_difference
+from gateway import models as m
+from gateway.errors import PROBLEM_JSON
+from gateway.models import DNS_LABEL_MAX, DNS_LABEL_PATTERN
+from gateway.routes import ROUTES, Route
+
+TITLE = "Nest gateway"
+VERSION = "v1"
+DESCRIPTION = (
+    "Functions on Nest: management for downstream platforms (functions are SandboxDeployments) "
+    "and invocation. Authenticate with a Kubernetes bearer token; cluster RBAC decides access "
+    "(invoke = verb create on sandboxdeployments/invoke). Errors are RFC 7807 problems."
+)
+REF = "#/components/schemas/{model}"
+FILE_NAME = "openapi.json"
+STATUS_TEXT = {
+    200: "OK", 201: "Created", 204: "Deleted", 400: "Bad request (names the parameter)",
+    401: "Missing or invalid bearer token", 403: "Kubernetes RBAC denies the caller",
+    404: "No such function, namespace or revision", 409: "Already exists or changed meanwhile",
+    413: "Body too large", 415: "Body is not JSON", 422: "Invalid body (names the field)",
+    502: "The API server or the sandbox failed", 503: "Queue full or no sandbox reachable",
+    504: "Timed out waiting for a sandbox or for the function",
+}  # fmt: skip
+
+
+def _schemas() -> tuple[dict[Any, Any], dict[str, Any]]:
+    wanted: list[tuple[type[BaseModel], JsonSchemaMode]] = [(m.ProblemDetails, "serialization")]
+    for route in ROUTES:
+        if route.body is not None:
+            wanted.append((route.body, "validation"))
+        if route.response is not None:
+            wanted.append((route.response, "serialization"))
+    refs, top = models_json_schema(list(dict.fromkeys(wanted)), ref_template=REF)
+    return refs, dict(sorted(top.get("$defs", {}).items()))
+
+
+def _parameters(path: str) -> list[dict[str, Any]]:
+    params = []
+    for name in ("namespace", "name"):
+        if "{" + name + "}" in path:
+            params.append(
+                {
+                    "name": name,
+                    "in": "path",
+                    "required": True,
+                    "description": f"The {name} (an RFC 1123 label).",
+                    "schema": {
+                        "type": "string",
+                        "pattern": DNS_LABEL_PATTERN,
+                        "maxLength": DNS_LABEL_MAX,
+                    },
+                }
+            )
+    if "{path}" in path:
+        params.append(
+            {
+                "name": "path",
+                "in": "path",
+                "required": True,
+                "description": "Path passed to the function (may contain '/').",
+                "schema": {"type": "string"},
+            }
+        )
+    return params
+
+
+def _operation(route: Route, method: str, refs: dict[Any, Any]) -> dict[str, Any]:
+    op_id = route.operation_id
+    if len(route.methods) > 1:
+        op_id += method.capitalize()
+    access = route.access
+    resource = access.resource + (f"/{access.subresource}" if access.subresource else "")
+    op: dict[str, Any] = {
+        "operationId": op_id,
+        "summary": route.summary,
+        "description": f"Needs Kubernetes permission `{access.verb}` on `{resource}`.",
+        "tags": [route.tag],
+        "parameters": _parameters(route.path),
+    }
+    if route.body is not None:
+        schema = refs[(route.body, "validation")]
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
+    elif route.passthrough and method != "get":
+        op["requestBody"] = {
+            "required": False,
+            "description": "Event (invoke) or request body (HTTP trigger), passed through.",
+            "content": {"application/json": {"schema": {}}, "*/*": {"schema": {}}},
+        }
+    success: dict[str, Any] = {"description": STATUS_TEXT[route.status]}
+    if route.response is not None:
+        schema = refs[(route.response, "serialization")]
+        success["content"] = {"application/json": {"schema": schema}}
+    elif route.passthrough:
+        success["description"] = "The function's response, status and headers passed through."
+        success["content"] = {"*/*": {"schema": {}}}
+    problem = {"schema": refs[(m.ProblemDetails, "serialization")]}
+    responses: dict[str, Any] = {str(route.status): success}
+    for code in route.errors:
+        responses[str(code)] = {
+            "description": STATUS_TEXT[code],
+            "content": {PROBLEM_JSON: problem},
+        }
+    op["responses"] = responses
+    return op
+
+
+def document() -> dict[str, Any]:
+    """The whole OpenAPI 3.1 document; deterministic, so regeneration never makes noise."""
+    refs, schemas = _schemas()
+    paths: dict[str, dict[str, Any]] = {}
+    for route in ROUTES:
+        for method in route.methods:
+            paths.setdefault(route.path, {})[method] = _operation(route, method, refs)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": TITLE, "version": VERSION, "description": DESCRIPTION},
+        "tags": [{"name": t} for t in dict.fromkeys(r.tag for r in ROUTES)],
+        "security": [{"bearerToken": []}],
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "bearerToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A Kubernetes token (e.g. a ServiceAccount's).",
+                }
+            },
+        },
+    }
+
+
+def render(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+
+
+def default_path() -> Path:
+    return Path(str(resources.files("gateway"))) / FILE_NAME
+
+
+def write(path: Path | None = None) -> Path:
+    target = path or default_path()
+    target.write_text(render(document()), encoding="utf-8")
+    return target
+
+
+def check(path: Path | None = None) -> list[str]:
+    """How the committed document differs from the code; empty when in sync."""
+    source = path or default_path()
+    try:
+        stored = json.loads(source.read_text(encoding="utf-8"))
+    except OSError as exc:
+        return [f"{source}: cannot read ({exc.strerror})"]
+    except json.JSONDecodeError as exc:
+        return [f"{source}: not JSON ({exc})"]
+    difference = first_difference(document(), stored)
+    return [] if difference is None else [f"{source}: differs from the code at {difference}"]
+
+
+def docs_html(doc: dict[str, Any]) -> str:
+    """A self-contained page listing every operation and schema (no CDN, no script)."""
+    esc = html.escape
+    rows = []
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            codes = ", ".join(op["responses"])
+            rows.append(
+                f"<tr><td><code>{esc(method.upper())}</code></td><td><code>{esc(path)}</code>"
+                f"</td><td>{esc(op['summary'])}<br><small>{esc(op['description'])}</small></td>"
+                f"<td>{esc(codes)}</td></tr>"
+            )
+    schemas = []
+    for name, schema in doc["components"]["schemas"].items():
+        body = esc(json.dumps(schema, indent=2))
+        schemas.append(f'<details id="{esc(name)}"><summary>{esc(name)}</summary><pre>{body}</pre>')
+        schemas.append("</details>")
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>{esc(doc['info']['title'])}</title><style>"
+        "body{font-family:sans-serif;margin:2em}td{padding:.3em .6em;vertical-align:top}"
+        "tr:nth-child(even){background:#f4f4f4}pre{background:#f8f8f8;padding:.5em}</style>"
+        f"</head><body><h1>{esc(doc['info']['title'])} {esc(doc['info']['version'])}</h1>"
+        f"<p>{esc(doc['info']['description'])}</p>"
+        "<p>Machine-readable: <a href='/openapi.json'>/openapi.json</a> (OpenAPI 3.1).</p>"
+        "<h2>Operations</h2><table><tr><th>Method</th><th>Path</th><th>What</th>"
+        f"<th>Responses</th></tr>{''.join(rows)}</table>"
+        f"<h2>Schemas</h2>{''.join(schemas)}</body></html>"
+    )

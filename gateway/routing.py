@@ -1,0 +1,178 @@
+"""Routing state: which sandboxes of a function are ready, how busy each one is, and who waits.
+
+This is the pure core of invocation. The endpoints watch feeds `RoutingTable.set_endpoints`;
+each invocation asks `pick` for the ready sandbox with the fewest requests in flight (the
+gateway's own count, which it knows exactly, unlike any lagging metric) and brackets the call
+with `acquire`/`release`. When nothing is ready the `Activator` holds the request in a bounded
+per-function queue and says whether this is the first request of a cold episode, i.e. whether to
+signal scale-up now. Everything runs on one event loop: `pick` followed by `hold` has no await
+in between, so an endpoint that turns ready can never slip between them and strand a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict, deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.errors import QueueFull
+
+FunctionKey = tuple[str, str]  # (namespace, name)
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A ready sandbox's data-plane address."""
+
+    uid: str
+    sandbox: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionInfo:
+    """What invocation needs of a SandboxDeployment, read from the watch."""
+
+    replicas: int
+    min_replicas: int
+    timeout_seconds: float
+    resource_version: str
+
+
+def addresses(status: Mapping[str, Any] | None) -> tuple[Address, ...]:
+    """The routable ready addresses of a SandboxEndpoints status (ones with an IP and port)."""
+    found = []
+    for entry in (status or {}).get("ready") or []:
+        ip, port, uid = entry.get("podIP"), entry.get("port"), entry.get("uid")
+        if ip and port and uid:
+            found.append(Address(str(uid), str(entry.get("sandbox", "")), str(ip), int(port)))
+    return tuple(found)
+
+
+def function_info(obj: Mapping[str, Any]) -> FunctionInfo:
+    """The invocation-relevant parts of a stored SandboxDeployment, with the CRD's defaults."""
+    spec = obj.get("spec") or {}
+    function = ((spec.get("template") or {}).get("spec") or {}).get("function") or {}
+    autoscaling = spec.get("autoscaling") or {}
+    return FunctionInfo(
+        replicas=int(spec.get("replicas", 1)),
+        min_replicas=int(autoscaling.get("minReplicas", 0)),
+        timeout_seconds=float(function.get("timeoutSeconds", 30)),
+        resource_version=str(obj.get("metadata", {}).get("resourceVersion", "")),
+    )
+
+
+def scale_target(info: FunctionInfo) -> int | None:
+    """Replicas to patch when a request finds the function without a ready sandbox: only a
+    function at zero is scaled (to its reserved instances, at least one); one already scaled
+    up is starting, and the autoscaler, not the activator, decides how far beyond that to go."""
+    if info.replicas > 0:
+        return None
+    return max(1, info.min_replicas)
+
+
+class RoutingTable:
+    """Ready addresses per function and requests in flight per sandbox."""
+
+    def __init__(self) -> None:
+        self._ready: dict[FunctionKey, tuple[Address, ...]] = {}
+        self._in_flight: defaultdict[str, int] = defaultdict(int)
+        self._turn: defaultdict[FunctionKey, int] = defaultdict(int)
+
+    def set_endpoints(self, key: FunctionKey, ready: tuple[Address, ...]) -> None:
+        if ready:
+            self._ready[key] = ready
+        else:
+            self._ready.pop(key, None)
+
+    def remove(self, key: FunctionKey) -> None:
+        self._ready.pop(key, None)
+
+    def ready(self, key: FunctionKey) -> tuple[Address, ...]:
+        return self._ready.get(key, ())
+
+    def pick(self, key: FunctionKey, exclude: Iterable[str] = ()) -> Address | None:
+        """The ready sandbox with the fewest requests in flight, `exclude`d UIDs aside.
+
+        Ties rotate, so a trickle of sequential requests spreads over every sandbox instead of
+        always landing on the first one listed.
+        """
+        skip = set(exclude)
+        candidates = [a for a in self._ready.get(key, ()) if a.uid not in skip]
+        if not candidates:
+            return None
+        least = min(self._in_flight[a.uid] for a in candidates)
+        tied = [a for a in candidates if self._in_flight[a.uid] == least]
+        self._turn[key] += 1
+        return tied[self._turn[key] % len(tied)]
+
+    def acquire(self, address: Address) -> None:
+        self._in_flight[address.uid] += 1
+
+    def release(self, address: Address) -> None:
+        left = self._in_flight[address.uid] - 1
+        if left > 0:
+            self._in_flight[address.uid] = left
+        else:
+            del self._in_flight[address.uid]
+
+    def in_flight(self, uid: str) -> int:
+        return self._in_flight.get(uid, 0)
+
+
+class Activator:
+    """Bounded per-function queues of requests waiting for a first ready sandbox."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._waiters: dict[FunctionKey, deque[asyncio.Future[None]]] = {}
+        self._cold: set[FunctionKey] = set()
+
+    def hold(self, key: FunctionKey) -> tuple[asyncio.Future[None], bool]:
+        """Queue a request; its future resolves when the function has a ready sandbox.
+
+        The flag is True for the first request of a cold episode: the caller signals scale-up
+        once, at once, instead of every held request patching the API server. Raises QueueFull.
+        """
+        queue = self._waiters.setdefault(key, deque())
+        if len(queue) >= self.capacity:
+            raise QueueFull(
+                f"{len(queue)} requests already wait for function {key[0]}/{key[1]} to scale up"
+            )
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue.append(future)
+        first = key not in self._cold
+        self._cold.add(key)
+        return future, first
+
+    def forget(self, key: FunctionKey, future: asyncio.Future[None]) -> None:
+        """Drop a request that gave up (timed out, client gone)."""
+        queue = self._waiters.get(key)
+        if queue is not None and future in queue:
+            queue.remove(future)
+            if not queue:
+                del self._waiters[key]
+
+    def rearm(self, key: FunctionKey) -> None:
+        """Let the next held request signal scale-up again (the last signal failed)."""
+        self._cold.discard(key)
+
+    def release(self, key: FunctionKey) -> int:
+        """Wake every held request of `key`, oldest first; how many were woken."""
+        self._cold.discard(key)
+        queue = self._waiters.pop(key, deque())
+        woken = 0
+        for future in queue:
+            if not future.done():
+                future.set_result(None)
+                woken += 1
+        return woken
+
+    def queued(self, key: FunctionKey) -> int:
+        return len(self._waiters.get(key, ()))
+
+    def keys(self) -> list[FunctionKey]:
+        return list(self._waiters)
