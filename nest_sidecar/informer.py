@@ -144,6 +144,10 @@ def on_events(informer: SandboxInformer, handle: Callable[[Event], None]) -> asy
 
     async def drain() -> None:
         while True:
-            handle(await informer.events.get())
+            event = await informer.events.get()
+            try:
+                handle(event)
+            except Exception:  # one bad event must not stop every later one from arriving
+                log.exception("handling %s of sandbox %s failed", event.type, event.uid)
 
     return asyncio.create_task(drain(), name="sandbox-events")

@@ -183,6 +183,7 @@ class SandboxWorker:
                 await self._wait()  # final: only deletion moves it now
             elif await self._back_off():
                 await self._start()
+        await self._terminate()
 
     async def _start(self) -> None:
         try:
