@@ -110,6 +110,7 @@ class Usage:
     invocations: int = 0
     errors: int = 0
     timeouts: int = 0
+    rejected: int = 0  # refused as Overloaded
     memory_bytes: int | None = None  # USS; None where it cannot be attributed (namespace)
     cpu_seconds: float | None = None
 
@@ -147,6 +148,7 @@ class Admission:
         self._max_waiting = max(0, queue)
         self._waiters: deque[asyncio.Future[None]] = deque()
         self.in_flight = 0
+        self.rejected = 0
 
     @property
     def queued(self) -> int:
@@ -156,6 +158,7 @@ class Admission:
         if self._free > 0 and not self._waiters:
             self._free -= 1
         elif len(self._waiters) >= self._max_waiting:
+            self.rejected += 1
             raise Overloaded(f"{self.in_flight} in flight and {self.queued} queued")
         else:
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()

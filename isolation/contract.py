@@ -14,8 +14,10 @@ in namespace mode where hundreds of sandboxes share one interpreter.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -142,6 +144,19 @@ class Context:
     @property
     def log_stream_name(self) -> str:
         return self.function.sandbox_id
+
+
+_REQUEST_ID_PREFIX = os.urandom(8).hex()
+_request_serial = itertools.count(1)
+
+
+def new_request_id() -> str:
+    """32 hex digits, like a uuid4's: a random half per process and a counter half.
+
+    Why not uuid4: it costs a getrandom() syscall and a UUID object per invocation, several
+    times the cost of the rest of the id's life. Ids need to be unique, not unpredictable.
+    """
+    return f"{_REQUEST_ID_PREFIX}{next(_request_serial):016x}"
 
 
 def decode_event(body: bytes) -> Any:

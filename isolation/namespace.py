@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -29,9 +28,16 @@ from isolation.base import (
     StatusListener,
     Usage,
 )
-from isolation.contract import FunctionInfo, Request, Response
+from isolation.contract import FunctionInfo, Request, Response, new_request_id
 from isolation.errors import InvokeTimeout, NotRunning, SandboxExists, SandboxNotFound
-from isolation.host import FunctionHost, classify_load_error, load_layers, parse_handler
+from isolation.host import (
+    FunctionHost,
+    Suspended,
+    classify_load_error,
+    load_layers,
+    parse_handler,
+    start_eagerly,
+)
 
 
 def _ignore(status: SandboxStatus) -> None:
@@ -114,11 +120,14 @@ class NamespaceBackend:
             sb.idle.clear()
             sb.invocations += 1
             timeout = sb.spec.limits.timeout_s
+            deadline = time.monotonic() + timeout  # the loop's clock: asyncio.timeout_at below
             try:
-                async with asyncio.timeout(timeout):
-                    response = await host.invoke(
-                        request, uuid.uuid4().hex, time.monotonic() + timeout
-                    )
+                started = start_eagerly(host.invoke(request, new_request_id(), deadline))
+                if isinstance(started, Suspended):
+                    async with asyncio.timeout_at(deadline):
+                        response = await started.rest
+                else:
+                    response = started
             except TimeoutError:
                 sb.timeouts += 1
                 raise InvokeTimeout(f"{sandbox_id} did not answer within {timeout:g}s") from None
@@ -177,6 +186,7 @@ class NamespaceBackend:
             invocations=sb.invocations,
             errors=sb.errors,
             timeouts=sb.timeouts,
+            rejected=sb.admission.rejected,
         )
 
     def list(self) -> list[SandboxStatus]:

@@ -13,12 +13,12 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
-from isolation.base import Backend, SandboxStatus
+from isolation.base import Backend, SandboxStatus, Usage
 from isolation.contract import Request, Response
-from isolation.errors import InvokeTimeout, Overloaded, SandboxCrashed, SandboxExists
+from isolation.errors import SandboxExists
 from isolation.errors import SandboxNotFound as IsoNotFound
 from isolation.host import load_layers, run_runtime_start
 from isolation.namespace import NamespaceBackend
@@ -71,7 +71,7 @@ class Runtime:
         self.pid = os.getpid()
         self.layers = tuple(layers)
         self.events = EventBroker()
-        self.metrics = Metrics()
+        self.metrics = Metrics(self._usages)
         self.namespace = NamespaceBackend(on_change=self._changed)
         self.subprocess = SubprocessBackend(
             on_change=self._changed, preload=preload, memory_poll_s=memory_poll_s
@@ -107,24 +107,11 @@ class Runtime:
         return to_info(status)
 
     async def invoke(self, sandbox_id: str, request: Request) -> Response:
+        """Counts live in the backends (read at scrape time); only latency is recorded here."""
         backend = self._backend(sandbox_id)
-        meter = self.metrics.sandbox(sandbox_id)
         started = time.perf_counter()
-        meter.in_flight.inc()
-        try:
-            response = await backend.invoke(sandbox_id, request)
-        except Overloaded:
-            meter.rejected.inc()
-            raise
-        except (InvokeTimeout, SandboxCrashed):
-            meter.errors.inc()
-            raise
-        finally:
-            meter.in_flight.dec()
-        meter.latency.observe(time.perf_counter() - started)
-        meter.invocations.inc()
-        if response.status >= 500:
-            meter.errors.inc()
+        response = await backend.invoke(sandbox_id, request)
+        self.metrics.latency(sandbox_id).observe(time.perf_counter() - started)
         return response
 
     def get(self, sandbox_id: str) -> SandboxInfo:
@@ -146,10 +133,10 @@ class Runtime:
         self._where.pop(sandbox_id, None)
         self.metrics.forget(sandbox_id)
 
-    def refresh_memory(self) -> None:
+    def _usages(self) -> Iterator[tuple[str, Usage]]:
         for sandbox_id, backend in list(self._where.items()):
             with contextlib.suppress(IsoNotFound):
-                self.metrics.set_memory(sandbox_id, backend.usage(sandbox_id).memory_bytes)
+                yield sandbox_id, backend.usage(sandbox_id)
 
     def info(self) -> dict[str, Any]:
         return {

@@ -17,10 +17,17 @@ from isolation.contract import (
     Response,
     decode_event,
     error_response,
+    new_request_id,
     to_response,
 )
 from isolation.errors import IllegalTransition, LoadError, Overloaded
-from isolation.host import classify_load_error, parse_handler
+from isolation.host import (
+    Suspended,
+    classify_load_error,
+    parse_handler,
+    run_eagerly,
+    start_eagerly,
+)
 from isolation.host import function_log as log
 from tests.conformance.support import wait_for
 
@@ -143,3 +150,55 @@ def test_classify_load_error() -> None:
         "ImportError"
     )
     assert classify_load_error(ZeroDivisionError("d"), "m:h").reason == "Error"
+
+
+def test_request_ids_are_32_hex_digits_and_unique() -> None:
+    ids = [new_request_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+
+
+async def test_start_eagerly_finishes_what_does_not_suspend_and_resumes_what_does() -> None:
+    async def immediate() -> int:
+        return 1
+
+    async def suspending() -> int:
+        await asyncio.sleep(0)
+        return 2
+
+    assert start_eagerly(immediate()) == 1
+    started = start_eagerly(suspending())
+    assert isinstance(started, Suspended)
+    assert await started.rest == 2
+
+
+async def test_a_resumed_coroutine_sees_cancellation_and_cleans_up() -> None:
+    cleaned = asyncio.Event()
+    entered = asyncio.Event()
+
+    async def waits() -> None:
+        entered.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cleaned.set()
+
+    async def caller() -> None:
+        started = start_eagerly(waits())
+        assert isinstance(started, Suspended)
+        await started.rest
+
+    task = asyncio.create_task(caller())
+    await wait_for(entered.is_set, what="the coroutine to suspend")  # same step as suspending
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert cleaned.is_set()
+
+
+def test_run_eagerly_refuses_a_coroutine_that_suspends() -> None:
+    async def suspending() -> None:
+        await asyncio.sleep(0)
+
+    with pytest.raises(RuntimeError):
+        run_eagerly(suspending())

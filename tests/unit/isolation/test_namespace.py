@@ -17,7 +17,7 @@ from isolation.base import Limits, SandboxSpec
 from isolation.contract import Request
 from isolation.errors import InvokeTimeout
 from isolation.namespace import NamespaceBackend
-from tests.conformance.support import HELLO, OTHER
+from tests.conformance.support import HELLO, OTHER, write_function
 
 
 @pytest.fixture
@@ -134,3 +134,14 @@ async def test_handler_calling_sys_exit_is_a_500_not_a_dead_runtime(
     response = await backend.invoke("exit", Request())
     assert response.status == 500
     assert json.loads(response.body)["error"] == "SystemExit"
+
+
+async def test_an_async_handler_that_suspends_is_cancelled_at_its_timeout(
+    backend: NamespaceBackend, tmp_path: Path
+) -> None:
+    source = "import asyncio\nasync def handler(event, context):\n    await asyncio.sleep(30)\n"
+    code_dir = write_function(tmp_path / "fn", source)
+    await backend.create(SandboxSpec("s", code_dir, "main:handler", limits=Limits(timeout_s=0.2)))
+    with pytest.raises(InvokeTimeout):
+        await backend.invoke("s", Request())
+    assert backend.usage("s").timeouts == 1
