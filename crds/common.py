@@ -164,6 +164,11 @@ class Condition(NestModel):
     observed_generation: int | None = Field(
         default=None, ge=0, description="metadata.generation the condition was computed from."
     )
+    last_update_time: datetime | None = Field(
+        default=None,
+        description="When the condition was last asserted, even unchanged (RFC 3339); "
+        "progress deadlines are measured from it, as in apps/v1 DeploymentCondition.",
+    )
 
 
 def _unique_types(conditions: list[Condition]) -> list[Condition]:

@@ -15,10 +15,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from crds.constants import TEMPLATE_HASH_LABEL
 from nest_operator.conditions import FALSE, TRUE, UNKNOWN, Condition, find, set_condition
 from nest_operator.errors import InvalidRolloutStrategy, RevisionNotFound
-
-from crds.constants import TEMPLATE_HASH_LABEL
 
 ROLLING_UPDATE = "RollingUpdate"
 RECREATE = "Recreate"

@@ -12,9 +12,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from crds.sandbox import PERMANENT_FAILURE_REASONS
 from nest_operator.conditions import TRUE, Condition, remove_condition, set_condition
 
-# Sandboxes in these phases are finished: they no longer count, and are replaced.
+# Sandboxes in these phases are finished: they no longer count, and are replaced — except a
+# sandbox Failed for a permanent reason (its code is broken), which a replacement would only
+# repeat: it keeps counting, not ready, until a new revision replaces it.
 FINISHED_PHASES = frozenset({"Succeeded", "Failed"})
 # kube-controller-manager's burstReplicas: at most this many creations or deletions per sync,
 # so one huge scale does not flood the API server in a single pass.
@@ -33,11 +36,19 @@ class OwnedSandbox:
     created_at: float  # seconds since the epoch
     deleting: bool = False  # metadata.deletionTimestamp is set
     labels: Mapping[str, str] = field(default_factory=dict)
+    reason: str | None = None  # status.reason
+
+    @property
+    def finished(self) -> bool:
+        """Will not run again and is to be replaced (and cleaned up)."""
+        if self.phase not in FINISHED_PHASES:
+            return False
+        return self.phase != "Failed" or self.reason not in PERMANENT_FAILURE_REASONS
 
     @property
     def active(self) -> bool:
         """Counts towards replicas: neither being deleted nor finished (FilterActivePods)."""
-        return not self.deleting and self.phase not in FINISHED_PHASES
+        return not self.deleting and not self.finished
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from crds.constants import TEMPLATE_HASH_LABEL
 from nest_operator.conditions import find
 from nest_operator.deployment_logic import (
     AVAILABLE,
@@ -25,8 +27,6 @@ from nest_operator.deployment_logic import (
     with_hash,
 )
 from nest_operator.errors import InvalidRolloutStrategy, RevisionNotFound
-
-from crds.constants import TEMPLATE_HASH_LABEL
 
 
 def template(version: str) -> dict[str, Any]:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
+
 from nest_operator.conditions import Condition
 from nest_operator.replicaset_logic import (
     REPLICA_FAILURE,
     OwnedSandbox,
+    ReplicaSetDecision,
     reconcile,
     status,
 )
@@ -90,3 +92,13 @@ def test_status_counts_and_failure_condition() -> None:
     assert again.conditions == s.conditions
     cleared = status(owned, {"app": "x"}, 4, (*s.conditions, Condition("Other", "True", "X")), 30)
     assert [c.type for c in cleared.conditions] == ["Other"]
+
+
+def test_broken_code_is_not_replaced_but_evicted_and_completed_are() -> None:
+    broken = OwnedSandbox("broken", "Failed", False, "p1", 1.0, reason="ImportError")
+    evicted = OwnedSandbox("evicted", "Failed", False, "p1", 1.0, reason="Evicted")
+    completed = OwnedSandbox("done", "Succeeded", False, "p1", 1.0)
+    assert broken.active and not broken.finished
+    assert evicted.finished and not evicted.active
+    assert completed.finished
+    assert reconcile(3, [broken, evicted, completed]) == ReplicaSetDecision(create=2)

@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from nest_operator.errors import AlreadyBound, UnknownPod
 from nest_operator.scheduler import (
     BoundSandbox,

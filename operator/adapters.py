@@ -1,0 +1,193 @@
+"""API objects (dicts from the store) into the pure core's snapshot types.
+
+Why: the scheduler and the controllers' logic take small frozen records, not API objects, so they
+stay independent of the wire format; this is the one place that knows where each field lives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from crds import constants as c
+from nest_operator.conditions import Condition
+from nest_operator.deployment_logic import DeploymentInfo, DeploymentStatus, ReplicaSetInfo
+from nest_operator.replicaset_logic import OwnedSandbox
+from nest_operator.scheduler import BoundSandbox, PoolPod, SandboxRequest, parse_cpu, parse_memory
+from nest_operator.store import controller_uid
+
+Obj = Mapping[str, Any]
+DEFAULT_MEMORY = "64Mi"
+DEFAULT_CPU = "100m"
+
+
+def timestamp(value: str | None) -> float:
+    """RFC 3339 (with or without fractions) to epoch seconds; 0 when absent."""
+    if not value:
+        return 0.0
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def condition_true(obj: Obj, type_: str) -> bool:
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    return any(cond.get("type") == type_ and cond.get("status") == "True" for cond in conditions)
+
+
+def code_key(function: Obj) -> str:
+    """A digest of where the code comes from: same source, same key, on every pod."""
+    source = json.dumps(function.get("source") or {}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
+def pool_pod(pod: Obj, lease: Obj | None) -> PoolPod:
+    """A pool pod as the scheduler's node; capacity is what its sidecar declares in the Lease."""
+    meta = pod["metadata"]
+    annotations = (lease or {}).get("metadata", {}).get("annotations") or {}
+    capacity = json.loads(annotations.get(c.CAPACITY_ANNOTATION) or "{}")
+    renewed = ((lease or {}).get("spec") or {}).get("renewTime")
+    return PoolPod(
+        name=meta["name"],
+        namespace=meta["namespace"],
+        uid=meta["uid"],
+        pool=(meta.get("labels") or {}).get(c.POOL_LABEL, ""),
+        ready=condition_true(pod, "Ready") and not meta.get("deletionTimestamp"),
+        lease_renewed_at=timestamp(renewed) if renewed else None,
+        cordoned=(meta.get("annotations") or {}).get(c.CORDON_ANNOTATION) == "true",
+        memory=int(capacity.get("memory_bytes", 0)),
+        cpu=int(capacity.get("cpu_millis", 0)),
+        max_sandboxes=int(capacity.get("max_sandboxes", 0)),
+        isolation=frozenset(capacity.get("isolation") or ()),
+    )
+
+
+def _function(sandbox: Obj) -> Obj:
+    function: Obj = (sandbox.get("spec") or {}).get("function") or {}
+    return function
+
+
+def _resources(sandbox: Obj) -> tuple[int, int]:
+    resources = _function(sandbox).get("resources") or {}
+    return (
+        parse_memory(resources.get("memory") or DEFAULT_MEMORY),
+        parse_cpu(resources.get("cpu") or DEFAULT_CPU),
+    )
+
+
+def bound_sandbox(sandbox: Obj) -> BoundSandbox | None:
+    """A bound sandbox as the scheduler counts it; None while unbound."""
+    pod_uid = (sandbox["metadata"].get("labels") or {}).get(c.POD_UID_LABEL)
+    if not pod_uid:
+        return None
+    memory, cpu = _resources(sandbox)
+    return BoundSandbox(
+        sandbox["metadata"]["uid"], pod_uid, memory, cpu,
+        controller_uid(sandbox), code_key(_function(sandbox)),
+    )  # fmt: skip
+
+
+def sandbox_request(sandbox: Obj) -> SandboxRequest:
+    memory, cpu = _resources(sandbox)
+    meta = sandbox["metadata"]
+    return SandboxRequest(
+        name=meta["name"],
+        namespace=meta["namespace"],
+        uid=meta["uid"],
+        pool=(sandbox.get("spec") or {}).get("pool") or "default",
+        memory=memory,
+        cpu=cpu,
+        isolation=_function(sandbox).get("isolation") or "subprocess",
+        code_digest=code_key(_function(sandbox)),
+        replica_set=controller_uid(sandbox),
+    )
+
+
+def owned_sandbox(sandbox: Obj) -> OwnedSandbox:
+    meta, status = sandbox["metadata"], sandbox.get("status") or {}
+    return OwnedSandbox(
+        name=meta["name"],
+        phase=status.get("phase") or "Pending",
+        ready=condition_true(sandbox, "Ready"),
+        pod_uid=(meta.get("labels") or {}).get(c.POD_UID_LABEL),
+        created_at=timestamp(meta.get("creationTimestamp")),
+        deleting=bool(meta.get("deletionTimestamp")),
+        labels=dict(meta.get("labels") or {}),
+        reason=status.get("reason"),
+    )
+
+
+def replicaset_info(rs: Obj) -> ReplicaSetInfo:
+    meta, spec, status = rs["metadata"], rs.get("spec") or {}, rs.get("status") or {}
+    return ReplicaSetInfo(
+        name=meta["name"],
+        revision=int((meta.get("annotations") or {}).get(c.REVISION_ANNOTATION) or 0),
+        replicas=int(spec.get("replicas", 1)),
+        template=spec.get("template") or {},
+        created_at=timestamp(meta.get("creationTimestamp")),
+        status_replicas=int(status.get("replicas", 0)),
+        ready_replicas=int(status.get("readyReplicas", 0)),
+        available_replicas=int(status.get("availableReplicas", 0)),
+    )
+
+
+def deployment_info(d: Obj, conditions: tuple[Any, ...]) -> DeploymentInfo:
+    meta, spec, status = d["metadata"], d.get("spec") or {}, d.get("status") or {}
+    strategy = spec.get("strategy") or {}
+    rolling = strategy.get("rollingUpdate") or {}
+    return DeploymentInfo(
+        name=meta["name"],
+        generation=int(meta.get("generation", 1)),
+        replicas=int(spec.get("replicas", 1)),
+        template=spec.get("template") or {},
+        strategy=strategy.get("type") or "RollingUpdate",
+        max_surge=rolling.get("maxSurge", "25%"),
+        max_unavailable=rolling.get("maxUnavailable", "25%"),
+        revision_history_limit=int(spec.get("revisionHistoryLimit", 10)),
+        paused=bool(spec.get("paused", False)),
+        progress_deadline_seconds=int(spec.get("progressDeadlineSeconds", 600)),
+        status=DeploymentStatus(
+            observed_generation=int(status.get("observedGeneration", 0)),
+            replicas=int(status.get("replicas", 0)),
+            updated_replicas=int(status.get("updatedReplicas", 0)),
+            ready_replicas=int(status.get("readyReplicas", 0)),
+            available_replicas=int(status.get("availableReplicas", 0)),
+            unavailable_replicas=int(status.get("unavailableReplicas", 0)),
+            conditions=conditions,
+            collision_count=int(status.get("collisionCount", 0)),
+        ),
+    )
+
+
+def rfc3339(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def conditions_from(status: Obj) -> tuple[Condition, ...]:
+    return tuple(
+        Condition(
+            type=cond["type"],
+            status=cond["status"],
+            reason=cond.get("reason") or "",
+            message=cond.get("message") or "",
+            last_transition_time=timestamp(cond.get("lastTransitionTime")),
+            last_update_time=timestamp(cond.get("lastUpdateTime")),
+        )
+        for cond in status.get("conditions") or []
+    )
+
+
+def conditions_to(conditions: tuple[Condition, ...]) -> list[dict[str, Any]]:
+    out = []
+    for cond in conditions:
+        item: dict[str, Any] = {"type": cond.type, "status": cond.status}
+        if cond.reason:
+            item["reason"] = cond.reason
+        if cond.message:
+            item["message"] = cond.message
+        item["lastTransitionTime"] = rfc3339(cond.last_transition_time)
+        if cond.last_update_time:
+            item["lastUpdateTime"] = rfc3339(cond.last_update_time)
+        out.append(item)
+    return out

@@ -1,0 +1,126 @@
+"""The operator's view of the cluster: the informer caches every controller decides on.
+
+Why one store: controllers must decide on the same snapshot the watches built, and must act only
+once it is complete — after a restart the operator lists every kind before any controller runs,
+so it never deletes or re-creates what it simply has not seen yet. Writes go through the store
+too (write-through), so a decision already counts the sandbox it just created or deleted before
+the watch reports it: that, not timing, is what prevents duplicates. Events older than what the
+store holds (by resourceVersion) are ignored, and deleted objects leave a tombstone so a late
+event cannot resurrect them.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from enum import StrEnum
+from typing import Any
+
+from crds import constants as c
+
+Obj = dict[str, Any]
+
+
+class Kind(StrEnum):
+    POD = "pods"
+    LEASE = "leases"
+    SANDBOX = c.SANDBOX_PLURAL
+    REPLICASET = c.REPLICASET_PLURAL
+    DEPLOYMENT = c.DEPLOYMENT_PLURAL
+    ENDPOINTS = c.ENDPOINTS_PLURAL
+
+
+def key_of(obj: Mapping[str, Any]) -> str:
+    meta = obj["metadata"]
+    return f"{meta.get('namespace', '')}/{meta['name']}"
+
+
+def controller_uid(obj: Mapping[str, Any]) -> str | None:
+    for ref in obj["metadata"].get("ownerReferences") or []:
+        if ref.get("controller"):
+            return str(ref["uid"])
+    return None
+
+
+def _version(obj: Mapping[str, Any]) -> int:
+    try:
+        return int(obj["metadata"].get("resourceVersion") or 0)
+    except ValueError:  # opaque on other storage backends; then every event is news
+        return 0
+
+
+class Store:
+    """Objects by kind and key, with owner and pod indexes kept up to date on every change."""
+
+    def __init__(self) -> None:
+        self._objects: dict[Kind, dict[str, Obj]] = {kind: {} for kind in Kind}
+        self._owned: dict[Kind, dict[str, set[str]]] = {k: defaultdict(set) for k in Kind}
+        self._on_pod: dict[str, set[str]] = defaultdict(set)  # pod uid -> sandbox keys
+        self._tombstones: dict[str, int] = {}  # uid -> resourceVersion at deletion
+
+    def apply(self, kind: Kind, event: str, obj: Obj) -> bool:
+        """Record a watch event (ADDED/MODIFIED/DELETED); False when it was stale."""
+        key, uid, version = key_of(obj), obj["metadata"].get("uid"), _version(obj)
+        if uid in self._tombstones and version <= self._tombstones[uid]:
+            return False
+        old = self._objects[kind].get(key)
+        if old is not None and old["metadata"].get("uid") == uid and _version(old) > version:
+            return False
+        if old is not None:
+            self._unindex(kind, key, old)
+        if event == "DELETED":
+            self._objects[kind].pop(key, None)
+            if uid:
+                self._tombstones[uid] = max(version, self._tombstones.get(uid, 0))
+            return True
+        self._objects[kind][key] = obj
+        self._index(kind, key, obj)
+        return True
+
+    def replace_all(self, kind: Kind, objects: Iterable[Obj]) -> None:
+        """The result of a full LIST: what is not in it is gone."""
+        listed = {key_of(o): o for o in objects}
+        for key, obj in list(self._objects[kind].items()):
+            if key not in listed:
+                self.apply(kind, "DELETED", obj)
+        for obj in listed.values():
+            self.apply(kind, "ADDED", obj)
+
+    def _index(self, kind: Kind, key: str, obj: Obj) -> None:
+        owner = controller_uid(obj)
+        if owner is not None:
+            self._owned[kind][owner].add(key)
+        if kind == Kind.SANDBOX:
+            pod_uid = (obj["metadata"].get("labels") or {}).get(c.POD_UID_LABEL)
+            if pod_uid:
+                self._on_pod[pod_uid].add(key)
+
+    def _unindex(self, kind: Kind, key: str, obj: Obj) -> None:
+        owner = controller_uid(obj)
+        if owner is not None:
+            self._owned[kind][owner].discard(key)
+        if kind == Kind.SANDBOX:
+            pod_uid = (obj["metadata"].get("labels") or {}).get(c.POD_UID_LABEL)
+            if pod_uid:
+                self._on_pod[pod_uid].discard(key)
+
+    def get(self, kind: Kind, key: str) -> Obj | None:
+        return self._objects[kind].get(key)
+
+    def all(self, kind: Kind) -> list[Obj]:
+        return list(self._objects[kind].values())
+
+    def in_namespace(self, kind: Kind, namespace: str) -> list[Obj]:
+        prefix = f"{namespace}/"
+        return [o for k, o in self._objects[kind].items() if k.startswith(prefix)]
+
+    def owned(self, kind: Kind, owner_uid: str) -> list[Obj]:
+        objects = self._objects[kind]
+        return [objects[k] for k in sorted(self._owned[kind].get(owner_uid, ())) if k in objects]
+
+    def on_pod(self, pod_uid: str) -> list[Obj]:
+        objects = self._objects[Kind.SANDBOX]
+        return [objects[k] for k in sorted(self._on_pod.get(pod_uid, ())) if k in objects]
+
+    def by_uid(self, kind: Kind, uid: str) -> Obj | None:
+        return next((o for o in self._objects[kind].values() if o["metadata"]["uid"] == uid), None)
