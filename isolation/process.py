@@ -75,6 +75,7 @@ class _Proc:
         self.supervisor: asyncio.Task[None] | None = None
         self.pending: dict[int, asyncio.Future[Response]] = {}
         self.ids = itertools.count(1)
+        self.zygote: Zygote | None = None  # the one that forked the current generation
         self.kill_reason: str | None = None  # why *we* ended the process, if we did
         self.kill_message = ""
         self.settled = asyncio.Event()  # set when no create/restart is in progress
@@ -147,7 +148,9 @@ class SubprocessBackend:
         memory_poll_s: float = 0.2,
     ) -> None:
         self._on_change = on_change
-        self._zygote = Zygote(["sandbox", *preload])
+        self._preload = ["sandbox", *preload]
+        self._zygote = Zygote(self._preload)
+        self._zygote_lock = asyncio.Lock()
         self._procs: dict[str, _Proc] = {}
         self._memory_poll_s = memory_poll_s
         self._watcher: asyncio.Task[None] | None = None
@@ -200,9 +203,16 @@ class SubprocessBackend:
     async def _spawn(self, proc: _Proc) -> None:
         """Fork and load one generation of the sandbox; raises LoadError if it never got ready."""
         proc.kill_reason, proc.kill_message = None, ""
-        pid, sock = await self._zygote.fork(self._child_spec(proc.spec))
+        async with self._zygote_lock:  # concurrent creates must not each start a new zygote
+            if self._zygote.lost:
+                await self._restart_zygote()
+        zygote = proc.zygote = self._zygote
+        try:
+            pid, sock = await zygote.fork(self._child_spec(proc.spec))
+        except (RuntimeError, OSError) as exc:  # the zygote died under this very request
+            raise LoadError(Reason.CRASHED, f"could not fork the sandbox: {exc}") from None
         proc.pid = pid
-        exited = self._zygote.exit_future(pid)
+        exited = zygote.exit_future(pid)
         try:
             proc.ps = psutil.Process(pid)
         except psutil.Error:
@@ -227,7 +237,7 @@ class SubprocessBackend:
         if header.get("t") != "ready":
             transport.close()
             await exited
-            self._zygote.forget(pid)
+            zygote.forget(pid)
             proc.ps = None
             raise LoadError(str(header.get("reason")), str(header.get("message")))
         proc.channel = channel
@@ -240,11 +250,20 @@ class SubprocessBackend:
         if channel.malformed and not exited.done():
             proc.kill(Reason.CRASHED, "sent a malformed frame")
         wait_status = await exited
-        self._zygote.forget(proc.pid or 0)
+        if proc.zygote is not None:
+            proc.zygote.forget(proc.pid or 0)
         await self._on_exit(proc, wait_status)
+
+    async def _restart_zygote(self) -> None:
+        """Replace a zygote that died: its sandboxes are reported Crashed, new ones fork again."""
+        await self._zygote.close()  # reaps the dead process and drops its bytecode cache
+        self._zygote = Zygote(self._preload)
+        await self._zygote.start()
 
     async def _on_exit(self, proc: _Proc, wait_status: int) -> None:
         code, sig, how = describe_exit(wait_status)
+        if proc.zygote is not None and proc.zygote.lost:
+            how += " (its zygote process exited)"
         proc.channel, proc.ps = None, None
         crashed = SandboxCrashed(f"{proc.spec.id} {how}")
         for fut in proc.pending.values():
@@ -355,7 +374,8 @@ class SubprocessBackend:
             await asyncio.wait(list(proc.pending.values()), timeout=deadline - time.monotonic())
         if proc.channel is not None and proc.channel.transport is not None and grace_s > 0:
             proc.channel.transport.write(encode_frame({"t": "stop"}))
-            exited = self._zygote.exit_future(proc.pid or 0)
+            assert proc.zygote is not None
+            exited = proc.zygote.exit_future(proc.pid or 0)
             await asyncio.wait([exited], timeout=max(0.0, deadline - time.monotonic()))
         if not proc.done.is_set():
             proc.kill("Stopped", "grace period over")

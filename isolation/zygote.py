@@ -185,6 +185,11 @@ class Zygote:
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(lost)
 
+    @property
+    def lost(self) -> bool:
+        """The zygote process exited (and its sandboxes with it); it will fork no more."""
+        return self._lost
+
     def exit_future(self, pid: int) -> asyncio.Future[int]:
         """Resolves to the child's wait status (os.waitpid format) once it has exited."""
         fut = self._exits.get(pid)

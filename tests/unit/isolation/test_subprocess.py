@@ -34,6 +34,14 @@ async def backend(recorder: Recorder) -> AsyncIterator[SubprocessBackend]:
     assert child_processes() == []
 
 
+def dead(pid: int) -> bool:
+    """Gone, or a zombie: an orphan waits for whichever process adopted it to reap it."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def event(**fields: object) -> Request:
     return Request(body=json.dumps(fields).encode())
 
@@ -156,3 +164,22 @@ async def test_stop_kills_a_busy_sandbox_after_the_grace_period(
     assert (status.state, status.signal) == (SandboxState.STOPPED, signal.SIGKILL)
     with pytest.raises(SandboxCrashed):
         await task
+
+
+async def test_a_dead_zygote_fails_its_sandboxes_and_is_replaced(
+    backend: SubprocessBackend,
+) -> None:
+    first = await backend.create(SandboxSpec("a", HELLO, "main:handler"))
+    old_zygote = backend.zygote_pid
+    assert old_zygote is not None
+    os.kill(old_zygote, signal.SIGKILL)
+    await wait_for(lambda: backend.status("a").state is SandboxState.FAILED, what="a Failed")
+    status = backend.status("a")
+    assert (status.reason, status.signal) == ("Crashed", signal.SIGKILL)
+    assert "zygote" in status.message
+    assert first.pid is not None
+    await wait_for(lambda: dead(first.pid or 0), what="the orphaned sandbox to die")
+    second = await backend.create(SandboxSpec("b", HELLO, "main:handler"))
+    assert backend.zygote_pid not in (None, old_zygote)
+    assert second.pid is not None and psutil.Process(second.pid).ppid() == backend.zygote_pid
+    assert (await backend.invoke("b", Request())).status == 200
