@@ -66,6 +66,7 @@ class Kube:
     # -- initial sync --------------------------------------------------------------------------
 
     async def list_all(self, kind: Kind) -> list[Obj]:
+        raw: Any
         if kind == Kind.POD:
             raw = await self._call(
                 self.core.list_pod_for_all_namespaces, label_selector=c.POOL_LABEL
@@ -75,10 +76,9 @@ class Kube:
                 self.coordination.list_lease_for_all_namespaces, label_selector=c.POOL_LABEL
             )
         else:
-            listed: Obj = await self._call(
+            raw = await self._call(
                 self.custom.list_cluster_custom_object, c.GROUP, c.VERSION, kind.value
             )
-            return list(listed["items"])
         items: list[Obj] = self.api.sanitize_for_serialization(raw)["items"]
         return items
 

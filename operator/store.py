@@ -56,6 +56,7 @@ class Store:
         self._objects: dict[Kind, dict[str, Obj]] = {kind: {} for kind in Kind}
         self._owned: dict[Kind, dict[str, set[str]]] = {k: defaultdict(set) for k in Kind}
         self._on_pod: dict[str, set[str]] = defaultdict(set)  # pod uid -> sandbox keys
+        self._uids: dict[Kind, dict[str, str]] = {kind: {} for kind in Kind}  # uid -> key
         self._tombstones: dict[str, int] = {}  # uid -> resourceVersion at deletion
 
     def apply(self, kind: Kind, event: str, obj: Obj) -> bool:
@@ -87,6 +88,7 @@ class Store:
             self.apply(kind, "ADDED", obj)
 
     def _index(self, kind: Kind, key: str, obj: Obj) -> None:
+        self._uids[kind][obj["metadata"]["uid"]] = key
         owner = controller_uid(obj)
         if owner is not None:
             self._owned[kind][owner].add(key)
@@ -96,6 +98,7 @@ class Store:
                 self._on_pod[pod_uid].add(key)
 
     def _unindex(self, kind: Kind, key: str, obj: Obj) -> None:
+        self._uids[kind].pop(obj["metadata"]["uid"], None)
         owner = controller_uid(obj)
         if owner is not None:
             self._owned[kind][owner].discard(key)
@@ -123,4 +126,9 @@ class Store:
         return [objects[k] for k in sorted(self._on_pod.get(pod_uid, ())) if k in objects]
 
     def by_uid(self, kind: Kind, uid: str) -> Obj | None:
-        return next((o for o in self._objects[kind].values() if o["metadata"]["uid"] == uid), None)
+        key = self._uids[kind].get(uid)
+        return self._objects[kind].get(key) if key is not None else None
+
+    def bound_pod_uids(self) -> list[str]:
+        """Pod UIDs that bound sandboxes name, whether or not those pods still exist."""
+        return [uid for uid, keys in self._on_pod.items() if keys]

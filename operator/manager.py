@@ -1,0 +1,177 @@
+"""The controller manager: one store, the controllers, their work queues, and the event routing.
+
+Why a manager between kopf and the controllers: kopf delivers watch events per object, while each
+controller works on its own key (a deployment, a replica set, a pod UID) and must only start once
+every kind has been listed — the restart-safety rule that the operator never acts on a partial
+view. The manager lists everything first, then routes each event to the keys it affects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from nest_operator.deployment_controller import DeploymentController
+from nest_operator.endpoints_controller import EndpointsController
+from nest_operator.kube import Kube
+from nest_operator.lifecycle_controller import Grace, LifecycleController
+from nest_operator.replicaset_controller import ReplicaSetController
+from nest_operator.scheduler import Scheduler, SchedulerCache, default_filters
+from nest_operator.scheduler_controller import SchedulerController
+from nest_operator.store import Kind, Obj, Store, controller_uid, key_of
+from nest_operator.workqueue import WorkQueue
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Tunables, from the environment (the operator's Deployment sets them)."""
+
+    lease_ttl: float = 40.0
+    not_ready_grace: float = 30.0
+    resync_seconds: float = 2.0
+    workers: int = 8
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        env = os.environ
+        return cls(
+            lease_ttl=float(env.get("NEST_LEASE_TTL", cls.lease_ttl)),
+            not_ready_grace=float(env.get("NEST_NOT_READY_GRACE", cls.not_ready_grace)),
+            resync_seconds=float(env.get("NEST_RESYNC_SECONDS", cls.resync_seconds)),
+            workers=int(env.get("NEST_WORKERS", cls.workers)),
+        )
+
+
+class ControllerManager:
+    """Owns the store and runs every controller; `observe` is fed by kopf's watches."""
+
+    def __init__(self, api: client.ApiClient, settings: Settings) -> None:
+        self.settings = settings
+        self.store = Store()
+        self.kube = Kube(api, self.store)
+        self.cache = SchedulerCache()
+        scheduler = Scheduler(filters=default_filters(settings.lease_ttl))
+        self.scheduler = SchedulerController(self.store, self.kube, self.cache, scheduler)
+        self.replicasets = ReplicaSetController(self.store, self.kube, self.cache)
+        self.deployments = DeploymentController(self.store, self.kube)
+        self.endpoints = EndpointsController(self.store, self.kube)
+        self.lifecycle = LifecycleController(
+            self.store, self.kube, Grace(not_ready_seconds=settings.not_ready_grace)
+        )
+        self.queues = {
+            "replicasets": WorkQueue("replicasets"),
+            "deployments": WorkQueue("deployments"),
+            "endpoints": WorkQueue("endpoints"),
+            "lifecycle": WorkQueue("lifecycle"),
+        }
+        self.synced = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """List every kind, then start the controllers on that complete view."""
+        started = time.monotonic()
+        listed = await asyncio.gather(*(self.kube.list_all(kind) for kind in Kind))
+        for kind, objects in zip(Kind, listed, strict=True):
+            self.store.replace_all(kind, objects)
+        for kind in (Kind.POD, Kind.LEASE, Kind.SANDBOX, Kind.REPLICASET, Kind.DEPLOYMENT):
+            for obj in self.store.all(kind):
+                self._route(kind, obj, deleted=False)
+        self.synced = True
+        s = self.settings
+        jobs: list[tuple[str, Callable[[str], Awaitable[None]], WorkQueue]] = [
+            ("replicasets", self.replicasets.reconcile, self.queues["replicasets"]),
+            ("deployments", self.deployments.reconcile, self.queues["deployments"]),
+            ("endpoints", self.endpoints.reconcile, self.queues["endpoints"]),
+            ("lifecycle", self._lifecycle, self.queues["lifecycle"]),
+            ("scheduler", self.scheduler.schedule, self.scheduler.queue),
+        ]
+        for name, handler, queue in jobs:
+            task = asyncio.create_task(queue.run(_tolerant(handler), s.workers), name=name)
+            self._tasks.append(task)
+        self._tasks.append(asyncio.create_task(self._resync(), name="resync"))
+        counts = {kind.value: len(self.store.all(kind)) for kind in Kind}
+        log.info("synced in %.2fs: %s", time.monotonic() - started, counts)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.kube.close()
+
+    def observe(self, kind: Kind, event: str | None, obj: Obj) -> None:
+        """A watch event from kopf; None is kopf's initial listing, an ADDED."""
+        kind_event = event or "ADDED"
+        if not self.store.apply(kind, kind_event, obj):
+            return
+        if self.synced:
+            self._route(kind, obj, deleted=kind_event == "DELETED")
+
+    def _route(self, kind: Kind, obj: Obj, deleted: bool) -> None:
+        q = self.queues
+        if kind == Kind.POD:
+            self.scheduler.pod_changed(obj, deleted)
+            q["lifecycle"].add(obj["metadata"]["uid"])
+        elif kind == Kind.LEASE:
+            self.scheduler.lease_changed(obj)
+            pod = self.store.get(Kind.POD, key_of(obj))
+            if pod is not None:
+                q["lifecycle"].add(pod["metadata"]["uid"])
+        elif kind == Kind.SANDBOX:
+            self.scheduler.sandbox_changed(obj, deleted)
+            for key in self.replicasets.keys_for_sandbox(obj):
+                q["replicasets"].add(key)
+            endpoints = self.endpoints.key_for_sandbox(obj)
+            if endpoints is not None:
+                q["endpoints"].add(endpoints)
+        elif kind == Kind.REPLICASET:
+            q["replicasets"].add(key_of(obj))
+            deployment = self.deployments.key_for_replicaset(obj)
+            if deployment is not None:
+                q["deployments"].add(deployment)
+                q["endpoints"].add(deployment)
+        elif kind == Kind.DEPLOYMENT:
+            q["deployments"].add(key_of(obj))
+            q["endpoints"].add(key_of(obj))
+        elif kind == Kind.ENDPOINTS and controller_uid(obj) is not None:
+            q["endpoints"].add(key_of(obj))
+
+    async def _lifecycle(self, pod_uid: str) -> None:
+        await self.lifecycle.reconcile(pod_uid, time.time())
+
+    async def _resync(self) -> None:
+        """Time-based conditions no event announces: Lease expiry, assumed bindings' TTL."""
+        while True:
+            await asyncio.sleep(self.settings.resync_seconds)  # a period, not a synchronisation
+            for uid in {p["metadata"]["uid"] for p in self.store.all(Kind.POD)} | set(
+                self.store.bound_pod_uids()
+            ):
+                self.queues["lifecycle"].add(uid)
+            for pod in self.store.all(Kind.POD):
+                self.scheduler.pod_changed(pod, deleted=False)
+
+
+def _tolerant(handler: Callable[[str], Awaitable[None]]) -> Callable[[str], Awaitable[None]]:
+    """A namespace being deleted refuses new objects: nothing to retry, its objects are going."""
+
+    async def run(key: str) -> None:
+        try:
+            await handler(key)
+        except ApiException as exc:
+            if exc.status == 403 and "NamespaceTerminating" in (exc.body or ""):
+                log.debug("%s: namespace is terminating", key)
+                return
+            raise
+
+    return run
