@@ -236,7 +236,7 @@ class Gateway:
 
     async def http_trigger(self, request: web.Request, ns: str, name: str, _: Any) -> web.Response:
         call = trigger_call(
-            request.method, request.match_info.get("path", ""), request.query_string,
+            request.method, request.match_info.get("path", ""), request.rel_url.raw_query_string,
             request.headers, await request.read(), strip_auth=self.authorizer is not None,
         )  # fmt: skip
         return await self.invoker.invoke((ns, name), call)
