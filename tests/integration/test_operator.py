@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import signal
 import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.kube import Kubectl, wait_for
@@ -196,3 +200,91 @@ def test_deleting_a_pool_pod_reschedules_its_sandboxes(
     assert not (names & on_victim), "evicted sandboxes must be replaced, not moved"
     print(f"\nrescheduled {len(on_victim)} sandboxes from a deleted pool pod in {elapsed:.2f}s")
     kubectl.run("get", "events", "--field-selector=reason=Evicted")
+
+
+@pytest.fixture
+def small_pool(kubectl: Kubectl, nest_pool: list[Any]) -> Iterator[str]:
+    """A pool of its own (pool `small-<ns>`, one pod of 256Mi), deleted after the test."""
+    name = f"small-{kubectl.namespace}"
+    docs = list(yaml.safe_load_all((ROOT / "deploy" / "pool" / "deployment.yaml").read_text()))
+    pool = docs[0]
+    pool["metadata"]["name"] = name
+    pool["spec"]["replicas"] = 1
+    labels = {"app.kubernetes.io/name": name, "nest.sandbox.dev/pool": name}
+    pool["metadata"]["labels"] = labels
+    pool["spec"]["selector"]["matchLabels"] = {"app.kubernetes.io/name": name}
+    pool["spec"]["template"]["metadata"]["labels"] = labels
+    runtime = pool["spec"]["template"]["spec"]["containers"][0]
+    runtime["resources"]["limits"]["memory"] = "256Mi"
+    kubectl.run("apply", "-n", "nest-system", "-f", "-", input=yaml.safe_dump(pool))
+    yield name
+    kubectl.run("delete", "deployment", name, "-n", "nest-system", "--wait=false")
+
+
+def test_no_capacity_means_pending_with_a_reason_until_a_pool_pod_is_added(
+    kubectl: Kubectl, small_pool: str
+) -> None:
+    manifest = example(replicas=3, name="big")
+    manifest["spec"]["selector"]["matchLabels"] = {"app": "big"}
+    manifest["spec"]["template"]["metadata"]["labels"] = {"app": "big"}
+    spec = manifest["spec"]["template"]["spec"]
+    spec["pool"] = small_pool
+    spec["function"]["resources"] = {"memory": "100Mi", "cpu": "50m"}
+    kubectl.apply(yaml.safe_dump(manifest))
+
+    def two_running_one_pending() -> list[dict[str, Any]] | None:
+        current = sandboxes(kubectl, "big")
+        phases = sorted((s.get("status") or {}).get("phase", "Pending") for s in current)
+        return current if phases == ["Pending", "Running", "Running"] else None
+
+    current = wait_for(two_running_one_pending, timeout=90, what="2 Running and 1 Pending")
+    pending = next(s for s in current if not s["spec"].get("podName"))["metadata"]["name"]
+    events = wait_for(
+        lambda: (
+            "FailedScheduling" in (out := kubectl.run("describe", "sbx", pending).stdout) and out
+        ),
+        what="a FailedScheduling event",
+    )
+    assert "0/" in events and "insufficient memory" in events
+    kubectl.run("scale", "deployment", small_pool, "-n", "nest-system", "--replicas=2")
+    settled(kubectl, "big", 3)
+    assert len({s["spec"]["podName"] for s in sandboxes(kubectl, "big")}) == 2
+
+
+def _operator_pid(kubectl: Kubectl) -> tuple[str, int]:
+    pods = kubectl.json(
+        "get", "pods", "-n", "nest-system", "-l", "app.kubernetes.io/name=nest-operator"
+    )
+    pod = next(p for p in pods["items"] if not p["metadata"].get("deletionTimestamp"))
+    status = pod["status"]["containerStatuses"][0]
+    return pod["metadata"]["name"], int(status["containerID"].removeprefix("nest://"))
+
+
+def test_killing_the_operator_mid_rollout_converges_without_duplicates(
+    kubectl: Kubectl, nest_pool: list[Any]
+) -> None:
+    v1 = example(replicas=10)
+    kubectl.apply(yaml.safe_dump(v1))
+    settled(kubectl, "hello", 10)
+    pod, pid = _operator_pid(kubectl)
+    kubectl.apply(yaml.safe_dump(_with_version(v1, 2)))
+    wait_for(
+        lambda: len(kubectl.json("get", "sbxrs", "-l", "app=hello")["items"]) == 2,
+        what="the rollout to start (a second replica set)",
+    )
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: _operator_pid(kubectl)[1] != pid, timeout=60, what="the operator restarted")
+    final = settled(kubectl, "hello", 10, timeout=120)
+    current = sandboxes(kubectl, "hello")
+    assert len(current) == 10, [s["metadata"]["name"] for s in current]
+    new_hash = max(
+        kubectl.json("get", "sbxrs", "-l", "app=hello")["items"],
+        key=lambda rs: int(rs["metadata"]["annotations"]["nest.sandbox.dev/revision"]),
+    )["metadata"]["labels"]["nest.sandbox.dev/template-hash"]
+    assert {s["metadata"]["labels"]["nest.sandbox.dev/template-hash"] for s in current} == {
+        new_hash
+    }
+    assert final["status"]["updatedReplicas"] == 10
+    ready = wait_for(lambda: len(e := endpoints(kubectl, "hello")) == 10 and e, what="10 endpoints")
+    assert all(invoke(a, {})[1]["version"] == 2 for a in ready)
+    assert pod  # the same operator pod, restarted in place by its kubelet
