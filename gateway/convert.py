@@ -55,7 +55,8 @@ def _source(req: m.FunctionUpdate) -> CodeSource:
 def template_for(name: str, req: m.FunctionUpdate) -> SandboxTemplate:
     """The Sandbox template of a function request; raises InvalidInput naming the field."""
     resources = {k: v for k, v in (("memory", req.memory), ("cpu", req.cpu)) if v is not None}
-    function = Function(
+    function = _build(
+        Function, "function", "",
         handler=req.handler,
         source=_source(req),
         isolation=req.isolation,
@@ -63,9 +64,10 @@ def template_for(name: str, req: m.FunctionUpdate) -> SandboxTemplate:
         timeout_seconds=req.timeout_seconds,
         concurrency=req.concurrency,
         env=req.env,
-    )
-    spec = SandboxSpec(function=function, pool=req.pool)
-    return SandboxTemplate(metadata=TemplateMetadata(labels={FUNCTION_LABEL: name}), spec=spec)
+    )  # fmt: skip
+    spec = _build(SandboxSpec, "function", "", function=function, pool=req.pool)
+    metadata = TemplateMetadata(labels={FUNCTION_LABEL: name})
+    return _build(SandboxTemplate, "function", "", metadata=metadata, spec=spec)
 
 
 def autoscaling_for(req: m.FunctionUpdate) -> Autoscaling | None:
@@ -87,12 +89,13 @@ def desired_replicas(req: m.FunctionUpdate, current: int | None) -> int:
 
 def deployment_for(namespace: str, req: m.FunctionCreate) -> SandboxDeployment:
     """A new SandboxDeployment for a function create request."""
-    spec = SandboxDeploymentSpec(
+    spec = _build(
+        SandboxDeploymentSpec, "function", "",
         replicas=desired_replicas(req, None),
         selector=LabelSelector(match_labels={FUNCTION_LABEL: req.name}),
         template=template_for(req.name, req),
         autoscaling=autoscaling_for(req),
-    )
+    )  # fmt: skip
     metadata = {"name": req.name, "namespace": namespace, "labels": {FUNCTION_LABEL: req.name}}
     return SandboxDeployment(metadata=metadata, spec=spec)
 

@@ -69,8 +69,18 @@ class AutoscalingRequest(NestModel):
     )
 
 
+EXAMPLE_CODE = {"main.py": "def handler(event, context):\n    return {'hello': event}\n"}
+
+
 class FunctionUpdate(NestModel):
     """A function's desired state; PUT replaces it whole (omitted replicas keep the current)."""
+
+    model_config = NestModel.model_config | {
+        "json_schema_extra": {
+            "oneOf": [{"required": ["files"]}, {"required": ["code"]}],
+            "examples": [{"handler": "main:handler", "files": EXAMPLE_CODE, "replicas": 0}],
+        }
+    }
 
     handler: str = Field(pattern=HANDLER_PATTERN, description="Entry point as module:function.")
     files: dict[str, str] | None = Field(
@@ -119,6 +129,21 @@ class FunctionUpdate(NestModel):
 
 class FunctionCreate(FunctionUpdate):
     """A new function: its name plus its desired state."""
+
+    model_config = FunctionUpdate.model_config | {
+        "json_schema_extra": {
+            "oneOf": [{"required": ["files"]}, {"required": ["code"]}],
+            "examples": [
+                {
+                    "name": "hello",
+                    "handler": "main:handler",
+                    "files": EXAMPLE_CODE,
+                    "isolation": "namespace",
+                    "autoscaling": {"maxReplicas": 2},
+                },
+            ],
+        }
+    }
 
     name: str = Field(
         pattern=DNS_LABEL_PATTERN,

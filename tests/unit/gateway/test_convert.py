@@ -64,6 +64,7 @@ def test_code_by_reference() -> None:
         ({"autoscaling": {"minReplicas": 3, "maxReplicas": 2}}, "autoscaling"),
         ({"files": None, "code": {"url": "https://x/y.py"}}, "code"),
         ({"files": {"../evil.py": "x"}}, "files.inline"),
+        ({"env": {"bad-name": "x"}}, "env"),
     ],
 )
 def test_invalid_combinations_name_the_field(extra: dict[str, Any], field: str) -> None:
