@@ -8,7 +8,7 @@ generated from these classes; the wire format is the CRDs' (camelCase, unknown f
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from crds import (
     ConfigMapSource,
@@ -75,12 +75,12 @@ EXAMPLE_CODE = {"main.py": "def handler(event, context):\n    return {'hello': e
 class FunctionUpdate(NestModel):
     """A function's desired state; PUT replaces it whole (omitted replicas keep the current)."""
 
-    model_config = NestModel.model_config | {
-        "json_schema_extra": {
+    model_config = NestModel.model_config | ConfigDict(
+        json_schema_extra={
             "oneOf": [{"required": ["files"]}, {"required": ["code"]}],
             "examples": [{"handler": "main:handler", "files": EXAMPLE_CODE, "replicas": 0}],
         }
-    }
+    )
 
     handler: str = Field(pattern=HANDLER_PATTERN, description="Entry point as module:function.")
     files: dict[str, str] | None = Field(
@@ -130,8 +130,8 @@ class FunctionUpdate(NestModel):
 class FunctionCreate(FunctionUpdate):
     """A new function: its name plus its desired state."""
 
-    model_config = FunctionUpdate.model_config | {
-        "json_schema_extra": {
+    model_config = FunctionUpdate.model_config | ConfigDict(
+        json_schema_extra={
             "oneOf": [{"required": ["files"]}, {"required": ["code"]}],
             "examples": [
                 {
@@ -143,7 +143,7 @@ class FunctionCreate(FunctionUpdate):
                 },
             ],
         }
-    }
+    )
 
     name: str = Field(
         pattern=DNS_LABEL_PATTERN,
