@@ -9,6 +9,7 @@ generated from these classes; the wire format is the CRDs' (camelCase, unknown f
 from __future__ import annotations
 
 from pydantic import ConfigDict, Field, model_validator
+from pydantic.config import JsonDict
 
 from crds import (
     ConfigMapSource,
@@ -69,7 +70,7 @@ class AutoscalingRequest(NestModel):
     )
 
 
-EXAMPLE_CODE = {"main.py": "def handler(event, context):\n    return {'hello': event}\n"}
+EXAMPLE_CODE: JsonDict = {"main.py": "def handler(event, context):\n    return {'hello': event}\n"}
 
 
 class FunctionUpdate(NestModel):
