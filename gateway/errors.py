@@ -90,12 +90,6 @@ class QueueFull(GatewayError):
     status, kind, title = 503, "queue-full", "Function busy scaling up"
 
 
-class NoCapacity(GatewayError):
-    """Every sandbox of the function refused the connection and none is left to try."""
-
-    status, kind, title = 503, "unavailable", "No sandbox reachable"
-
-
 class NotReady(GatewayError):
     """The gateway has not yet listed the cluster's functions and endpoints."""
 

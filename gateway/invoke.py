@@ -2,8 +2,9 @@
 
 The I/O around `gateway.routing`: this module owns the routing state (fed by the two watches),
 forwards requests to the runtime's data plane in the pool pods, and runs the activator loop.
-A connection that cannot be opened is retried on another sandbox, since the request cannot have
-run; once a request was sent, any failure is reported, never retried, so nothing runs twice.
+A connection that cannot be opened, or the runtime's own "not run" answer (sandbox gone,
+stopping, overloaded), is retried on another sandbox, since the request cannot have run; any
+other failure once a request was sent is reported, never retried, so nothing runs twice.
 A function with no ready sandbox holds the request in its bounded queue, signals scale-up once
 (patching the scale subresource from zero) and resumes it as soon as the endpoints watch shows a
 ready address. Per-function metrics are what the operator's autoscaler reads.
@@ -23,7 +24,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from yarl import URL
 
-from gateway.errors import Conflict, GatewayError, NoCapacity, NotFound, Timeout, Upstream
+from gateway.errors import Conflict, GatewayError, NotFound, Timeout, Upstream
 from gateway.kube import Kube, Obj
 from gateway.routing import (
     Activator,
@@ -33,6 +34,7 @@ from gateway.routing import (
     RoutingTable,
     addresses,
     function_info,
+    runtime_refusal,
     scale_target,
 )
 
@@ -98,6 +100,14 @@ def trigger_call(
     dropped = HOP_BY_HOP | ({"authorization"} if strip_auth else set())
     kept = {k: v for k, v in headers.items() if k.lower() not in dropped}
     return Call(method, "http/" + quote(path, safe="/"), query, kept, body)
+
+
+@dataclass(frozen=True)
+class Refused:
+    """The sandbox did not run the request: unreachable, gone, stopping or overloaded."""
+
+    word: str
+    response: web.Response | None
 
 
 class Invoker:
@@ -175,18 +185,22 @@ class Invoker:
 
     async def _route(self, key: FunctionKey, call: Call, hold_until: float) -> web.Response:
         tried: set[str] = set()
+        overloaded: web.Response | None = None
         while True:
             info = await self._info(key)
             address = self.table.pick(key, tried)
             if address is not None:
-                response = await self._try(key, address, call, info)
-                if response is not None:
-                    return response
+                outcome = await self._try(key, address, call, info)
+                if not isinstance(outcome, Refused):
+                    return outcome
                 tried.add(address.uid)
+                overloaded = outcome.response if outcome.word == "TooManyRequests" else overloaded
                 continue
-            if tried:
-                raise NoCapacity(f"no sandbox of {key[0]}/{key[1]} accepted a connection")
+            if overloaded is not None:
+                return overloaded  # every sandbox is busy: the caller backs off, we do not queue
+            # None ready, or only stale addresses (scaled down, pod gone): wait for the next set.
             await self._hold(key, info, hold_until)
+            tried.clear()
             if key not in self.functions:
                 raise NotFound(f"function {key[0]}/{key[1]} was deleted")
 
@@ -232,8 +246,8 @@ class Invoker:
 
     async def _try(
         self, key: FunctionKey, address: Address, call: Call, info: FunctionInfo
-    ) -> web.Response | None:
-        """The sandbox's response, or None when no connection could be opened (retry)."""
+    ) -> web.Response | Refused:
+        """The sandbox's response, or Refused when it certainly did not run (retry elsewhere)."""
         url = URL(f"http://{address.host}:{address.port}/v1/sandboxes/{address.uid}/{call.target}")
         if call.query:
             url = URL(f"{url}?{call.query}", encoded=True)
@@ -248,11 +262,13 @@ class Invoker:
             ) as resp:
                 body = await resp.read()
                 headers = {k: v for k, v in resp.headers.items() if k.lower() not in HOP_BY_HOP}
-                return web.Response(status=resp.status, body=body, headers=headers)
+                response = web.Response(status=resp.status, body=body, headers=headers)
+                word = runtime_refusal(resp.status, body)
+                return response if word is None else Refused(word, response)
         except aiohttp.ClientConnectorError as exc:
             log.info("sandbox %s of %s/%s unreachable (%s); trying another", address.sandbox,
                      *key, exc)  # fmt: skip
-            return None
+            return Refused("Unreachable", None)
         except TimeoutError:
             raise Timeout(
                 f"function {key[0]}/{key[1]} did not answer within {info.timeout_seconds:g}s"

@@ -38,7 +38,7 @@ STATUS_TEXT = {
     401: "Missing or invalid bearer token", 403: "Kubernetes RBAC denies the caller",
     404: "No such function, namespace or revision", 409: "Already exists or changed meanwhile",
     413: "Body too large", 415: "Body is not JSON", 422: "Invalid body (names the field)",
-    502: "The API server or the sandbox failed", 503: "Queue full or no sandbox reachable",
+    502: "The API server or the sandbox failed", 503: "Activation queue full (function scaling up)",
     504: "Timed out waiting for a sandbox or for the function",
 }  # fmt: skip
 

@@ -12,6 +12,7 @@ in between, so an endpoint that turns ready can never slip between them and stra
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import defaultdict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -63,6 +64,27 @@ def function_info(obj: Mapping[str, Any]) -> FunctionInfo:
         timeout_seconds=float(function.get("timeoutSeconds", 30)),
         resource_version=str(obj.get("metadata", {}).get("resourceVersion", "")),
     )
+
+
+# The runtime's answers for an invocation it did not run (sandbox gone, stopping, overloaded):
+# safe to send elsewhere. Recognised by the runtime's error body, not by status alone, because
+# a function's own HTTP response may well be a 404.
+NOT_RUN = {404: "NotFound", 503: "NotRunning", 429: "TooManyRequests"}
+_ERROR_BODY_KEYS = frozenset({"error", "message", "sandbox"})
+
+
+def runtime_refusal(status: int, body: bytes) -> str | None:
+    """The runtime's error word when it refused to run the invocation, else None."""
+    word = NOT_RUN.get(status)
+    if word is None or not body.startswith(b"{"):
+        return None
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return None
+    if isinstance(parsed, dict) and parsed.get("error") == word and set(parsed) <= _ERROR_BODY_KEYS:
+        return word
+    return None
 
 
 def scale_target(info: FunctionInfo) -> int | None:

@@ -12,6 +12,7 @@ from gateway.routing import (
     RoutingTable,
     addresses,
     function_info,
+    runtime_refusal,
     scale_target,
 )
 
@@ -111,3 +112,21 @@ async def test_activator_queue_is_bounded_and_forgets_who_gave_up() -> None:
     _, signal = activator.hold(KEY)
     assert signal, "rearm lets the next request signal scale-up again"
     assert activator.keys() == [KEY]
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "word"),
+    [
+        (404, b'{"error": "NotFound", "message": "no sandbox x"}', "NotFound"),
+        (503, b'{"error": "NotRunning", "message": "stopping"}', "NotRunning"),
+        (429, b'{"error": "TooManyRequests", "message": "full"}', "TooManyRequests"),
+        (404, b'{"error": "NotFound", "message": "m", "detail": 1}', None),  # the function's
+        (404, b"not found", None),
+        (500, b'{"error": "NotFound", "message": "m"}', None),
+        (200, b'{"error": "NotFound"}', None),
+    ],
+)
+def test_only_the_runtimes_own_refusals_are_retried(
+    status: int, body: bytes, word: str | None
+) -> None:
+    assert runtime_refusal(status, body) == word
