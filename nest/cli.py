@@ -11,7 +11,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from nest import cluster_cmd, crds_cmd, demo_cmd
+from nest import cluster_cmd, crds_cmd, demo_cmd, deploy_cmd, inspect_cmd, manage_cmd
 from nest.errors import NestError
 
 EPILOG = """\
@@ -20,6 +20,18 @@ examples:
   nest cluster up            # a real local control plane (etcd, apiserver, controllers, node)
   nest crds generate         # write crds/*.yaml from the pydantic models
   nest crds check            # fail when crds/*.yaml and the models differ
+  nest deploy examples/functions/hello --isolation namespace   # deploy and wait until ready
+  nest invoke hello '{"name": "nest"}'                         # through the gateway
+  nest get functions         # also: nest get sandboxes | pods, -o json|yaml
+  nest describe function hello
+  nest logs hello
+  nest scale hello --replicas 3
+  nest rollout status hello  # or: nest rollout undo hello [--to-revision N]
+  nest delete hello
+  nest openapi               # the gateway's OpenAPI document, offline
+  nest operator run          # the operator in the foreground
+
+exit codes: 0 success, 1 error, 2 usage, 3 timed out waiting, 4 the function answered non-2xx
 """
 
 
@@ -35,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     cluster_cmd.register(sub)
     crds_cmd.register(sub)
     demo_cmd.register(sub)
+    deploy_cmd.register(sub)
+    inspect_cmd.register(sub)
+    manage_cmd.register(sub)
     return parser
 
 
@@ -48,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
     except NestError as exc:
         print(f"nest: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_code
     except KeyboardInterrupt:
         return 130
     return code

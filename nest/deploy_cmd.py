@@ -1,0 +1,244 @@
+"""`nest deploy`, `nest invoke` and `nest openapi`: from code on disk to a function answering.
+
+Deploy is create-or-update of one SandboxDeployment and, by default, a wait that ends in an exit
+code a script can trust: 0 ready, 1 failed for good (the sandboxes' reason, e.g. ImportError,
+is printed), 3 timed out. Invoke prefers the gateway (the path production traffic takes, with
+its authorisation and scale-from-zero) and falls back to a ready sandbox's own address.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from crds.constants import DEPLOYMENT_PLURAL
+from nest import functions
+from nest.errors import (
+    FunctionFailedError,
+    InvokeFailedError,
+    NestError,
+    WaitTimeoutError,
+)
+from nest.kube import Cluster
+
+DEPLOY_EPILOG = """\
+examples:
+  nest deploy examples/functions/hello                 # a directory: handler main:handler
+  nest deploy hello.py --replicas 3                    # a file: name hello, handler hello:handler
+  nest deploy app/ --name api --isolation namespace --memory 32Mi
+  nest deploy app/ --min 0 --max 10                    # autoscaled, scales to zero when idle
+  nest deploy app/ --no-wait && nest rollout status app
+
+exit codes: 0 ready, 1 error or failed for good (reason printed), 2 usage, 3 timed out
+"""
+INVOKE_EPILOG = """\
+examples:
+  nest invoke hello                          # event {}
+  nest invoke hello '{"name": "nest"}'
+  echo '{"name": "nest"}' | nest invoke hello -
+  nest invoke hello '{}' --direct            # straight to a ready sandbox, bypassing the gateway
+
+exit codes: 0 2xx answer, 1 error (not found, unreachable), 2 usage, 4 non-2xx answer (the body
+is still printed on stdout, the status on stderr)
+"""
+OPENAPI_EPILOG = """\
+examples:
+  nest openapi > openapi.json       # generated from the gateway's code, no server needed
+  nest openapi -o yaml
+"""
+
+
+def add_namespace(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-n", "--namespace", help="namespace (default: the kubeconfig context's, else default)"
+    )
+
+
+def add_wait(parser: argparse.ArgumentParser, default_timeout: float) -> None:
+    parser.add_argument(
+        "--timeout", type=float, default=default_timeout,
+        help="seconds to wait for readiness (default %(default)s; then exit 3)",
+    )  # fmt: skip
+
+
+def register(sub: Any) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+    deploy = sub.add_parser(
+        "deploy", help="create or update a function from a .py file or a directory",
+        description="Create or update a function (a SandboxDeployment of the same name) from a "
+        f".py file or a directory (up to {functions.MAX_INLINE_BYTES // 1024} KiB, sent inline), "
+        "then wait until it is ready.", epilog=DEPLOY_EPILOG, formatter_class=fmt,
+    )  # fmt: skip
+    deploy.add_argument("path", type=Path, help="a .py file or a directory of code")
+    deploy.add_argument("--name", help="function name (default: the file's or directory's stem)")
+    deploy.add_argument("--handler", help="module:function (default: <module>:handler for a "
+                        "file, main:handler for a directory)")  # fmt: skip
+    deploy.add_argument("--isolation", choices=["subprocess", "namespace"],
+                        help="subprocess (default), or namespace (trusted code)")  # fmt: skip
+    deploy.add_argument(
+        "--replicas", type=int, help="desired sandboxes (default 1; kept on update)"
+    )
+    deploy.add_argument(
+        "--min", type=int, dest="min_replicas", help="autoscale: reserved sandboxes"
+    )
+    deploy.add_argument("--max", type=int, dest="max_replicas", help="autoscale: upper bound")
+    deploy.add_argument("--memory", help="memory limit per sandbox, e.g. 64Mi")
+    deploy.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="environment variable of the function (repeatable)")  # fmt: skip
+    deploy.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True,
+                        help="wait until the function is ready (default: wait)")  # fmt: skip
+    add_wait(deploy, 120.0)
+    add_namespace(deploy)
+    deploy.set_defaults(func=deploy_cmd)
+
+    invoke = sub.add_parser(
+        "invoke", help="invoke a function and print its answer",
+        description="Invoke a function with a JSON event (an argument, or - for stdin) through "
+        "the gateway (--gateway, NEST_GATEWAY, or the nest-gateway pod found in nest-system), "
+        "else directly at a ready sandbox.", epilog=INVOKE_EPILOG, formatter_class=fmt,
+    )  # fmt: skip
+    invoke.add_argument("name", help="function name")
+    invoke.add_argument("event", nargs="?", default="{}", help="JSON event, or - to read stdin")
+    route = invoke.add_mutually_exclusive_group()
+    route.add_argument("--gateway", default=os.environ.get("NEST_GATEWAY"),
+                       help="gateway URL (default: $NEST_GATEWAY, else found)")  # fmt: skip
+    route.add_argument("--direct", action="store_true", help="bypass the gateway")
+    invoke.add_argument("--content-type", default="application/json",
+                        help="of the event (default %(default)s; JSON is checked)")  # fmt: skip
+    invoke.add_argument("--request-timeout", type=float, default=60.0, help="seconds")
+    add_namespace(invoke)
+    invoke.set_defaults(func=invoke_cmd)
+
+    doc = sub.add_parser(
+        "openapi", help="print the gateway's OpenAPI document (offline)",
+        description="The gateway's OpenAPI 3.1 document, generated from its routes and models.",
+        epilog=OPENAPI_EPILOG, formatter_class=fmt,
+    )  # fmt: skip
+    doc.add_argument("-o", "--output", choices=["json", "yaml"], default="json")
+    doc.set_defaults(func=openapi_cmd)
+
+
+def deploy_cmd(args: argparse.Namespace) -> int:
+    code = functions.read_code(args.path)
+    opts = functions.DeployOptions(
+        name=args.name, handler=args.handler, isolation=args.isolation, replicas=args.replicas,
+        min_replicas=args.min_replicas, max_replicas=args.max_replicas, memory=args.memory,
+        env=functions.parse_env(args.env),
+    )  # fmt: skip
+    request = functions.function_request(code, opts)
+    cluster = Cluster.from_args(args.namespace)
+    stored = cluster.find(DEPLOYMENT_PLURAL, request.name)
+    if stored is None:
+        cluster.create(DEPLOYMENT_PLURAL, functions.manifest(cluster.namespace, request))
+        print(f"function {cluster.namespace}/{request.name} created", file=sys.stderr)
+    else:
+        # A replace carrying the read resourceVersion: a concurrent change fails loudly (409).
+        cluster.replace(DEPLOYMENT_PLURAL, functions.updated(stored, request))
+        print(f"function {cluster.namespace}/{request.name} updated", file=sys.stderr)
+    if args.wait:
+        wait_ready(cluster, request.name, args.timeout)
+    return 0
+
+
+def wait_ready(cluster: Cluster, name: str, timeout: float) -> None:
+    """Poll until the function is ready, printing each new progress line on stderr.
+
+    Raises FunctionFailedError when its sandboxes fail for good and WaitTimeoutError (exit 3)
+    at the deadline, both naming the last state seen.
+    """
+    deadline = time.monotonic() + timeout
+    last = ""
+    while True:
+        deployment = cluster.function(name)
+        verdict = functions.readiness(
+            deployment, cluster.replicasets_of(deployment), cluster.sandboxes_of(deployment)
+        )
+        if verdict.progress != last:
+            print(verdict.progress, file=sys.stderr, flush=True)
+            last = verdict.progress
+        if verdict.ready:
+            return
+        if verdict.failure:
+            raise FunctionFailedError(verdict.failure)
+        if time.monotonic() >= deadline:
+            raise WaitTimeoutError(f"{name} not ready after {timeout:g}s ({last})")
+        time.sleep(1.0)  # a poll interval of the CLI, not a test synchronisation
+
+
+def event_body(event: str, content_type: str, stdin: Any) -> bytes:
+    """The request body: the argument, or stdin for `-`; JSON is checked before sending."""
+    raw = stdin.buffer.read() if event == "-" else event.encode()
+    if content_type.split(";")[0].strip() == "application/json":
+        try:
+            json.loads(raw or b"null")
+        except ValueError as exc:
+            raise NestError(
+                f"the event is not JSON ({exc}); pass --content-type for other data"
+            ) from exc
+    return bytes(raw)
+
+
+def invoke_url(cluster: Cluster, name: str, gateway: str | None, direct: bool) -> tuple[str, bool]:
+    """Where to POST, and whether it is the gateway (which wants the bearer token)."""
+    base = None if direct else (gateway or cluster.gateway_url())
+    if base and (gateway or cluster.bearer_token()):
+        path = f"/v1/namespaces/{quote(cluster.namespace)}/functions/{quote(name)}:invoke"
+        return base.rstrip("/") + path, True
+    cluster.function(name)  # "not found" names the function, not its endpoints
+    endpoints = cluster.endpoints_of(name) or {}
+    ready = [a for a in (endpoints.get("status") or {}).get("ready") or []
+             if a.get("podIP") and a.get("port") and a.get("uid")]  # fmt: skip
+    if not ready:
+        raise NestError(
+            f"function {name} has no ready sandbox to invoke directly (scaled to zero or still "
+            "starting: the gateway would activate it; see `nest describe function " + name + "`)"
+        )
+    pick = random.choice(ready)
+    return f"http://{pick['podIP']}:{pick['port']}/v1/sandboxes/{pick['uid']}/invoke", False
+
+
+def invoke_cmd(args: argparse.Namespace) -> int:
+    body = event_body(args.event, args.content_type, sys.stdin)
+    cluster = Cluster.from_args(args.namespace)
+    url, via_gateway = invoke_url(cluster, args.name, args.gateway, args.direct)
+    headers = {"Content-Type": args.content_type}
+    token = cluster.bearer_token()
+    if via_gateway and token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=args.request_timeout) as resp:
+            status, answer = resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        status, answer = exc.code, exc.read()
+    except (urllib.error.URLError, OSError) as exc:
+        raise NestError(f"cannot reach {url}: {exc}") from exc
+    sys.stdout.buffer.write(answer if answer.endswith(b"\n") or not answer else answer + b"\n")
+    sys.stdout.flush()
+    if not 200 <= status < 300:
+        if status == 404 and via_gateway:
+            cluster.function(args.name)  # raise NotFoundError when the function is gone
+        raise InvokeFailedError(f"{args.name} answered HTTP {status}")
+    return 0
+
+
+def openapi_cmd(args: argparse.Namespace) -> int:
+    from gateway import openapi
+
+    doc = openapi.document()
+    if args.output == "yaml":
+        from nest.render import dump
+
+        sys.stdout.write(dump(doc, "yaml"))
+    else:
+        sys.stdout.write(openapi.render(doc))
+    return 0
