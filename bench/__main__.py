@@ -7,7 +7,10 @@ import asyncio
 import importlib
 import json
 
-NAMES = ("hotplug", "memory", "density", "invoke", "hotplug-e2e", "schedule")
+NAMES = (
+    "hotplug", "memory", "density", "invoke", "hotplug-e2e", "schedule", "e2e",
+    "coldstart", "gateway",
+)  # fmt: skip
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import socket
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,6 +28,7 @@ from crds.constants import (
 )
 
 log = logging.getLogger(__name__)
+EVENT_THREADS = 4
 
 
 class KubeShell:
@@ -37,7 +39,8 @@ class KubeShell:
         self.core = client.CoreV1Api(api)
         self.pod_name = pod_name
         self.host = socket.gethostname()
-        self._tasks: set[asyncio.Task[None]] = set()
+        # Events get threads of their own: they must never queue ahead of a status write.
+        self._events = ThreadPoolExecutor(EVENT_THREADS, thread_name_prefix="events")
 
     # -- finalizers ----------------------------------------------------------------------------
 
@@ -103,11 +106,9 @@ class KubeShell:
 
     def event(self, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         """Record an Event for `kubectl describe`, without making the caller wait for it."""
-        task = asyncio.get_running_loop().create_task(
-            asyncio.to_thread(self._create_event, obj, type_, reason, message)
+        asyncio.get_running_loop().run_in_executor(
+            self._events, self._create_event, obj, type_, reason, message
         )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     def _create_event(self, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         meta = obj["metadata"]

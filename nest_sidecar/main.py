@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from sandbox.api import SandboxInfo
 from sandbox.client import RuntimeClient
 
 log = logging.getLogger("nest_sidecar")
+API_THREADS = 16
 
 
 @dataclass(frozen=True)
@@ -254,6 +256,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     async def _main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        # API calls run in threads: a pod hot-plugging a hundred sandboxes needs more than the
+        # default handful in flight.
+        loop.set_default_executor(ThreadPoolExecutor(API_THREADS, thread_name_prefix="api"))
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         runtime = RuntimeClient(settings.runtime_socket)

@@ -30,9 +30,10 @@ Patcher = Callable[[Mapping[str, Any], Mapping[str, Any]], Awaitable[None]]
 class StatusManager:
     """Latest-wins, per-sandbox status writes after a coalescing window."""
 
-    def __init__(self, patch: Patcher, window: float = 0.02) -> None:
+    def __init__(self, patch: Patcher, window: float = 0.02, parallel: int = 16) -> None:
         self.patch = patch
         self.window = window
+        self.parallel = parallel
         self.written: dict[str, dict[str, Any]] = {}
         self.pending: dict[str, tuple[Mapping[str, Any], Observed]] = {}
         self.writes = 0
@@ -53,21 +54,28 @@ class StatusManager:
         self.pending.pop(uid, None)
 
     async def flush(self) -> None:
+        """Write every pending status, several at once: a pod starting a hundred sandboxes
+        must not queue their Running behind one another's round trips."""
         batch, self.pending = self.pending, {}
-        for uid, (obj, observed) in batch.items():
+        limit = asyncio.Semaphore(self.parallel)
+
+        async def write(uid: str, obj: Mapping[str, Any], observed: Observed) -> None:
             current = self.written.get(uid, {})
             desired = desired_status(current, observed, datetime.now(UTC))
             patch = status_patch(current, desired)
             if patch is None:
-                continue
-            try:
-                await self.patch(obj, patch)
-            except Exception as exc:  # retried with the next report; never lose the latest
-                log.warning("status of %s not written: %s", obj["metadata"]["name"], exc)
-                self.pending.setdefault(uid, (obj, observed))
-                continue
+                return
+            async with limit:
+                try:
+                    await self.patch(obj, patch)
+                except Exception as exc:  # retried with the next flush; never lose the latest
+                    log.warning("status of %s not written: %s", obj["metadata"]["name"], exc)
+                    self.pending.setdefault(uid, (obj, observed))
+                    return
             self.writes += 1
             self.written[uid] = desired
+
+        await asyncio.gather(*(write(uid, obj, obs) for uid, (obj, obs) in batch.items()))
 
     async def run(self) -> None:
         while True:

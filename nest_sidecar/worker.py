@@ -201,7 +201,6 @@ class SandboxWorker:
             self._stopped(exc.reason, str(exc), ran=False)
             return
         self.observed = replace(self.observed, code_ready=True, code_message=None)
-        self._event("Normal", "Pulled", f"code {code.digest[:12]} ready at {code.path}")
         await self._create(spec, code)
 
     async def _create(self, spec: Any, code: CodeRef) -> None:
@@ -233,7 +232,12 @@ class SandboxWorker:
             message = info.message or f"runtime state {info.state}"
             self._stopped(info.reason or "Error", message, ran=True)
             return
-        self._event("Normal", "Started", f"started in {fn.isolation.value} isolation")
+        # One Event for fetch and start: at hundreds of sandboxes a second, Events are writes.
+        self._event(
+            "Normal",
+            "Started",
+            f"code {code.digest[:12]} started in {fn.isolation.value} isolation",
+        )
         self._running(started=datetime.now(UTC))
 
     def _running(self, started: datetime | None) -> None:

@@ -27,6 +27,7 @@ T = TypeVar("T")
 MERGE = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 THREADS = 32
+EVENT_THREADS = 4
 
 
 def load_api() -> client.ApiClient:
@@ -43,13 +44,23 @@ def load_api() -> client.ApiClient:
 class Kube:
     """The operator's API calls; writes also update the store."""
 
-    def __init__(self, api: client.ApiClient, store: Store) -> None:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        store: Store,
+        on_write: Callable[[Kind, Obj, bool], None] | None = None,
+    ) -> None:
         self.api = api
         self.store = store
+        # Called with what a write produced, so the controllers it concerns react at once
+        # rather than when the watch echoes it back.
+        self.on_write = on_write
         self.custom = client.CustomObjectsApi(api)
         self.core = client.CoreV1Api(api)
         self.coordination = client.CoordinationV1Api(api)
         self._pool = ThreadPoolExecutor(THREADS, thread_name_prefix="kube")
+        # Events get threads of their own: they must never queue ahead of a create or a bind.
+        self._events = ThreadPoolExecutor(EVENT_THREADS, thread_name_prefix="events")
         self.writes = 0
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -60,8 +71,12 @@ class Kube:
         result: Obj = await self._call(fn, *args, **kwargs)
         self.writes += 1
         if isinstance(result, dict) and "metadata" in result:
-            self.store.apply(kind, "MODIFIED", result)
+            self._record(kind, "MODIFIED", result)
         return result
+
+    def _record(self, kind: Kind, event: str, obj: Obj) -> None:
+        if self.store.apply(kind, event, obj) and self.on_write is not None:
+            self.on_write(kind, obj, event == "DELETED")
 
     # -- initial sync --------------------------------------------------------------------------
 
@@ -89,7 +104,7 @@ class Kube:
             kind, self.custom.create_namespaced_custom_object,
             c.GROUP, c.VERSION, namespace, kind.value, body,
         )  # fmt: skip
-        self.store.apply(kind, "ADDED", created)
+        self._record(kind, "ADDED", created)
         return created
 
     async def patch(
@@ -122,16 +137,16 @@ class Kube:
         self.writes += 1
         deleted = {**obj, "metadata": {**meta, "deletionTimestamp": _now()}}
         if not meta.get("finalizers"):
-            self.store.apply(kind, "DELETED", obj)
+            self._record(kind, "DELETED", obj)
         else:
-            self.store.apply(kind, "MODIFIED", deleted)
+            self._record(kind, "MODIFIED", deleted)
 
     # -- events --------------------------------------------------------------------------------
 
     def event(self, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         """Record an Event for `kubectl describe` without making the caller wait."""
         loop = asyncio.get_running_loop()
-        loop.run_in_executor(self._pool, self._create_event, obj, type_, reason, message)
+        loop.run_in_executor(self._events, self._create_event, obj, type_, reason, message)
 
     def _create_event(self, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         meta = obj["metadata"]
@@ -163,6 +178,7 @@ class Kube:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._events.shutdown(wait=False, cancel_futures=True)
 
 
 def _now() -> str:

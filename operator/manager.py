@@ -30,6 +30,8 @@ from nest_operator.store import Kind, Obj, Store, controller_uid, key_of
 from nest_operator.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
+# At most this often per deployment is its endpoint list rewritten during a burst of changes.
+ENDPOINTS_INTERVAL = 0.1
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ class ControllerManager:
     def __init__(self, api: client.ApiClient, settings: Settings) -> None:
         self.settings = settings
         self.store = Store()
-        self.kube = Kube(api, self.store)
+        self.kube = Kube(api, self.store, on_write=self._written)
         self.cache = SchedulerCache()
         scheduler = Scheduler(filters=default_filters(settings.lease_ttl))
         self.scheduler = SchedulerController(self.store, self.kube, self.cache, scheduler)
@@ -118,6 +120,10 @@ class ControllerManager:
         if self.synced:
             self._route(kind, obj, deleted=kind_event == "DELETED")
 
+    def _written(self, kind: Kind, obj: Obj, deleted: bool) -> None:
+        if self.synced:
+            self._route(kind, obj, deleted)
+
     def _route(self, kind: Kind, obj: Obj, deleted: bool) -> None:
         q = self.queues
         if kind == Kind.POD:
@@ -134,7 +140,7 @@ class ControllerManager:
                 q["replicasets"].add(key)
             endpoints = self.endpoints.key_for_sandbox(obj)
             if endpoints is not None:
-                q["endpoints"].add(endpoints)
+                q["endpoints"].add_throttled(endpoints, ENDPOINTS_INTERVAL)
         elif kind == Kind.REPLICASET:
             q["replicasets"].add(key_of(obj))
             deployment = self.deployments.key_for_replicaset(obj)

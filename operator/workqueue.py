@@ -27,6 +27,7 @@ class WorkQueue:
         self._processing: set[str] = set()
         self._dirty: set[str] = set()
         self._failures: dict[str, int] = {}
+        self._windows: dict[str, bool] = {}  # throttled key -> changed again inside its window
 
     def add(self, key: str) -> None:
         if key in self._processing:
@@ -34,6 +35,24 @@ class WorkQueue:
         elif key not in self._waiting:
             self._waiting.add(key)
             self._queue.put_nowait(key)
+
+    def add_throttled(self, key: str, interval: float) -> None:
+        """`add` at once, then at most once per `interval` for the changes that follow.
+
+        For keys whose every change costs a big write (a deployment's endpoint list during a
+        200-sandbox rollout): the first change goes out immediately — a function waking from
+        zero is not delayed — and a burst after it becomes one trailing reconcile.
+        """
+        if key in self._windows:
+            self._windows[key] = True
+            return
+        self._windows[key] = False
+        self.add(key)
+        asyncio.get_running_loop().call_later(interval, self._close_window, key, interval)
+
+    def _close_window(self, key: str, interval: float) -> None:
+        if self._windows.pop(key, False):
+            self.add_throttled(key, interval)
 
     def add_after(self, key: str, delay: float) -> None:
         asyncio.get_running_loop().call_later(delay, self.add, key)

@@ -291,5 +291,5 @@ def test_kubectl_get_and_describe_tell_the_story(kubectl: Kubectl, pod: dict[str
     broken = next(line for line in table.splitlines() if line.startswith("broken"))
     assert "Failed" in broken and "ImportError" in broken
     described = kubectl.run("describe", "sbx", "broken").stdout
-    for text in ("ImportError", "no_such_module_anywhere", "Events:", "Pulled"):
+    for text in ("ImportError", "no_such_module_anywhere", "Events:", "Failed"):
         assert text in described
