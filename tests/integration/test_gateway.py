@@ -77,9 +77,10 @@ def operator_active(api: client.ApiClient, nest_crds: list[str]) -> bool:
         core.delete_namespace(ns, propagation_policy="Background")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def gateway_url(nest_pool: list[dict[str, Any]], api: client.ApiClient) -> str:
-    """The base URL of the gateway pod from deploy/, once it is Ready."""
+    """The base URL of the gateway pod from deploy/, once it is Ready (asked per test: a pod
+    replaced meanwhile has a new IP)."""
     core = client.CoreV1Api(api)
 
     def ready() -> str | None:

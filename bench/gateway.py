@@ -1,0 +1,148 @@
+"""gateway: invocation throughput and latency through the gateway vs straight to the runtime.
+
+Why: the gateway adds a hop (auth cache lookup, least-in-flight choice, a proxied request) to
+every invocation; this measures what that hop costs under load. Both sides use the same load
+generator (bench.loadgen's keep-alive workers), the same sandbox and the same concurrency, in
+interleaved rounds (best of each, so a noisy neighbour hits both alike). The gateway is the pod
+from deploy/ with authentication on (a ServiceAccount token, answers cached as in production);
+the sandbox is created through the gateway's API and made ready by the operator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+from bench import loadgen
+from bench.cluster import BenchCluster
+from bench.common import Report, ms, percentile
+
+ROUNDS = 3
+SECONDS = 3.0
+CONCURRENCY = 16
+ECHO = "async def handler(event, context):\n    return event\n"
+EVENT = b'{"hello":"nest"}'
+GATEWAY_SELECTOR = "app.kubernetes.io/name=nest-gateway"
+
+
+@dataclass
+class Gateway:
+    """The deployed gateway and a token allowed to manage and invoke in the bench namespace."""
+
+    host: str
+    port: int
+    namespace: str
+    token: str
+
+    @property
+    def base(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def url(self, suffix: str = "") -> str:
+        return f"{self.base}/v1/namespaces/{self.namespace}/functions{suffix}"
+
+    def call(self, method: str, suffix: str, **kw: Any) -> requests.Response:
+        headers = {"Authorization": f"Bearer {self.token}"}
+        return requests.request(method, self.url(suffix), headers=headers, timeout=60, **kw)
+
+    def create(self, name: str, code: str, **extra: Any) -> None:
+        body = {"name": name, "handler": "main:handler", "files": {"main.py": code},
+                "isolation": "namespace", **extra}  # fmt: skip
+        resp = self.call("POST", "", json=body)
+        if resp.status_code != 201:
+            raise RuntimeError(f"creating {name} through the gateway: {resp.text}")
+
+    def wait_ready(self, name: str, timeout: float = 120) -> dict[str, Any]:
+        """The first ready endpoint address of a function (made ready by the operator)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ready = self.call("GET", f"/{name}/endpoints").json()["status"]["ready"]
+            if ready:
+                address: dict[str, Any] = ready[0]
+                return address
+            time.sleep(0.1)
+        raise RuntimeError(
+            f"{name} has no ready sandbox after {timeout}s: is the operator running?"
+        )
+
+
+def connect(bench: BenchCluster, timeout: float = 120) -> Gateway:
+    """deploy/ applied, the gateway pod Ready, and a developer token for the bench namespace."""
+    bench.deploy()
+    ns = bench.namespace
+    bench.kubectl("-n", ns, "create", "serviceaccount", "bench")
+    role = "--clusterrole=nest-function-developer"
+    bench.kubectl("-n", ns, "create", "rolebinding", "bench", role, f"--serviceaccount={ns}:bench")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        listed = bench.core.list_namespaced_pod("nest-system", label_selector=GATEWAY_SELECTOR)
+        pods: list[dict[str, Any]] = bench.api.sanitize_for_serialization(listed)["items"]
+        ready = [
+            p for p in pods
+            if not p["metadata"].get("deletionTimestamp")
+            and all(c["ready"] for c in p["status"].get("containerStatuses") or [{"ready": False}])
+        ]  # fmt: skip
+        account = bench.api.sanitize_for_serialization(
+            bench.core.read_namespaced_service_account("bench", ns)
+        )
+        if ready and account.get("secrets"):
+            secret = bench.core.read_namespaced_secret(account["secrets"][0]["name"], ns)
+            token = base64.b64decode((secret.data or {})["token"]).decode()
+            return Gateway(str(ready[0]["status"]["podIP"]), 8090, ns, token)
+        time.sleep(0.2)
+    raise RuntimeError("the nest-gateway pod from deploy/ did not become Ready")
+
+
+async def _drive(host: str, port: int, request: bytes) -> loadgen.Load:
+    """bench.loadgen.drive with a request of our own (it carries the Authorization header)."""
+    latencies: list[float] = []
+    started = time.perf_counter()
+    until = started + SECONDS
+    workers = (loadgen._worker(host, port, request, until, latencies) for _ in range(CONCURRENCY))
+    await asyncio.gather(*workers)
+    return loadgen.Load(len(latencies), time.perf_counter() - started, latencies)
+
+
+def _request(host: str, port: int, path: str, token: str | None) -> bytes:
+    plain = loadgen.encode_request(host, port, path, EVENT)
+    if token is None:
+        return plain
+    head, _, body = plain.partition(b"\r\n\r\n")
+    return head + f"\r\nAuthorization: Bearer {token}".encode() + b"\r\n\r\n" + body
+
+
+async def run() -> Report:
+    report = Report("gateway")
+    with BenchCluster() as bench:
+        gw = await asyncio.to_thread(connect, bench)
+        await asyncio.to_thread(gw.create, "echo", ECHO, replicas=1, concurrency=256)
+        address = await asyncio.to_thread(gw.wait_ready, "echo")
+        through = _request(gw.host, gw.port, f"/v1/namespaces/{gw.namespace}/functions/echo:invoke",
+                           gw.token)  # fmt: skip
+        direct_path = f"/v1/sandboxes/{address['uid']}/invoke"
+        direct = _request(address["podIP"], address["port"], direct_path, None)
+        await _drive(gw.host, gw.port, through)  # warm both paths: auth cache, connections
+        results: dict[str, list[loadgen.Load]] = {"gateway": [], "direct": []}
+        for _ in range(ROUNDS):
+            results["direct"].append(await _drive(address["podIP"], address["port"], direct))
+            results["gateway"].append(await _drive(gw.host, gw.port, through))
+    for side, loads in results.items():
+        best = max(loads, key=lambda load: load.rps)
+        target = report.results if side == "gateway" else report.baselines
+        target[f"{side}_rps"] = best.rps
+        target[f"{side}_p50_ms"] = ms(percentile(best.latencies, 50))
+        target[f"{side}_rps_median_of_rounds"] = statistics.median(load.rps for load in loads)
+    report.results["concurrency"] = CONCURRENCY
+    report.ratios["gateway_over_direct_rps"] = (
+        report.results["gateway_rps"] / report.baselines["direct_rps"]
+    )
+    report.ratios["gateway_p50_over_direct"] = (
+        report.results["gateway_p50_ms"] / report.baselines["direct_p50_ms"]
+    )
+    return report
