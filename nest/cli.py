@@ -53,8 +53,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse, letting a command's optional last positional come after its options.
+
+    argparse fills `nest invoke NAME [EVENT]` before it reads `-n NS`, so in
+    `nest invoke hello -n ns '{}'` the event would be "unrecognized"; a command names such a
+    positional with `set_defaults(late_positional=...)` and gets the one leftover word.
+    """
+    args, extras = parser.parse_known_args(argv)
+    late = getattr(args, "late_positional", None)
+    if (late and getattr(args, late) is None and len(extras) == 1
+            and (extras[0] == "-" or not extras[0].startswith("-"))):  # fmt: skip
+        setattr(args, late, extras[0])
+    elif extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parse(parser, argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -107,7 +107,7 @@ def register(sub: Any) -> None:
         "else directly at a ready sandbox.", epilog=INVOKE_EPILOG, formatter_class=fmt,
     )  # fmt: skip
     invoke.add_argument("name", help="function name")
-    invoke.add_argument("event", nargs="?", default="{}", help="JSON event, or - to read stdin")
+    invoke.add_argument("event", nargs="?", help="JSON event (default {}), or - to read stdin")
     route = invoke.add_mutually_exclusive_group()
     route.add_argument("--gateway", default=os.environ.get("NEST_GATEWAY"),
                        help="gateway URL (default: $NEST_GATEWAY, else found)")  # fmt: skip
@@ -116,7 +116,7 @@ def register(sub: Any) -> None:
                         help="of the event (default %(default)s; JSON is checked)")  # fmt: skip
     invoke.add_argument("--request-timeout", type=float, default=60.0, help="seconds")
     add_namespace(invoke)
-    invoke.set_defaults(func=invoke_cmd)
+    invoke.set_defaults(func=invoke_cmd, late_positional="event")
 
     doc = sub.add_parser(
         "openapi", help="print the gateway's OpenAPI document (offline)",
@@ -176,7 +176,7 @@ def wait_ready(cluster: Cluster, name: str, timeout: float) -> None:
 
 def event_body(event: str, content_type: str, stdin: Any) -> bytes:
     """The request body: the argument, or stdin for `-`; JSON is checked before sending."""
-    raw = stdin.buffer.read() if event == "-" else event.encode()
+    raw = stdin.buffer.read() if event == "-" else (event or "{}").encode()
     if content_type.split(";")[0].strip() == "application/json":
         try:
             json.loads(raw or b"null")
@@ -187,12 +187,12 @@ def event_body(event: str, content_type: str, stdin: Any) -> bytes:
     return bytes(raw)
 
 
-def invoke_url(cluster: Cluster, name: str, gateway: str | None, direct: bool) -> tuple[str, bool]:
-    """Where to POST, and whether it is the gateway (which wants the bearer token)."""
+def invoke_urls(cluster: Cluster, name: str, gateway: str | None, direct: bool) -> list[str]:
+    """Where to POST, in order: the gateway's invoke route, else each ready sandbox's."""
     base = None if direct else (gateway or cluster.gateway_url())
     if base and (gateway or cluster.bearer_token()):
         path = f"/v1/namespaces/{quote(cluster.namespace)}/functions/{quote(name)}:invoke"
-        return base.rstrip("/") + path, True
+        return [base.rstrip("/") + path]
     cluster.function(name)  # "not found" names the function, not its endpoints
     endpoints = cluster.endpoints_of(name) or {}
     ready = [a for a in (endpoints.get("status") or {}).get("ready") or []
@@ -200,28 +200,40 @@ def invoke_url(cluster: Cluster, name: str, gateway: str | None, direct: bool) -
     if not ready:
         raise NestError(
             f"function {name} has no ready sandbox to invoke directly (scaled to zero or still "
-            "starting: the gateway would activate it; see `nest describe function " + name + "`)"
+            f"starting: the gateway would activate it; see `nest describe function {name}`)"
         )
-    pick = random.choice(ready)
-    return f"http://{pick['podIP']}:{pick['port']}/v1/sandboxes/{pick['uid']}/invoke", False
+    random.shuffle(ready)  # spread direct calls; the gateway balances by load instead
+    return [f"http://{a['podIP']}:{a['port']}/v1/sandboxes/{a['uid']}/invoke" for a in ready]
+
+
+def post(
+    urls: list[str], body: bytes, headers: dict[str, str], timeout: float
+) -> tuple[int, bytes]:
+    """POST to the first address that accepts a connection; (status, body) of its answer."""
+    failures = []
+    for url in urls:
+        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as resp:
+                return int(resp.status), bytes(resp.read())
+        except urllib.error.HTTPError as exc:
+            return int(exc.code), bytes(exc.read())
+        except (urllib.error.URLError, OSError) as exc:
+            # Endpoints lag a sandbox that just went away: the next ready one may answer.
+            failures.append(f"{url}: {getattr(exc, 'reason', exc)}")
+    raise NestError("cannot reach the function: " + "; ".join(failures))
 
 
 def invoke_cmd(args: argparse.Namespace) -> int:
     body = event_body(args.event, args.content_type, sys.stdin)
     cluster = Cluster.from_args(args.namespace)
-    url, via_gateway = invoke_url(cluster, args.name, args.gateway, args.direct)
+    urls = invoke_urls(cluster, args.name, args.gateway, args.direct)
+    via_gateway = "/functions/" in urls[0]
     headers = {"Content-Type": args.content_type}
     token = cluster.bearer_token()
     if via_gateway and token:
         headers["Authorization"] = f"Bearer {token}"
-    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=args.request_timeout) as resp:
-            status, answer = resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        status, answer = exc.code, exc.read()
-    except (urllib.error.URLError, OSError) as exc:
-        raise NestError(f"cannot reach {url}: {exc}") from exc
+    status, answer = post(urls, body, headers, args.request_timeout)
     sys.stdout.buffer.write(answer if answer.endswith(b"\n") or not answer else answer + b"\n")
     sys.stdout.flush()
     if not 200 <= status < 300:
