@@ -179,9 +179,8 @@ class Invoker:
             code = exc.status
             raise
         finally:
-            labels = {"namespace": key[0], "function": key[1]}
-            self.metrics.requests.labels(**labels, code=str(code)).inc()
-            self.metrics.latency.labels(**labels).observe(time.perf_counter() - started)
+            self.metrics.requests.labels(*key, str(code)).inc()
+            self.metrics.latency.labels(*key).observe(time.perf_counter() - started)
 
     async def _route(self, key: FunctionKey, call: Call, hold_until: float) -> web.Response:
         tried: set[str] = set()
@@ -205,7 +204,7 @@ class Invoker:
                 raise NotFound(f"function {key[0]}/{key[1]} was deleted")
 
     async def _hold(self, key: FunctionKey, info: FunctionInfo, until: float) -> None:
-        gauge = self.metrics.queued.labels(namespace=key[0], function=key[1])
+        gauge = self.metrics.queued.labels(*key)
         future, first = self.activator.hold(key)  # QueueFull: 503
         if first:
             task = asyncio.create_task(self._scale_up(key, info))
@@ -240,7 +239,7 @@ class Invoker:
                 log.warning("scale-up of %s/%s failed: %s", *key, exc.detail)
                 self.activator.rearm(key)
                 return
-            self.metrics.cold_starts.labels(namespace=key[0], function=key[1]).inc()
+            self.metrics.cold_starts.labels(*key).inc()
             log.info("scaled %s/%s from zero to %d", *key, target)
             return
 
@@ -248,11 +247,10 @@ class Invoker:
         self, key: FunctionKey, address: Address, call: Call, info: FunctionInfo
     ) -> web.Response | Refused:
         """The sandbox's response, or Refused when it certainly did not run (retry elsewhere)."""
-        url = URL(f"http://{address.host}:{address.port}/v1/sandboxes/{address.uid}/{call.target}")
-        if call.query:
-            url = URL(f"{url}?{call.query}", encoded=True)
+        target = f"{address.base}/{call.target}" + (f"?{call.query}" if call.query else "")
+        url = URL(target, encoded=True)
         timeout = aiohttp.ClientTimeout(total=info.timeout_seconds + TIMEOUT_GRACE_SECONDS)
-        gauge = self.metrics.in_flight.labels(namespace=key[0], function=key[1])
+        gauge = self.metrics.in_flight.labels(*key)
         assert self._session is not None, "Invoker.open() first"
         self.table.acquire(address)
         gauge.inc()

@@ -32,6 +32,11 @@ class Address:
     host: str
     port: int
 
+    @property
+    def base(self) -> str:
+        """The sandbox's data-plane URL prefix (already URL-safe: IP, port, UID)."""
+        return f"http://{self.host}:{self.port}/v1/sandboxes/{self.uid}"
+
 
 @dataclass(frozen=True, slots=True)
 class FunctionInfo:
