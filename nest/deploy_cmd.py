@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import random
 import sys
@@ -30,6 +31,7 @@ from nest.errors import (
 )
 from nest.kube import Cluster
 
+log = logging.getLogger("nest.invoke")
 DEPLOY_EPILOG = """\
 examples:
   nest deploy examples/functions/hello                 # a directory: handler main:handler
@@ -174,7 +176,7 @@ def wait_ready(cluster: Cluster, name: str, timeout: float) -> None:
         time.sleep(1.0)  # a poll interval of the CLI, not a test synchronisation
 
 
-def event_body(event: str, content_type: str, stdin: Any) -> bytes:
+def event_body(event: str | None, content_type: str, stdin: Any) -> bytes:
     """The request body: the argument, or stdin for `-`; JSON is checked before sending."""
     raw = stdin.buffer.read() if event == "-" else (event or "{}").encode()
     if content_type.split(";")[0].strip() == "application/json":
@@ -212,6 +214,7 @@ def post(
     """POST to the first address that accepts a connection; (status, body) of its answer."""
     failures = []
     for url in urls:
+        log.debug("POST %s", url)
         request = urllib.request.Request(url, data=body, headers=headers, method="POST")
         try:
             with urllib.request.urlopen(request, timeout=timeout) as resp:
@@ -233,6 +236,7 @@ def invoke_cmd(args: argparse.Namespace) -> int:
     token = cluster.bearer_token()
     if via_gateway and token:
         headers["Authorization"] = f"Bearer {token}"
+    log.debug("invoking %s through %s", args.name, "the gateway" if via_gateway else "a sandbox")
     status, answer = post(urls, body, headers, args.request_timeout)
     sys.stdout.buffer.write(answer if answer.endswith(b"\n") or not answer else answer + b"\n")
     sys.stdout.flush()

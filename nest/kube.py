@@ -87,11 +87,15 @@ class Cluster:
 
     def bearer_token(self) -> str | None:
         """The kubeconfig's bearer token, which the gateway checks by TokenReview."""
-        value = self.api.configuration.api_key.get("authorization")
-        if not value:
-            return None
-        token = str(value).removeprefix("Bearer ").strip()
-        return token or None
+        configuration = self.api.configuration
+        # Clients name the key BearerToken (newer) or authorization (older); the call runs the
+        # refresh hook that exec and OIDC credentials install.
+        for key in ("BearerToken", "authorization"):
+            value = configuration.get_api_key_with_prefix(key)
+            token = str(value or "").removeprefix("Bearer ").strip()
+            if token:
+                return token
+        return None
 
     # -- Nest objects ----------------------------------------------------------------------------
 
