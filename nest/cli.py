@@ -62,8 +62,12 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpar
     """
     args, extras = parser.parse_known_args(argv)
     late = getattr(args, "late_positional", None)
-    if (late and getattr(args, late) is None and len(extras) == 1
-            and (extras[0] == "-" or not extras[0].startswith("-"))):  # fmt: skip
+    if (
+        late
+        and getattr(args, late) is None
+        and len(extras) == 1
+        and (extras[0] == "-" or not extras[0].startswith("-"))
+    ):
         setattr(args, late, extras[0])
     elif extras:
         parser.error(f"unrecognized arguments: {' '.join(extras)}")

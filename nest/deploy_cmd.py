@@ -67,25 +67,35 @@ def add_namespace(parser: argparse.ArgumentParser) -> None:
 
 def add_wait(parser: argparse.ArgumentParser, default_timeout: float) -> None:
     parser.add_argument(
-        "--timeout", type=float, default=default_timeout,
+        "--timeout",
+        type=float,
+        default=default_timeout,
         help="seconds to wait for readiness (default %(default)s; then exit 3)",
-    )  # fmt: skip
+    )
 
 
 def register(sub: Any) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
     deploy = sub.add_parser(
-        "deploy", help="create or update a function from a .py file or a directory",
+        "deploy",
+        help="create or update a function from a .py file or a directory",
         description="Create or update a function (a SandboxDeployment of the same name) from a "
         f".py file or a directory (up to {functions.MAX_INLINE_BYTES // 1024} KiB, sent inline), "
-        "then wait until it is ready.", epilog=DEPLOY_EPILOG, formatter_class=fmt,
-    )  # fmt: skip
+        "then wait until it is ready.",
+        epilog=DEPLOY_EPILOG,
+        formatter_class=fmt,
+    )
     deploy.add_argument("path", type=Path, help="a .py file or a directory of code")
     deploy.add_argument("--name", help="function name (default: the file's or directory's stem)")
-    deploy.add_argument("--handler", help="module:function (default: <module>:handler for a "
-                        "file, main:handler for a directory)")  # fmt: skip
-    deploy.add_argument("--isolation", choices=["subprocess", "namespace"],
-                        help="subprocess (default), or namespace (trusted code)")  # fmt: skip
+    deploy.add_argument(
+        "--handler",
+        help="module:function (default: <module>:handler for a file, main:handler for a directory)",
+    )
+    deploy.add_argument(
+        "--isolation",
+        choices=["subprocess", "namespace"],
+        help="subprocess (default), or namespace (trusted code)",
+    )
     deploy.add_argument(
         "--replicas", type=int, help="desired sandboxes (default 1; kept on update)"
     )
@@ -94,37 +104,57 @@ def register(sub: Any) -> None:
     )
     deploy.add_argument("--max", type=int, dest="max_replicas", help="autoscale: upper bound")
     deploy.add_argument("--memory", help="memory limit per sandbox, e.g. 64Mi")
-    deploy.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
-                        help="environment variable of the function (repeatable)")  # fmt: skip
-    deploy.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True,
-                        help="wait until the function is ready (default: wait)")  # fmt: skip
+    deploy.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="environment variable of the function (repeatable)",
+    )
+    deploy.add_argument(
+        "--wait",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="wait until the function is ready (default: wait)",
+    )
     add_wait(deploy, 120.0)
     add_namespace(deploy)
     deploy.set_defaults(func=deploy_cmd)
 
     invoke = sub.add_parser(
-        "invoke", help="invoke a function and print its answer",
+        "invoke",
+        help="invoke a function and print its answer",
         description="Invoke a function with a JSON event (an argument, or - for stdin) through "
         "the gateway (--gateway, NEST_GATEWAY, or the nest-gateway pod found in nest-system), "
-        "else directly at a ready sandbox.", epilog=INVOKE_EPILOG, formatter_class=fmt,
-    )  # fmt: skip
+        "else directly at a ready sandbox.",
+        epilog=INVOKE_EPILOG,
+        formatter_class=fmt,
+    )
     invoke.add_argument("name", help="function name")
     invoke.add_argument("event", nargs="?", help="JSON event (default {}), or - to read stdin")
     route = invoke.add_mutually_exclusive_group()
-    route.add_argument("--gateway", default=os.environ.get("NEST_GATEWAY"),
-                       help="gateway URL (default: $NEST_GATEWAY, else found)")  # fmt: skip
+    route.add_argument(
+        "--gateway",
+        default=os.environ.get("NEST_GATEWAY"),
+        help="gateway URL (default: $NEST_GATEWAY, else found)",
+    )
     route.add_argument("--direct", action="store_true", help="bypass the gateway")
-    invoke.add_argument("--content-type", default="application/json",
-                        help="of the event (default %(default)s; JSON is checked)")  # fmt: skip
+    invoke.add_argument(
+        "--content-type",
+        default="application/json",
+        help="of the event (default %(default)s; JSON is checked)",
+    )
     invoke.add_argument("--request-timeout", type=float, default=60.0, help="seconds")
     add_namespace(invoke)
     invoke.set_defaults(func=invoke_cmd, late_positional="event")
 
     doc = sub.add_parser(
-        "openapi", help="print the gateway's OpenAPI document (offline)",
+        "openapi",
+        help="print the gateway's OpenAPI document (offline)",
         description="The gateway's OpenAPI 3.1 document, generated from its routes and models.",
-        epilog=OPENAPI_EPILOG, formatter_class=fmt,
-    )  # fmt: skip
+        epilog=OPENAPI_EPILOG,
+        formatter_class=fmt,
+    )
     doc.add_argument("-o", "--output", choices=["json", "yaml"], default="json")
     doc.set_defaults(func=openapi_cmd)
 
@@ -132,10 +162,15 @@ def register(sub: Any) -> None:
 def deploy_cmd(args: argparse.Namespace) -> int:
     code = functions.read_code(args.path)
     opts = functions.DeployOptions(
-        name=args.name, handler=args.handler, isolation=args.isolation, replicas=args.replicas,
-        min_replicas=args.min_replicas, max_replicas=args.max_replicas, memory=args.memory,
+        name=args.name,
+        handler=args.handler,
+        isolation=args.isolation,
+        replicas=args.replicas,
+        min_replicas=args.min_replicas,
+        max_replicas=args.max_replicas,
+        memory=args.memory,
         env=functions.parse_env(args.env),
-    )  # fmt: skip
+    )
     request = functions.function_request(code, opts)
     cluster = Cluster.from_args(args.namespace)
     stored = cluster.find(DEPLOYMENT_PLURAL, request.name)
@@ -197,8 +232,11 @@ def invoke_urls(cluster: Cluster, name: str, gateway: str | None, direct: bool) 
         return [base.rstrip("/") + path]
     cluster.function(name)  # "not found" names the function, not its endpoints
     endpoints = cluster.endpoints_of(name) or {}
-    ready = [a for a in (endpoints.get("status") or {}).get("ready") or []
-             if a.get("podIP") and a.get("port") and a.get("uid")]  # fmt: skip
+    ready = [
+        a
+        for a in (endpoints.get("status") or {}).get("ready") or []
+        if a.get("podIP") and a.get("port") and a.get("uid")
+    ]
     if not ready:
         raise NestError(
             f"function {name} has no ready sandbox to invoke directly (scaled to zero or still "

@@ -30,8 +30,20 @@ from nest.errors import InvalidFunctionError, NestError, NotFoundError
 # it); etcd objects stop at ~1.5 MiB, so anything near that belongs in a ConfigMap or at a URL.
 MAX_INLINE_BYTES = 512 * 1024
 # Never code: caches, version control and virtualenvs found in a function's directory.
-SKIPPED_DIRS = frozenset({"__pycache__", ".git", ".hg", ".svn", ".venv", "venv", ".mypy_cache",
-                          ".pytest_cache", ".ruff_cache", "node_modules"})  # fmt: skip
+SKIPPED_DIRS = frozenset(
+    {
+        "__pycache__",
+        ".git",
+        ".hg",
+        ".svn",
+        ".venv",
+        "venv",
+        ".mypy_cache",
+        ".pytest_cache",
+        ".ruff_cache",
+        "node_modules",
+    }
+)
 SKIPPED_SUFFIXES = (".pyc", ".pyo")
 FUNCTION_LABEL = convert.FUNCTION_LABEL
 P = ParamSpec("P")
@@ -131,8 +143,10 @@ def function_request(code: Code, opts: DeployOptions) -> m.FunctionCreate:
     if opts.min_replicas is not None or opts.max_replicas is not None:
         if opts.max_replicas is None:
             raise InvalidFunctionError("--min needs --max: autoscaling needs an upper bound")
-        body["autoscaling"] = {"minReplicas": opts.min_replicas or 0,
-                               "maxReplicas": opts.max_replicas}  # fmt: skip
+        body["autoscaling"] = {
+            "minReplicas": opts.min_replicas or 0,
+            "maxReplicas": opts.max_replicas,
+        }
     try:
         return m.FunctionCreate.model_validate(body)
     except ValidationError as exc:
@@ -226,10 +240,11 @@ def readiness(
     )
     digest = current_hash(deployment, replicasets) if observed else None
     current = [
-        s for s in sandboxes
-        if digest is not None and (s["metadata"].get("labels") or {}).get(TEMPLATE_HASH_LABEL)
-        == digest
-    ]  # fmt: skip
+        s
+        for s in sandboxes
+        if digest is not None
+        and (s["metadata"].get("labels") or {}).get(TEMPLATE_HASH_LABEL) == digest
+    ]
     for sbx in sorted(current, key=lambda s: str(s["metadata"]["name"])):
         st = sbx.get("status") or {}
         if st.get("phase") == "Failed" and st.get("reason") in PERMANENT_FAILURE_REASONS:

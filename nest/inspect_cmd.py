@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
@@ -55,12 +54,18 @@ naming another function's sandbox are left out, untagged lines are shown.
 def register(sub: Any) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
     get = sub.add_parser(
-        "get", help="list functions, sandboxes or pool pods", description="List functions "
+        "get",
+        help="list functions, sandboxes or pool pods",
+        description="List functions "
         "(SandboxDeployments), sandboxes or pool pods as a table, or as JSON/YAML for scripts.",
-        epilog=GET_EPILOG, formatter_class=fmt,
-    )  # fmt: skip
-    get.add_argument("what", choices=["functions", "function", "fn", "sandboxes", "sandbox",
-                                      "sbx", "pods", "pod"], help="what to list")  # fmt: skip
+        epilog=GET_EPILOG,
+        formatter_class=fmt,
+    )
+    get.add_argument(
+        "what",
+        choices=["functions", "function", "fn", "sandboxes", "sandbox", "sbx", "pods", "pod"],
+        help="what to list",
+    )
     get.add_argument("name", nargs="?", help="only this function (for functions)")
     get.add_argument("--function", "-f", dest="function", help="sandboxes of this function only")
     get.add_argument("-o", "--output", choices=OUTPUTS, default="table")
@@ -68,20 +73,26 @@ def register(sub: Any) -> None:
     get.set_defaults(func=get_cmd)
 
     describe = sub.add_parser(
-        "describe", help="a function in detail", description="A function in detail: settings, "
+        "describe",
+        help="a function in detail",
+        description="A function in detail: settings, "
         "replicas, revisions, endpoints, sandboxes and recent events.",
-        epilog=DESCRIBE_EPILOG, formatter_class=fmt,
-    )  # fmt: skip
+        epilog=DESCRIBE_EPILOG,
+        formatter_class=fmt,
+    )
     describe.add_argument("kind", choices=["function", "fn"], help="what to describe")
     describe.add_argument("name", help="function name")
     add_namespace(describe)
     describe.set_defaults(func=describe_cmd)
 
     logs = sub.add_parser(
-        "logs", help="output of a function's sandboxes", description="The runtime container "
+        "logs",
+        help="output of a function's sandboxes",
+        description="The runtime container "
         "logs of the pool pods hosting a function's sandboxes, each line prefixed by its pod.",
-        epilog=LOGS_EPILOG, formatter_class=fmt,
-    )  # fmt: skip
+        epilog=LOGS_EPILOG,
+        formatter_class=fmt,
+    )
     logs.add_argument("name", help="function name")
     logs.add_argument("--tail", type=int, help="last N lines per pod")
     add_namespace(logs)
@@ -91,8 +102,13 @@ def register(sub: Any) -> None:
 def get_cmd(args: argparse.Namespace) -> int:
     cluster = Cluster.from_args(args.namespace)
     now = now_utc()
-    kind = {"function": "functions", "fn": "functions", "sandbox": "sandboxes",
-            "sbx": "sandboxes", "pod": "pods"}.get(args.what, args.what)  # fmt: skip
+    kind = {
+        "function": "functions",
+        "fn": "functions",
+        "sandbox": "sandboxes",
+        "sbx": "sandboxes",
+        "pod": "pods",
+    }.get(args.what, args.what)
     if kind == "functions":
         items = [cluster.function(args.name)] if args.name else cluster.list(DEPLOYMENT_PLURAL)
         text = functions_table(items, now)
@@ -131,9 +147,13 @@ def describe_cmd(args: argparse.Namespace) -> int:
     sandboxes = cluster.sandboxes_of(deployment)
     names = {args.name} | {o["metadata"]["name"] for o in replicasets + sandboxes}
     text = describe_function(
-        deployment, replicasets, cluster.endpoints_of(args.name), sandboxes,
-        cluster.events_about(names), now_utc(),
-    )  # fmt: skip
+        deployment,
+        replicasets,
+        cluster.endpoints_of(args.name),
+        sandboxes,
+        cluster.events_about(names),
+        now_utc(),
+    )
     sys.stdout.write(text)
     return 0
 
@@ -141,9 +161,12 @@ def describe_cmd(args: argparse.Namespace) -> int:
 def hosting_pods(sandboxes: list[Obj]) -> list[tuple[str, str]]:
     """(namespace, name) of the pool pods the sandboxes are bound to, sorted, once each."""
     return sorted(
-        {(s["spec"]["podNamespace"], s["spec"]["podName"]) for s in sandboxes
-         if s["spec"].get("podName") and s["spec"].get("podNamespace")}
-    )  # fmt: skip
+        {
+            (s["spec"]["podNamespace"], s["spec"]["podName"])
+            for s in sandboxes
+            if s["spec"].get("podName") and s["spec"].get("podNamespace")
+        }
+    )
 
 
 def filter_lines(lines: list[str], others: set[str]) -> list[str]:
@@ -158,8 +181,8 @@ def _read_log(cluster: Cluster, namespace: str, pod: str, tail: int | None) -> s
         # The local node has no kubelet API: its runner writes container logs to disk.
         from nest.cluster.runner.logs import log_file
 
-        text = Path(log_file(local.state / "node", f"{namespace}/{pod}/{RUNTIME_CONTAINER}"))
-        lines = text.read_text(errors="replace").splitlines(keepends=True)
+        path = log_file(local.state / "node", f"{namespace}/{pod}/{RUNTIME_CONTAINER}")
+        lines = path.read_text(errors="replace").splitlines(keepends=True)
         return "".join(lines[-tail:] if tail else lines)
     return cluster.pod_log(namespace, pod, RUNTIME_CONTAINER, tail)
 

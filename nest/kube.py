@@ -235,13 +235,23 @@ def selector_string(deployment: Obj) -> str:
     terms = [f"{k}={v}" for k, v in sorted((selector.get("matchLabels") or {}).items())]
     for expr in selector.get("matchExpressions") or []:
         key, op, values = expr["key"], expr["operator"], ",".join(expr.get("values") or [])
-        terms.append({"In": f"{key} in ({values})", "NotIn": f"{key} notin ({values})",
-                      "Exists": key, "DoesNotExist": f"!{key}"}[op])  # fmt: skip
+        terms.append(
+            {
+                "In": f"{key} in ({values})",
+                "NotIn": f"{key} notin ({values})",
+                "Exists": key,
+                "DoesNotExist": f"!{key}",
+            }[op]
+        )
     return ",".join(terms)
 
 
-_KINDS = {DEPLOYMENT_PLURAL: "function", SANDBOX_PLURAL: "sandbox",
-          REPLICASET_PLURAL: "replica set", ENDPOINTS_PLURAL: "endpoints"}  # fmt: skip
+_KINDS = {
+    DEPLOYMENT_PLURAL: "function",
+    SANDBOX_PLURAL: "sandbox",
+    REPLICASET_PLURAL: "replica set",
+    ENDPOINTS_PLURAL: "endpoints",
+}
 
 
 def _kind(plural: str) -> str:

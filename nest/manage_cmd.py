@@ -50,56 +50,85 @@ examples:
 def register(sub: Any) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
     scale = sub.add_parser(
-        "scale", help="set a function's replicas", description="Set the desired sandboxes of a "
-        "function through its scale subresource.", epilog=SCALE_EPILOG, formatter_class=fmt,
-    )  # fmt: skip
+        "scale",
+        help="set a function's replicas",
+        description="Set the desired sandboxes of a function through its scale subresource.",
+        epilog=SCALE_EPILOG,
+        formatter_class=fmt,
+    )
     scale.add_argument("name", help="function name")
     scale.add_argument("--replicas", type=int, required=True, help="desired sandboxes (>= 0)")
-    scale.add_argument("--wait", action=argparse.BooleanOptionalAction, default=False,
-                       help="wait until that many are ready (default: don't)")  # fmt: skip
+    scale.add_argument(
+        "--wait",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="wait until that many are ready (default: don't)",
+    )
     add_wait(scale, 120.0)
     add_namespace(scale)
     scale.set_defaults(func=scale_cmd)
 
     rollout = sub.add_parser(
-        "rollout", help="watch or undo a function's rollout", description="Rollout status and "
-        "undo, as kubectl rollout for Deployments.", epilog=ROLLOUT_EPILOG, formatter_class=fmt,
-    )  # fmt: skip
+        "rollout",
+        help="watch or undo a function's rollout",
+        description="Rollout status and undo, as kubectl rollout for Deployments.",
+        epilog=ROLLOUT_EPILOG,
+        formatter_class=fmt,
+    )
     verbs = rollout.add_subparsers(dest="rollout_command", required=True, metavar="COMMAND")
-    status = verbs.add_parser("status", help="wait until the rollout is complete",
-                              epilog=ROLLOUT_EPILOG, formatter_class=fmt)  # fmt: skip
+    status = verbs.add_parser(
+        "status",
+        help="wait until the rollout is complete",
+        epilog=ROLLOUT_EPILOG,
+        formatter_class=fmt,
+    )
     status.add_argument("name", help="function name")
     add_wait(status, 300.0)
     add_namespace(status)
     status.set_defaults(func=rollout_status_cmd)
-    undo = verbs.add_parser("undo", help="roll back to the previous (or a given) revision",
-                            epilog=ROLLOUT_EPILOG, formatter_class=fmt)  # fmt: skip
+    undo = verbs.add_parser(
+        "undo",
+        help="roll back to the previous (or a given) revision",
+        epilog=ROLLOUT_EPILOG,
+        formatter_class=fmt,
+    )
     undo.add_argument("name", help="function name")
     undo.add_argument("--to-revision", type=int, help="revision to return to (default: previous)")
     add_namespace(undo)
     undo.set_defaults(func=rollout_undo_cmd)
 
     delete = sub.add_parser(
-        "delete", help="delete a function and its sandboxes", description="Delete a function; "
-        "its replica sets and sandboxes go with it.", epilog=DELETE_EPILOG, formatter_class=fmt,
-    )  # fmt: skip
+        "delete",
+        help="delete a function and its sandboxes",
+        description="Delete a function; its replica sets and sandboxes go with it.",
+        epilog=DELETE_EPILOG,
+        formatter_class=fmt,
+    )
     delete.add_argument("name", nargs="+", help="function name(s)")
-    delete.add_argument("--wait", action=argparse.BooleanOptionalAction, default=False,
-                        help="wait until the function and its sandboxes are gone")  # fmt: skip
+    delete.add_argument(
+        "--wait",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="wait until the function and its sandboxes are gone",
+    )
     add_wait(delete, 120.0)
     add_namespace(delete)
     delete.set_defaults(func=delete_cmd)
 
     operator = sub.add_parser(
-        "operator", help="run the Nest operator in the foreground",
+        "operator",
+        help="run the Nest operator in the foreground",
         description="The Nest operator (controllers, scheduler, endpoints, autoscaler).",
-        epilog=OPERATOR_EPILOG, formatter_class=fmt,
-    )  # fmt: skip
+        epilog=OPERATOR_EPILOG,
+        formatter_class=fmt,
+    )
     ops = operator.add_subparsers(dest="operator_command", required=True, metavar="COMMAND")
-    run = ops.add_parser("run", help="run it until interrupted", epilog=OPERATOR_EPILOG,
-                         formatter_class=fmt)  # fmt: skip
-    run.add_argument("operator_args", nargs=argparse.REMAINDER,
-                     help="arguments for nest-operator (after --)")  # fmt: skip
+    run = ops.add_parser(
+        "run", help="run it until interrupted", epilog=OPERATOR_EPILOG, formatter_class=fmt
+    )
+    run.add_argument(
+        "operator_args", nargs=argparse.REMAINDER, help="arguments for nest-operator (after --)"
+    )
     run.set_defaults(func=operator_run_cmd)
 
 
@@ -109,8 +138,10 @@ def scale_cmd(args: argparse.Namespace) -> int:
     cluster = Cluster.from_args(args.namespace)
     deployment = cluster.function(args.name)
     if deployment["spec"].get("autoscaling"):
-        print(f"note: {args.name} is autoscaled; the autoscaler may change replicas again",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"note: {args.name} is autoscaled; the autoscaler may change replicas again",
+            file=sys.stderr,
+        )
     cluster.scale(args.name, args.replicas)
     print(f"function {cluster.namespace}/{args.name} scaled to {args.replicas}")
     if args.wait:
@@ -134,8 +165,9 @@ def rollout_undo_cmd(args: argparse.Namespace) -> int:
         deployment, cluster.replicasets_of(deployment), args.to_revision
     )
     # A replace with the read resourceVersion, so an undo never clobbers a concurrent deploy.
-    cluster.replace(DEPLOYMENT_PLURAL, {**deployment, "spec": {**deployment["spec"],
-                                                               "template": template}})  # fmt: skip
+    cluster.replace(
+        DEPLOYMENT_PLURAL, {**deployment, "spec": {**deployment["spec"], "template": template}}
+    )
     print(f"function {cluster.namespace}/{args.name} rolled back to revision {revision}")
     return 0
 

@@ -37,15 +37,19 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """Left-aligned columns three spaces apart, as kubectl prints them."""
     cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-             for row in cells]  # fmt: skip
+    lines = [
+        "   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
     return "\n".join(lines) + "\n"
 
 
 def dump(objects: Obj | list[Obj], output: str) -> str:
     """One object as is, several as a kubectl-style List, in JSON or YAML."""
-    doc = objects if isinstance(objects, dict) else {"apiVersion": "v1", "kind": "List",
-                                                     "items": objects}  # fmt: skip
+    doc = (
+        objects
+        if isinstance(objects, dict)
+        else {"apiVersion": "v1", "kind": "List", "items": objects}
+    )
     if output == "yaml":
         return yaml.safe_dump(doc, sort_keys=False)
     return json.dumps(doc, indent=2) + "\n"
@@ -67,18 +71,28 @@ def functions_table(deployments: list[Obj], now: datetime) -> str:
         fn = spec.get("template", {}).get("spec", {}).get("function", {})
         scaling = spec.get("autoscaling")
         bounds = f"{scaling.get('minReplicas', 0)}-{scaling['maxReplicas']}" if scaling else "-"
-        rows.append([
-            d["metadata"]["name"],
-            f"{status.get('readyReplicas', 0)}/{spec.get('replicas', 0)}",
-            status.get("updatedReplicas", 0),
-            status.get("availableReplicas", 0),
-            fn.get("isolation", "subprocess"),
-            fn.get("handler", ""),
-            bounds,
-            age(d["metadata"].get("creationTimestamp"), now),
-        ])  # fmt: skip
-    headers = ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "ISOLATION", "HANDLER", "AUTOSCALE",
-               "AGE"]  # fmt: skip
+        rows.append(
+            [
+                d["metadata"]["name"],
+                f"{status.get('readyReplicas', 0)}/{spec.get('replicas', 0)}",
+                status.get("updatedReplicas", 0),
+                status.get("availableReplicas", 0),
+                fn.get("isolation", "subprocess"),
+                fn.get("handler", ""),
+                bounds,
+                age(d["metadata"].get("creationTimestamp"), now),
+            ]
+        )
+    headers = [
+        "NAME",
+        "READY",
+        "UP-TO-DATE",
+        "AVAILABLE",
+        "ISOLATION",
+        "HANDLER",
+        "AUTOSCALE",
+        "AGE",
+    ]
     return table(headers, rows)
 
 
@@ -91,11 +105,18 @@ def sandboxes_table(sandboxes: list[Obj], now: datetime) -> str:
         phase = status.get("phase", "Pending")
         if s["metadata"].get("deletionTimestamp"):
             phase = "Terminating"
-        rows.append([
-            s["metadata"]["name"], _function(s), phase, status.get("reason") or "",
-            status.get("restartCount", 0), pod, address,
-            age(s["metadata"].get("creationTimestamp"), now),
-        ])  # fmt: skip
+        rows.append(
+            [
+                s["metadata"]["name"],
+                _function(s),
+                phase,
+                status.get("reason") or "-",
+                status.get("restartCount", 0),
+                pod,
+                address,
+                age(s["metadata"].get("creationTimestamp"), now),
+            ]
+        )
     headers = ["NAME", "FUNCTION", "PHASE", "REASON", "RESTARTS", "POD", "ADDRESS", "AGE"]
     return table(headers, rows)
 
@@ -113,11 +134,18 @@ def pods_table(pods: list[Obj], sandboxes: list[Obj], now: datetime) -> str:
         containers = status.get("containerStatuses") or []
         ready = sum(1 for c in containers if c.get("ready"))
         phase = "Terminating" if meta.get("deletionTimestamp") else status.get("phase", "Unknown")
-        rows.append([
-            meta["namespace"], meta["name"], f"{ready}/{len(containers)}", phase,
-            status.get("podIP") or "<none>", (meta.get("labels") or {}).get(POOL_LABEL, ""),
-            hosted[(meta["namespace"], meta["name"])], age(meta.get("creationTimestamp"), now),
-        ])  # fmt: skip
+        rows.append(
+            [
+                meta["namespace"],
+                meta["name"],
+                f"{ready}/{len(containers)}",
+                phase,
+                status.get("podIP") or "<none>",
+                (meta.get("labels") or {}).get(POOL_LABEL, ""),
+                hosted[(meta["namespace"], meta["name"])],
+                age(meta.get("creationTimestamp"), now),
+            ]
+        )
     headers = ["NAMESPACE", "NAME", "READY", "STATUS", "IP", "POOL", "SANDBOXES", "AGE"]
     return table(headers, rows)
 
@@ -159,40 +187,62 @@ def describe_function(
         + (f"{scaling.get('minReplicas', 0)}..{scaling['maxReplicas']}" if scaling else "off"),
     ]
     out = "\n".join(lines) + "\n"
-    conditions = [[c.get("type"), c.get("status"), c.get("reason", ""), c.get("message", "")]
-                  for c in status.get("conditions") or []]  # fmt: skip
+    conditions = [
+        [c.get("type"), c.get("status"), c.get("reason", ""), c.get("message", "")]
+        for c in status.get("conditions") or []
+    ]
     if conditions:
         out += "Conditions:\n" + _indent(table(["TYPE", "STATUS", "REASON", "MESSAGE"], conditions))
-    revs = [[(rs["metadata"].get("annotations") or {}).get(REVISION_ANNOTATION, "-"),
-             rs["metadata"]["name"], f"{(rs.get('status') or {}).get('readyReplicas', 0)}/"
-             f"{rs['spec'].get('replicas', 0)}",
-             rs["spec"]["template"]["spec"]["function"]["handler"],
-             age(rs["metadata"].get("creationTimestamp"), now)]
-            for rs in sorted(replicasets, key=lambda r: revision_of(r) or 0)]  # fmt: skip
+    revs = [
+        [
+            (rs["metadata"].get("annotations") or {}).get(REVISION_ANNOTATION, "-"),
+            rs["metadata"]["name"],
+            f"{(rs.get('status') or {}).get('readyReplicas', 0)}/{rs['spec'].get('replicas', 0)}",
+            rs["spec"]["template"]["spec"]["function"]["handler"],
+            age(rs["metadata"].get("creationTimestamp"), now),
+        ]
+        for rs in sorted(replicasets, key=lambda r: revision_of(r) or 0)
+    ]
     out += "Revisions:\n" + (
         _indent(table(["REVISION", "REPLICA SET", "READY", "HANDLER", "AGE"], revs))
-        if revs else "  <none>\n"
-    )  # fmt: skip
+        if revs
+        else "  <none>\n"
+    )
     ep = (endpoints or {}).get("status") or {}
-    addresses = [[("ready" if ready else "not ready"), a.get("sandbox"), a.get("podName"),
-                  f"{a.get('podIP')}:{a.get('port')}", a.get("revision", "-")]
-                 for ready, key in ((True, "ready"), (False, "notReady"))
-                 for a in ep.get(key) or []]  # fmt: skip
+    addresses = [
+        [
+            ("ready" if ready else "not ready"),
+            a.get("sandbox"),
+            a.get("podName"),
+            f"{a.get('podIP')}:{a.get('port')}",
+            a.get("revision", "-"),
+        ]
+        for ready, key in ((True, "ready"), (False, "notReady"))
+        for a in ep.get(key) or []
+    ]
     out += "Endpoints:\n" + (
         _indent(table(["STATE", "SANDBOX", "POD", "ADDRESS", "REVISION"], addresses))
-        if addresses else "  <none>\n"
-    )  # fmt: skip
+        if addresses
+        else "  <none>\n"
+    )
     out += "Sandboxes:\n" + (
         _indent(sandboxes_table(sandboxes, now)) if sandboxes else "  <none>\n"
     )
-    recent = [[e.get("type", ""), e.get("reason", ""),
-               age(e.get("lastTimestamp") or e.get("eventTime"), now),
-               f"{e['involvedObject'].get('kind', '')}/{e['involvedObject'].get('name', '')}",
-               e.get("message", "")] for e in events[-20:]]  # fmt: skip
+    recent = [
+        [
+            e.get("type", ""),
+            e.get("reason", ""),
+            age(e.get("lastTimestamp") or e.get("eventTime"), now),
+            f"{e['involvedObject'].get('kind', '')}/{e['involvedObject'].get('name', '')}",
+            e.get("message", ""),
+        ]
+        for e in events[-20:]
+    ]
     out += "Events:\n" + (
         _indent(table(["TYPE", "REASON", "AGE", "OBJECT", "MESSAGE"], recent))
-        if recent else "  <none>\n"
-    )  # fmt: skip
+        if recent
+        else "  <none>\n"
+    )
     return out
 
 

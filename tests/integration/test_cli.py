@@ -84,7 +84,7 @@ def test_a_function_deployed_and_invoked_through_nest(
     assert table[0].split()[:2] == ["NAME", "READY"] and table[1].split()[:2] == ["hello", "2/2"]
     sandboxes = ok(nest("get", "sandboxes", "--function", "hello")).stdout.splitlines()[1:]
     assert [row.split()[2] for row in sandboxes] == ["Running", "Running"]
-    hosting = [row.split()[4].split("/")[1] for row in sandboxes]
+    hosting = [row.split()[5].split("/")[1] for row in sandboxes]
     pool = {row.split()[1]: int(row.split()[6])
             for row in ok(nest("get", "pods")).stdout.splitlines()[1:]}  # fmt: skip
     assert all(pool[pod] >= hosting.count(pod) for pod in hosting)

@@ -62,13 +62,14 @@ def test_sandboxes_table_shows_phase_reason_pod_and_address() -> None:
         "hello-a",
         "hello",
         "Terminating",
+        "-",
         "0",
         "nest-system/pool-a",
         "10.0.0.1:8080",
         "2h",
     ]
     assert lines[2].split()[2:4] == ["Failed", "ImportError"]
-    assert lines[3].split()[4:6] == ["<none>", "<none>"]
+    assert lines[3].split()[5:7] == ["<none>", "<none>"]
 
 
 def test_pods_table_counts_the_sandboxes_each_pool_pod_hosts() -> None:
