@@ -57,7 +57,8 @@ class Code:
 
     files: dict[str, str]
     default_name: str
-    default_handler: str
+    # None when the file's name is no importable module name (e.g. hello-world.py).
+    default_handler: str | None
 
 
 def default_name(path: Path) -> str:
@@ -69,9 +70,11 @@ def default_name(path: Path) -> str:
     return name[: m.DNS_LABEL_MAX].rstrip("-")
 
 
-def default_handler(path: Path) -> str:
+def default_handler(path: Path) -> str | None:
     """`<module>:handler` for a single file, `main:handler` for a directory."""
-    return f"{path.stem}:handler" if path.is_file() else "main:handler"
+    if not path.is_file():
+        return "main:handler"
+    return f"{path.stem}:handler" if path.stem.isidentifier() else None
 
 
 def _skipped(relative: Path) -> bool:
@@ -128,9 +131,15 @@ class DeployOptions:
 
 def function_request(code: Code, opts: DeployOptions) -> m.FunctionCreate:
     """The gateway's create request for `code` with `opts` applied; raises InvalidFunctionError."""
+    handler = opts.handler or code.default_handler
+    if handler is None:
+        modules = ", ".join(sorted(code.files))
+        raise InvalidFunctionError(
+            f"{modules} is not an importable module name: rename it or pass --handler"
+        )
     body: dict[str, Any] = {
         "name": opts.name or code.default_name,
-        "handler": opts.handler or code.default_handler,
+        "handler": handler,
         "files": code.files,
         "env": opts.env,
     }

@@ -22,6 +22,17 @@ def test_a_file_is_named_and_handled_by_its_stem(tmp_path: Path) -> None:
     assert code.default_handler == "Hello_World:handler"
 
 
+def test_a_file_that_is_no_module_name_needs_an_explicit_handler(tmp_path: Path) -> None:
+    path = tmp_path / "hello-world.py"
+    path.write_text("def handler(e, c):\n    return 1\n")
+    code = functions.read_code(path)
+    assert code.default_handler is None
+    with pytest.raises(InvalidFunctionError, match="pass --handler"):
+        functions.function_request(code, functions.DeployOptions())
+    explicit = functions.DeployOptions(handler="main:handler")
+    assert functions.function_request(code, explicit).name == "hello-world"
+
+
 def test_a_directory_sends_its_files_but_not_caches_or_vcs(tmp_path: Path) -> None:
     fn = tmp_path / "my_fn"
     (fn / "pkg" / "__pycache__").mkdir(parents=True)
