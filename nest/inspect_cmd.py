@@ -12,12 +12,10 @@ import argparse
 import sys
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException
-
-from crds.constants import DEPLOYMENT_PLURAL, GROUP, SANDBOX_PLURAL, VERSION
+from crds.constants import DEPLOYMENT_PLURAL, SANDBOX_PLURAL
 from nest.cluster.paths import ClusterPaths
 from nest.deploy_cmd import add_namespace
-from nest.errors import NestError
+from nest.errors import ApiError, NestError
 from nest.kube import Cluster, Obj
 from nest.render import (
     OUTPUTS,
@@ -27,12 +25,14 @@ from nest.render import (
     now_utc,
     pods_table,
     sandboxes_table,
+    with_namespace,
 )
 
 RUNTIME_CONTAINER = "runtime"
 GET_EPILOG = """\
 examples:
   nest get functions                       # READY is ready/desired sandboxes
+  nest get functions -A                    # in every namespace
   nest get sandboxes --function hello      # phase, failure reason, pool pod, address
   nest get pods                            # pool pods and how many sandboxes each hosts
   nest get functions -o json | jq '.items[].metadata.name'
@@ -69,6 +69,12 @@ def register(sub: Any) -> None:
     get.add_argument("name", nargs="?", help="only this function (for functions)")
     get.add_argument("--function", "-f", dest="function", help="sandboxes of this function only")
     get.add_argument("-o", "--output", choices=OUTPUTS, default="table")
+    get.add_argument(
+        "-A",
+        "--all-namespaces",
+        action="store_true",
+        help="functions or sandboxes of every namespace",
+    )
     add_namespace(get)
     get.set_defaults(func=get_cmd)
 
@@ -109,35 +115,39 @@ def get_cmd(args: argparse.Namespace) -> int:
         "sbx": "sandboxes",
         "pod": "pods",
     }.get(args.what, args.what)
+    everywhere = args.all_namespaces
     if kind == "functions":
-        items = [cluster.function(args.name)] if args.name else cluster.list(DEPLOYMENT_PLURAL)
+        if args.name:
+            items = [cluster.function(args.name)]
+        else:
+            items = cluster.list(DEPLOYMENT_PLURAL, all_namespaces=everywhere)
         text = functions_table(items, now)
     elif kind == "sandboxes":
         if args.function:
             items = cluster.sandboxes_of(cluster.function(args.function))
         else:
-            items = cluster.list(SANDBOX_PLURAL)
+            items = cluster.list(SANDBOX_PLURAL, all_namespaces=everywhere)
         text = sandboxes_table(items, now)
     else:
-        items = cluster.pool_pods()
+        # Pool pods are listed in every namespace: they are the cluster's "nodes".
+        items, everywhere = cluster.pool_pods(), False
         text = pods_table(items, _all_sandboxes(cluster), now)
     if args.output != "table":
         sys.stdout.write(dump(items, args.output))
     elif not items:
-        print(f"No {kind} found in namespace {cluster.namespace}.", file=sys.stderr)
+        where = "any namespace" if everywhere else f"namespace {cluster.namespace}"
+        print(f"No {kind} found in {where}.", file=sys.stderr)
     else:
-        sys.stdout.write(text)
+        sys.stdout.write(with_namespace(text, items) if everywhere else text)
     return 0
 
 
 def _all_sandboxes(cluster: Cluster) -> list[Obj]:
     """Sandboxes of every namespace when allowed (to count what pool pods host), else ours."""
     try:
-        found = cluster.custom.list_cluster_custom_object(GROUP, VERSION, SANDBOX_PLURAL)
-    except ApiException:
+        return cluster.list(SANDBOX_PLURAL, all_namespaces=True)
+    except ApiError:
         return cluster.list(SANDBOX_PLURAL)
-    items: list[Obj] = found.get("items") or [] if isinstance(found, dict) else []
-    return items
 
 
 def describe_cmd(args: argparse.Namespace) -> int:

@@ -115,15 +115,25 @@ class Cluster:
         except NotFoundError:
             return None
 
-    def list(self, plural: str, selector: str | None = None) -> ObjList:
+    def list(
+        self, plural: str, selector: str | None = None, all_namespaces: bool = False
+    ) -> ObjList:
         try:
-            found = self.custom.list_namespaced_custom_object(
-                *self._args(plural), label_selector=selector or ""
-            )
+            if all_namespaces:
+                found = self.custom.list_cluster_custom_object(
+                    GROUP, VERSION, plural, label_selector=selector or ""
+                )
+            else:
+                found = self.custom.list_namespaced_custom_object(
+                    *self._args(plural), label_selector=selector or ""
+                )
         except ApiException as exc:
-            raise api_error(exc, f"listing {plural} in {self.namespace}") from exc
+            where = "all namespaces" if all_namespaces else self.namespace
+            raise api_error(exc, f"listing {plural} in {where}") from exc
         items: ObjList = _obj(found).get("items") or []
-        return sorted(items, key=lambda o: str(o["metadata"]["name"]))
+        return sorted(
+            items, key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"])
+        )
 
     def create(self, plural: str, body: Obj) -> Obj:
         try:

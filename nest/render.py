@@ -64,6 +64,17 @@ def _function(sbx: Obj) -> str:
     return str(owners[0]["name"]).rsplit("-", 1)[0] if owners else "<none>"
 
 
+def with_namespace(text: str, objects: list[Obj]) -> str:
+    """A table with kubectl's leading NAMESPACE column, for `--all-namespaces` listings."""
+    namespaces = [str(o["metadata"].get("namespace", "")) for o in objects]
+    width = max(len("NAMESPACE"), *(len(n) for n in namespaces))
+    lines = text.splitlines()
+    return "".join(
+        f"{ns.ljust(width)}   {line}\n"
+        for ns, line in zip(["NAMESPACE", *namespaces], lines, strict=True)
+    )
+
+
 def functions_table(deployments: list[Obj], now: datetime) -> str:
     rows = []
     for d in deployments:

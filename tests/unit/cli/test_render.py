@@ -144,3 +144,9 @@ def test_several_objects_dump_as_a_list_and_one_as_itself() -> None:
     assert as_json["kind"] == "List" and as_json["items"] == items
     assert yaml.safe_load(render.dump(items, "yaml")) == as_json
     assert json.loads(render.dump(items[0], "json")) == items[0]
+
+
+def test_all_namespaces_listings_lead_with_the_namespace() -> None:
+    objects = [{"metadata": {"namespace": "team-a"}}, {"metadata": {"namespace": "b"}}]
+    text = render.with_namespace(render.table(["NAME"], [["x"], ["y"]]), objects)
+    assert text == "NAMESPACE   NAME\nteam-a      x\nb           y\n"
