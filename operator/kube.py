@@ -122,6 +122,21 @@ class Kube:
             _content_type=MERGE,
         )  # fmt: skip
 
+    async def scale(self, kind: Kind, namespace: str, name: str, replicas: int) -> None:
+        """Write replicas through the scale subresource, as `kubectl scale` and HPAs do."""
+        await self._call(
+            self.custom.patch_namespaced_custom_object_scale,
+            c.GROUP, c.VERSION, namespace, kind.value, name, {"spec": {"replicas": replicas}},
+            _content_type=MERGE,
+        )  # fmt: skip
+        self.writes += 1
+
+    async def pod_ips(self, namespace: str, selector: str) -> list[str]:
+        listed: Any = await self._call(
+            self.core.list_namespaced_pod, namespace, label_selector=selector
+        )
+        return [p.status.pod_ip for p in listed.items if p.status and p.status.pod_ip]
+
     async def delete(self, kind: Kind, obj: Obj) -> None:
         """Delete exactly this object (UID precondition); already gone is fine."""
         meta = obj["metadata"]

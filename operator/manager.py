@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from nest_operator.autoscaler_controller import AutoscalerController
 from nest_operator.deployment_controller import DeploymentController
 from nest_operator.endpoints_controller import EndpointsController
 from nest_operator.kube import Kube
@@ -42,6 +43,7 @@ class Settings:
     not_ready_grace: float = 30.0
     resync_seconds: float = 2.0
     workers: int = 8
+    autoscale_seconds: float = 1.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -51,6 +53,7 @@ class Settings:
             not_ready_grace=float(env.get("NEST_NOT_READY_GRACE", cls.not_ready_grace)),
             resync_seconds=float(env.get("NEST_RESYNC_SECONDS", cls.resync_seconds)),
             workers=int(env.get("NEST_WORKERS", cls.workers)),
+            autoscale_seconds=float(env.get("NEST_AUTOSCALE_SECONDS", cls.autoscale_seconds)),
         )
 
 
@@ -67,6 +70,7 @@ class ControllerManager:
         self.replicasets = ReplicaSetController(self.store, self.kube, self.cache)
         self.deployments = DeploymentController(self.store, self.kube)
         self.endpoints = EndpointsController(self.store, self.kube)
+        self.autoscaler = AutoscalerController(self.store, self.kube, settings.autoscale_seconds)
         self.lifecycle = LifecycleController(
             self.store, self.kube, Grace(not_ready_seconds=settings.not_ready_grace)
         )
@@ -101,6 +105,7 @@ class ControllerManager:
             task = asyncio.create_task(queue.run(_tolerant(handler), s.workers), name=name)
             self._tasks.append(task)
         self._tasks.append(asyncio.create_task(self._resync(), name="resync"))
+        self._tasks.append(asyncio.create_task(self.autoscaler.run(), name="autoscaler"))
         counts = {kind.value: len(self.store.all(kind)) for kind in Kind}
         log.info("synced in %.2fs: %s", time.monotonic() - started, counts)
 

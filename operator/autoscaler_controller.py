@@ -1,0 +1,208 @@
+"""The autoscaler's I/O shell: observed concurrency in, `/scale` writes out.
+
+For every SandboxDeployment with `spec.autoscaling`, once per tick: scrape the runtimes of the
+pool pods and the gateways, turn that into one concurrency sample per deployment, and let its
+`Autoscaler` (the pure KPA-like policy) decide. Concurrency is measured by Little's law, not by
+sampling a gauge: a runtime's cumulative invocation time (`nest_sandbox_invoke_seconds_sum`)
+grows by exactly the average concurrency times the interval, so short requests between two
+scrapes are counted; requests still running count through the in-flight gauge, and requests
+the gateway's activator is holding (scale from zero) through `nest_gateway_queued`.
+Only deployments that enable autoscaling are ever written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import aiohttp
+from kubernetes.client.exceptions import ApiException
+from prometheus_client.parser import text_string_to_metric_families
+
+from nest_operator.autoscaler_policy import Autoscaler, AutoscalerConfig
+from nest_operator.kube import Kube
+from nest_operator.store import Kind, Obj, Store
+
+log = logging.getLogger(__name__)
+RUNTIME_PORT = 8080
+GATEWAY_PORT = 8090
+GATEWAY_SELECTOR = "app.kubernetes.io/name=nest-gateway"
+
+
+@dataclass(frozen=True)
+class RuntimeSample:
+    """One runtime scrape: per sandbox UID, cumulative invocation seconds and in flight."""
+
+    busy_seconds: Mapping[str, float]
+    in_flight: Mapping[str, float]
+
+
+def parse_runtime(text: str) -> RuntimeSample:
+    busy: dict[str, float] = {}
+    in_flight: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            sandbox = sample.labels.get("sandbox")
+            if sandbox is None:
+                continue
+            if sample.name == "nest_sandbox_invoke_seconds_sum":
+                busy[sandbox] = sample.value
+            elif sample.name == "nest_sandbox_in_flight":
+                in_flight[sandbox] = sample.value
+    return RuntimeSample(busy, in_flight)
+
+
+def parse_gateway(text: str) -> dict[tuple[str, str], float]:
+    """Requests the activator holds, by (namespace, function)."""
+    queued: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "nest_gateway_queued":
+                key = (sample.labels.get("namespace", ""), sample.labels.get("function", ""))
+                queued[key] = queued.get(key, 0.0) + sample.value
+    return queued
+
+
+def config_of(deployment: Obj) -> AutoscalerConfig | None:
+    """The policy's configuration from spec.autoscaling; None when autoscaling is off."""
+    spec = deployment.get("spec") or {}
+    scaling = spec.get("autoscaling")
+    if not scaling:
+        return None
+    function = ((spec.get("template") or {}).get("spec") or {}).get("function") or {}
+    target = scaling.get("targetConcurrency") or function.get("concurrency") or 1
+    return AutoscalerConfig(
+        max_replicas=int(scaling["maxReplicas"]),
+        target_concurrency=float(target),
+        min_replicas=int(scaling.get("minReplicas", 0)),
+        target_utilization=float(scaling.get("targetUtilization", 0.7)),
+        scale_to_zero_after_seconds=float(scaling.get("scaleToZeroAfterSeconds", 120)),
+        stable_window_seconds=float(scaling.get("stableWindowSeconds", 60)),
+        panic_window_seconds=float(scaling.get("panicWindowSeconds", 6)),
+        panic_threshold=float(scaling.get("panicThreshold", 2.0)),
+    )
+
+
+@dataclass
+class ConcurrencyMeter:
+    """Turns successive scrapes into average concurrency per sandbox over each interval."""
+
+    busy: dict[str, float] = field(default_factory=dict)
+    at: float | None = None
+
+    def update(self, sample: RuntimeSample, now: float) -> dict[str, float]:
+        elapsed = now - self.at if self.at is not None else 0.0
+        result = {}
+        for uid in set(sample.busy_seconds) | set(sample.in_flight):
+            total = sample.busy_seconds.get(uid, 0.0)
+            grown = total - self.busy.get(uid, total)  # a sandbox seen first counts from now
+            average = grown / elapsed if elapsed > 0 else 0.0
+            result[uid] = max(average, sample.in_flight.get(uid, 0.0))
+        self.busy, self.at = dict(sample.busy_seconds), now
+        return result
+
+
+def deployment_concurrency(
+    sandbox_uids: Iterable[str], per_sandbox: Mapping[str, float], queued: float
+) -> float:
+    return sum(per_sandbox.get(uid, 0.0) for uid in sandbox_uids) + queued
+
+
+class AutoscalerController:
+    """Scrapes, decides and scales, once per `interval` seconds."""
+
+    def __init__(self, store: Store, kube: Kube, interval: float = 1.0) -> None:
+        self.store = store
+        self.kube = kube
+        self.interval = interval
+        self.namespace = os.environ.get("POD_NAMESPACE", "nest-system")
+        self.policies: dict[str, tuple[AutoscalerConfig, Autoscaler]] = {}
+        self.meter = ConcurrencyMeter()
+
+    async def run(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=max(0.2, self.interval / 2))
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            while True:
+                try:
+                    await self.tick(http, asyncio.get_running_loop().time())
+                except Exception:  # one bad tick must not end autoscaling
+                    log.exception("autoscaler tick failed")
+                await asyncio.sleep(self.interval)  # the scrape period, not a synchronisation
+
+    async def _get(self, http: aiohttp.ClientSession, url: str) -> str:
+        try:
+            async with http.get(url) as resp:
+                return await resp.text() if resp.status == 200 else ""
+        except (aiohttp.ClientError, TimeoutError):
+            return ""  # a pod going away mid-scrape: it simply contributes nothing
+
+    async def tick(self, http: aiohttp.ClientSession, now: float) -> None:
+        scaled = [(d, cfg) for d in self.store.all(Kind.DEPLOYMENT) if (cfg := config_of(d))]
+        if not scaled:
+            return
+        pods = [p for p in self.store.all(Kind.POD) if (p.get("status") or {}).get("podIP")]
+        texts = await asyncio.gather(
+            *(
+                self._get(http, f"http://{p['status']['podIP']}:{RUNTIME_PORT}/metrics")
+                for p in pods
+            )
+        )
+        busy: dict[str, float] = {}
+        in_flight: dict[str, float] = {}
+        for text in texts:
+            sample = parse_runtime(text)
+            busy.update(sample.busy_seconds)
+            in_flight.update(sample.in_flight)
+        per_sandbox = self.meter.update(RuntimeSample(busy, in_flight), now)
+        queued = await self._gateway_queues(http)
+        for d, cfg in scaled:
+            await self._decide(d, cfg, per_sandbox, queued, now)
+
+    async def _gateway_queues(self, http: aiohttp.ClientSession) -> dict[tuple[str, str], float]:
+        try:
+            ips = await self.kube.pod_ips(self.namespace, GATEWAY_SELECTOR)
+        except ApiException:
+            return {}
+        texts = await asyncio.gather(
+            *(self._get(http, f"http://{ip}:{GATEWAY_PORT}/metrics") for ip in ips)
+        )
+        queued: dict[tuple[str, str], float] = {}
+        for text in texts:
+            for key, value in parse_gateway(text).items():
+                queued[key] = queued.get(key, 0.0) + value
+        return queued
+
+    async def _decide(
+        self,
+        d: Obj,
+        cfg: AutoscalerConfig,
+        per_sandbox: Mapping[str, float],
+        queued: Mapping[tuple[str, str], float],
+        now: float,
+    ) -> None:
+        meta = d["metadata"]
+        known = self.policies.get(meta["uid"])
+        if known is None or known[0] != cfg:
+            known = (cfg, Autoscaler(cfg))
+            self.policies[meta["uid"]] = known
+        policy = known[1]
+        uids = [
+            s["metadata"]["uid"]
+            for rs in self.store.owned(Kind.REPLICASET, meta["uid"])
+            for s in self.store.owned(Kind.SANDBOX, rs["metadata"]["uid"])
+        ]
+        held = queued.get((meta["namespace"], meta["name"]), 0.0)
+        policy.observe(now, deployment_concurrency(uids, per_sandbox, held))
+        current = int(d["spec"].get("replicas", 1))
+        # The policy is told the current scale, not the ready count: a function the activator
+        # just woke has no ready sandbox yet and must not be scaled straight back to zero.
+        decision = policy.decide(now, current)
+        if decision.replicas == current:
+            return
+        await self.kube.scale(Kind.DEPLOYMENT, meta["namespace"], meta["name"], decision.replicas)
+        message = f"scaled from {current} to {decision.replicas}: {decision.reason}"
+        self.kube.event(d, "Normal", "Autoscaled", message)
+        log.info("%s/%s %s", meta["namespace"], meta["name"], message)
