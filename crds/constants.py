@@ -59,3 +59,6 @@ CORDON_ANNOTATION: Final = f"{GROUP}/cordoned"
 # On a pool pod's Lease: JSON of its capacity and of its live usage, renewed with the heartbeat.
 CAPACITY_ANNOTATION: Final = f"{GROUP}/capacity"
 USAGE_ANNOTATION: Final = f"{GROUP}/usage"
+# On a Sandbox a SandboxDeployment made: the function (deployment) it is an instance of; the
+# sidecar reports it to the code as context.function_name.
+FUNCTION_LABEL: Final = f"{GROUP}/function"

@@ -1,7 +1,8 @@
-"""`nest demo`: the README's first command — a local cluster with Nest installed, shown working.
+"""`nest demo`: the README's first command — a local cluster running Nest, functions deployed
+and invoked, every step shown as the command a user would type.
 
-It is the path a newcomer takes, so every step says what it does and the end shows the result
-through plain kubectl, the tool they already know.
+It is the path a newcomer takes, so it drives the same tools they will use afterwards (`kubectl`
+and `nest`) and prints each command before running it.
 """
 
 from __future__ import annotations
@@ -10,67 +11,102 @@ import argparse
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-import crds
 from nest.cluster.control_plane import ControlPlane
 from nest.errors import NestError
 
-CRD_NAMES = [
-    f"{plural}.nest.sandbox.dev"
-    for plural in ("sandboxes", "sandboxreplicasets", "sandboxdeployments", "sandboxendpoints")
-]
+ROOT = Path(__file__).resolve().parents[1]
+NAMESPACE = "nest-demo"
+SYSTEM_DEPLOYMENTS = ("nest-operator", "nest-gateway", "nest-pool")
+FUNCTIONS = (("hello", '{"name": "Nest"}'), ("greeter", '{"name": "reader"}'))
 
 
 def register(sub: Any) -> None:
     parser = sub.add_parser(
         "demo",
-        help="bring up the local cluster with Nest installed and show it",
-        description="Bring up the local control plane (built on first use), install the Nest "
-        "CRDs, and show them through kubectl. Uses NEST_KUBECONFIG instead when it is set.",
+        help="a local cluster running Nest, example functions deployed and invoked",
+        description="Bring up the local control plane (built on first use), install deploy/ "
+        "(CRDs, operator, gateway, pool), deploy examples/deployments/ into namespace "
+        f"{NAMESPACE} and invoke them. Uses NEST_KUBECONFIG instead when it is set.",
     )
+    parser.add_argument("--timeout", type=float, default=180.0, help="seconds per wait")
     parser.set_defaults(func=run)
 
 
-def _kubectl(plane: ControlPlane, kubeconfig: Path, *args: str) -> str:
-    proc = subprocess.run(
-        [plane.kubectl_path(), f"--kubeconfig={kubeconfig}", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    if proc.returncode != 0:
-        raise NestError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
-    return proc.stdout
+class Demo:
+    """Runs and echoes the demo's commands against one kubeconfig."""
 
+    def __init__(self, kubeconfig: Path, kubectl: str, timeout: float) -> None:
+        self.env = {**os.environ, "KUBECONFIG": str(kubeconfig), "NEST_KUBECONFIG": str(kubeconfig)}
+        self.kubectl = kubectl
+        self.timeout = timeout
 
-def _step(message: str) -> None:
-    print(f"\n==> {message}", flush=True)
+    def step(self, title: str) -> None:
+        print(f"\n==> {title}", flush=True)
+
+    def sh(self, *argv: str, show: bool = True, stdin: str | None = None) -> str:
+        shown = " ".join(("kubectl" if a == self.kubectl else a) for a in argv)
+        print(f"$ {shown}", flush=True)
+        proc = subprocess.run(
+            argv, input=stdin, env=self.env, capture_output=True, text=True,
+            timeout=self.timeout + 60,
+        )  # fmt: skip
+        if show and proc.stdout:
+            print(proc.stdout, end="" if proc.stdout.endswith("\n") else "\n", flush=True)
+        if proc.returncode != 0:
+            raise NestError(f"`{shown}` failed ({proc.returncode}): {proc.stderr.strip()}")
+        return proc.stdout
+
+    def k(self, *args: str, show: bool = True, stdin: str | None = None) -> str:
+        return self.sh(self.kubectl, *args, show=show, stdin=stdin)
+
+    def nest(self, *args: str) -> str:
+        return self.sh(sys.executable, "-m", "nest", *args)
 
 
 def run(args: argparse.Namespace) -> int:
     plane = ControlPlane()
     named = os.environ.get("NEST_KUBECONFIG")
+    started = time.monotonic()
     if named:
         kubeconfig = Path(named)
-        _step(f"using the cluster of NEST_KUBECONFIG={named}")
+        print(f"==> using the cluster of NEST_KUBECONFIG={named}")
     else:
-        _step("bringing up the local control plane (`nest cluster up`)")
+        print("==> bringing up the local control plane (nest cluster up)", flush=True)
         plane.up()
         kubeconfig = plane.paths.kubeconfig
-    print(_kubectl(plane, kubeconfig, "get", "nodes", "-o", "wide"), end="")
+    if not (ROOT / "deploy" / "kustomization.yaml").is_file():
+        raise NestError(f"{ROOT / 'deploy'} not found: run `nest demo` from a source checkout")
+    demo = Demo(kubeconfig, plane.kubectl_path(), args.timeout)
+    wait = f"--timeout={int(args.timeout)}s"
 
-    _step("installing the Nest CRDs")
-    crd_dir = Path(crds.__file__).parent
-    print(_kubectl(plane, kubeconfig, "apply", "-k", str(crd_dir)), end="")
-    _kubectl(plane, kubeconfig, "wait", "--for=condition=established", "--timeout=60s",
-             *[f"crd/{name}" for name in CRD_NAMES])  # fmt: skip
+    demo.step("installing Nest: CRDs, operator, gateway and pool")
+    demo.k("apply", "-k", str(ROOT / "deploy"), show=False)
+    for name in SYSTEM_DEPLOYMENTS:
+        demo.k("-n", "nest-system", "rollout", "status", f"deployment/{name}", wait)
+    demo.k("-n", "nest-system", "get", "pods", "-o", "wide")
 
-    _step("the Nest API, as kubectl sees it")
-    print(_kubectl(plane, kubeconfig, "api-resources", "--api-group=nest.sandbox.dev"), end="")
-    print(_kubectl(plane, kubeconfig, "get", "sbx,sbxrs,sbxd,sbxep", "--all-namespaces"), end="")
+    demo.step(f"deploying the examples into namespace {NAMESPACE}")
+    namespace = f"apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {NAMESPACE}\n"
+    demo.k("apply", "-f", "-", stdin=namespace)
+    demo.k("-n", NAMESPACE, "apply", "-f", str(ROOT / "examples" / "deployments"))
+    for name, _ in FUNCTIONS:
+        demo.nest("rollout", "status", name, "-n", NAMESPACE)
 
-    _step("done")
-    print(f"export KUBECONFIG={kubeconfig}", file=sys.stdout)
+    demo.step("what Kubernetes sees")
+    demo.k("-n", NAMESPACE, "get", "sbxd,sbxrs,sbx,sbxep", "-o", "wide")
+
+    demo.step("invoking the functions through the gateway")
+    for name, event in FUNCTIONS:
+        demo.nest("invoke", name, "-n", NAMESPACE, event)
+
+    demo.step(f"done in {time.monotonic() - started:.0f}s; try next")
+    print(f"export KUBECONFIG={kubeconfig}")
+    print(
+        f"kubectl -n {NAMESPACE} scale sbxd/hello --replicas=20 && kubectl -n {NAMESPACE} get sbx"
+    )
+    print(f"{sys.executable} -m nest describe function hello -n {NAMESPACE}")
     return 0

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from crds import SandboxPhase, can_transition
+from crds.constants import FUNCTION_LABEL, REVISION_ANNOTATION
 from crds.sandbox import PERMANENT_FAILURE_REASONS, RestartPolicy, Sandbox
 from nest_sidecar.errors import (
     SidecarError,
@@ -75,6 +76,12 @@ def should_restart(policy: RestartPolicy, reason: str, clean_exit: bool) -> bool
     if reason in PERMANENT_FAILURE_REASONS or policy == RestartPolicy.NEVER:
         return False
     return policy == RestartPolicy.ALWAYS or not clean_exit
+
+
+def function_name(obj: Mapping[str, Any]) -> str:
+    """`namespace/function` for a deployment's sandbox, `namespace/sandbox` for a lone one."""
+    meta = obj["metadata"]
+    return f"{meta['namespace']}/{(meta.get('labels') or {}).get(FUNCTION_LABEL, meta['name'])}"
 
 
 def memory_mb(quantity: str | int) -> int:
@@ -205,12 +212,14 @@ class SandboxWorker:
 
     async def _create(self, spec: Any, code: CodeRef) -> None:
         fn = spec.function
+        meta = self.obj["metadata"]
         request = CreateSandbox(
             id=self.uid,
             code_dir=str(code.path),
             handler=fn.handler,
             isolation=fn.isolation.value,
-            function_name=f"{self.obj['metadata']['namespace']}/{self.obj['metadata']['name']}",
+            function_name=function_name(self.obj),
+            function_version=(meta.get("annotations") or {}).get(REVISION_ANNOTATION, "$LATEST"),
             env=dict(fn.env),
             limits=LimitsModel(
                 concurrency=fn.concurrency,

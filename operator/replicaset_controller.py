@@ -40,16 +40,25 @@ def owner_reference(owner: Obj) -> dict[str, Any]:
 
 
 def sandbox_from_template(rs: Obj) -> dict[str, Any]:
+    """A new Sandbox of `rs`, labelled with its function and revision when a deployment owns it."""
     template = rs["spec"]["template"]
     meta = template.get("metadata") or {}
+    labels = dict(meta.get("labels") or {})
+    annotations = dict(meta.get("annotations") or {})
+    for ref in rs["metadata"].get("ownerReferences") or []:
+        if ref.get("controller") and ref.get("kind") == c.DEPLOYMENT_KIND:
+            labels[c.FUNCTION_LABEL] = ref["name"]
+    revision = (rs["metadata"].get("annotations") or {}).get(c.REVISION_ANNOTATION)
+    if revision:
+        annotations[c.REVISION_ANNOTATION] = revision
     return {
         "apiVersion": c.API_VERSION,
         "kind": c.SANDBOX_KIND,
         "metadata": {
             "generateName": f"{rs['metadata']['name']}-",
             "namespace": rs["metadata"]["namespace"],
-            "labels": dict(meta.get("labels") or {}),
-            "annotations": dict(meta.get("annotations") or {}),
+            "labels": labels,
+            "annotations": annotations,
             "ownerReferences": [owner_reference(rs)],
         },
         "spec": copy.deepcopy(template["spec"]),

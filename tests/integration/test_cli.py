@@ -98,7 +98,7 @@ def test_a_function_deployed_and_invoked_through_nest(
     logged = ok(nest("logs", "hello")).stdout.splitlines()
     assert logged and {line.split("]")[0].lstrip("[") for line in logged} <= set(hosting)
     # The handler printed (and flushed) into its pool pod's runtime container.
-    assert any(f"invoked {kubectl.namespace}/hello-" in line for line in logged)
+    assert any(f"invoked {kubectl.namespace}/hello" in line for line in logged)
 
 
 def test_a_broken_function_makes_deploy_fail_naming_the_import_error(

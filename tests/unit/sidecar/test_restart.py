@@ -35,3 +35,12 @@ def test_the_sidecars_own_permanent_errors_are_in_the_api_list() -> None:
 def test_back_off_doubles_to_its_cap() -> None:
     backoff = Backoff(initial=0.5, cap=4.0)
     assert [backoff.delay(n) for n in range(1, 7)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+
+
+def test_function_name_is_the_deployment_when_labelled() -> None:
+    from nest_sidecar.worker import function_name
+
+    meta = {"namespace": "ns", "name": "hello-abc-x1"}
+    assert function_name({"metadata": meta}) == "ns/hello-abc-x1"
+    labelled = {**meta, "labels": {"nest.sandbox.dev/function": "hello"}}
+    assert function_name({"metadata": labelled}) == "ns/hello"
