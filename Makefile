@@ -9,4 +9,5 @@ test:
 	@.venv/bin/python -m pytest -q -p no:cacheprovider
 
 lint:
-	@.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy
+	@scripts/bootstrap
+	@scripts/lint

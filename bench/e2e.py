@@ -74,7 +74,7 @@ def _delta(after: dict[str, float], before: dict[str, float], resource: str) -> 
 
 
 def _available(bench: BenchCluster) -> int:
-    d: dict[str, Any] = bench.custom.get_namespaced_custom_object(
+    d: Any = bench.custom.get_namespaced_custom_object(
         GROUP, VERSION, bench.namespace, "sandboxdeployments", "e2e"
     )
     return int((d.get("status") or {}).get("availableReplicas", 0))

@@ -13,9 +13,8 @@ import random
 import time
 from dataclasses import dataclass, field
 
-from nest_operator.scheduler import PoolPod, SandboxRequest, Scheduler, SchedulerCache
-
 from bench.common import Report, percentile
+from nest_operator.scheduler import PoolPod, SandboxRequest, Scheduler, SchedulerCache
 
 PODS = 1_000
 SANDBOXES = 10_000

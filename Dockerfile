@@ -1,0 +1,26 @@
+# The one image every Nest component runs from: the operator (nest-operator), the gateway
+# (nest-gateway), and the two containers of a pool pod (nest-runtime, nest-sidecar).
+# deploy/ references it as `nest:latest`; push it under your registry's name and set the image
+# with `kustomize edit set image nest=REGISTRY/nest:TAG`.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY crds crds
+COPY operator operator
+COPY nest_sidecar nest_sidecar
+COPY sandbox sandbox
+COPY isolation isolation
+COPY gateway gateway
+COPY nest nest
+COPY bench bench
+RUN pip install . && rm -rf /src
+
+# Sandboxes run as this user, never as root.
+RUN useradd --create-home --uid 10001 nest \
+    && mkdir -p /var/run/nest /var/lib/nest/code && chown nest /var/run/nest /var/lib/nest/code
+USER nest
+WORKDIR /home/nest
+CMD ["nest", "--help"]
