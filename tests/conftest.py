@@ -98,8 +98,8 @@ def nest_crds(kubeconfig: Path, kubectl_binary: str) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def nest_pool(kubeconfig: Path, kubectl_binary: str, nest_crds: list[str]) -> list[dict[str, Any]]:
-    """deploy/ applied (CRDs, RBAC, the pool) and every pool pod Ready; the pool pods."""
+def nest_deployed(kubeconfig: Path, kubectl_binary: str, nest_crds: list[str]) -> Path:
+    """deploy/ applied once per run (CRDs, RBAC, operator, gateway, pool); its kubeconfig."""
     import subprocess
 
     root = Path(__file__).resolve().parents[1]
@@ -108,18 +108,22 @@ def nest_pool(kubeconfig: Path, kubectl_binary: str, nest_crds: list[str]) -> li
         [*base, "apply", "-k", str(root / "deploy")], capture_output=True, text=True
     )
     assert applied.returncode == 0, applied.stderr
-    core = client.CoreV1Api(config.new_client_from_config(config_file=str(kubeconfig)))
+    return kubeconfig
+
+
+@pytest.fixture
+def nest_pool(nest_deployed: Path) -> list[dict[str, Any]]:
+    """The pool pods as they are now, every one of them Ready (tests delete and add pool pods,
+    so a list taken at the start of the run would go stale)."""
+    core = client.CoreV1Api(config.new_client_from_config(config_file=str(nest_deployed)))
 
     def ready_pods() -> list[dict[str, Any]] | None:
-        pods = core.list_namespaced_pod("nest-system", label_selector=POOL_SELECTOR).items
-        live = [p for p in pods if p.metadata.deletion_timestamp is None]
-        ready = [
-            p for p in live
-            if all(c.ready for c in (p.status.container_statuses or []))
-            and p.status.container_statuses
-        ]  # fmt: skip
-        if len(live) < 2 or len(ready) != len(live):
+        listed = core.list_namespaced_pod("nest-system", label_selector=POOL_SELECTOR)
+        pods: list[dict[str, Any]] = core.api_client.sanitize_for_serialization(listed)["items"]
+        live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+        statuses = [c for p in live for c in (p.get("status") or {}).get("containerStatuses") or []]
+        if len(live) < 2 or len(statuses) != 2 * len(live) or not all(c["ready"] for c in statuses):
             return None
-        return [core.api_client.sanitize_for_serialization(p) for p in ready]
+        return sorted(live, key=lambda p: str(p["metadata"]["name"]))
 
     return wait_for(ready_pods, timeout=120, what="the pool pods from deploy/ to be Ready")

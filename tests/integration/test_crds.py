@@ -124,6 +124,8 @@ def test_deleting_an_owner_garbage_collects_its_sandboxes(
     kubectl.apply(yaml.safe_dump(rs))
     uid = kubectl.json("get", "sbxrs", "owner")["metadata"]["uid"]
     child = sandbox("owned")
+    # It matches the owner's selector: a replica set controller releases owned objects that don't.
+    child["metadata"]["labels"] = {"app": "owner"}
     child["metadata"]["ownerReferences"] = [
         {"apiVersion": API, "kind": "SandboxReplicaSet", "name": "owner", "uid": uid,
          "controller": True, "blockOwnerDeletion": True}
