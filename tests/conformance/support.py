@@ -7,6 +7,7 @@ must prove they left no process behind.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -36,7 +37,20 @@ async def wait_for(
 
 
 def child_processes() -> list[psutil.Process]:
-    return psutil.Process().children(recursive=True)
+    """This test process's descendants in its own session.
+
+    A run that had to start the local cluster is the parent of its daemons too, but those run in
+    sessions of their own (`nest cluster up` detaches them); what a test leaks stays in ours.
+    """
+    session = os.getsid(0)
+    found = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if os.getsid(proc.pid) == session:
+                found.append(proc)
+        except OSError:  # exited meanwhile
+            continue
+    return found
 
 
 def write_function(directory: Path, source: str, name: str = "main.py") -> str:
