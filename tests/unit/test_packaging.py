@@ -1,5 +1,6 @@
 """`operator/` is installed as `nest_operator` and must never shadow the standard `operator`."""
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,10 +25,15 @@ def test_operator_is_the_standard_library_from_the_repo_root() -> None:
 
 
 def test_operator_is_the_standard_library_from_an_installed_copy(tmp_path: Path) -> None:
+    # Built from a copy: setuptools writes build/ and *.egg-info next to the sources.
+    source = tmp_path / "src"
+    shutil.copytree(
+        ROOT, source, ignore=shutil.ignore_patterns(".*", "build", "*.egg-info", "__pycache__")
+    )
     target = tmp_path / "site"
     install = subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-         "--target", str(target), str(ROOT)],
+         "--target", str(target), str(source)],
         capture_output=True, text=True,
     )  # fmt: skip
     assert install.returncode == 0, install.stderr
