@@ -122,6 +122,7 @@ class Sidecar:
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.pending_runtime: dict[str, SandboxInfo | None] = {}
         self.started = False
+        self.heartbeat: Heartbeat | None = None
         self.pod = PodIdentity(settings.pod_name, settings.pod_ip, settings.runtime_port)
 
     async def _patch_status(self, obj: Mapping[str, Any], patch: Mapping[str, Any]) -> None:
@@ -141,6 +142,9 @@ class Sidecar:
             return False, "waiting for the sandbox watch to sync"
         if not self.pump.ready.is_set():
             return False, "waiting for the runtime"
+        if self.heartbeat is None or self.heartbeat.last_renewed is None:
+            # The scheduler places sandboxes only on pods with a Lease: not schedulable yet.
+            return False, "waiting for the first Lease renewal"
         return True, f"ok: {len(self.workers)} sandboxes"
 
     def usage(self) -> Usage:
@@ -203,6 +207,7 @@ class Sidecar:
         pod = PodRef(s.pod_name, s.pod_namespace, s.pod_uid, s.pool)
         log.info("pod %s/%s capacity %s", s.pod_namespace, s.pod_name, s.capacity)
         heartbeat = Heartbeat(self.api, pod, s.capacity, self.usage, interval=s.lease_interval)
+        self.heartbeat = heartbeat
         runner = web.AppRunner(health_app(self.ready, self.metrics), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, s.pod_ip, s.health_port).start()
