@@ -42,7 +42,7 @@ class Settings:
     lease_ttl: float = 40.0
     not_ready_grace: float = 30.0
     resync_seconds: float = 2.0
-    workers: int = 8
+    workers: int = 16
     autoscale_seconds: float = 1.0
 
     @classmethod
