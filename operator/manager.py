@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from nest_operator import adapters
 from nest_operator.autoscaler_controller import AutoscalerController
 from nest_operator.deployment_controller import DeploymentController
 from nest_operator.endpoints_controller import EndpointsController
@@ -82,6 +83,7 @@ class ControllerManager:
         }
         self.synced = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._ready: set[str] = set()  # sandbox UIDs last seen Ready: flips skip the throttle
 
     async def start(self) -> None:
         """List every kind, then start the controllers on that complete view."""
@@ -145,7 +147,10 @@ class ControllerManager:
                 q["replicasets"].add(key)
             endpoints = self.endpoints.key_for_sandbox(obj)
             if endpoints is not None:
-                q["endpoints"].add_throttled(endpoints, ENDPOINTS_INTERVAL)
+                if self._readiness_changed(obj, deleted):
+                    q["endpoints"].add(endpoints)  # a function waking from zero waits on this
+                else:
+                    q["endpoints"].add_throttled(endpoints, ENDPOINTS_INTERVAL)
         elif kind == Kind.REPLICASET:
             q["replicasets"].add(key_of(obj))
             deployment = self.deployments.key_for_replicaset(obj)
@@ -157,6 +162,16 @@ class ControllerManager:
             q["endpoints"].add(key_of(obj))
         elif kind == Kind.ENDPOINTS and controller_uid(obj) is not None:
             q["endpoints"].add(key_of(obj))
+
+    def _readiness_changed(self, sandbox: Obj, deleted: bool) -> bool:
+        uid = sandbox["metadata"]["uid"]
+        ready = not deleted and adapters.condition_true(sandbox, "Ready")
+        was_ready = uid in self._ready
+        if ready:
+            self._ready.add(uid)
+        else:
+            self._ready.discard(uid)
+        return ready != was_ready
 
     async def _lifecycle(self, pod_uid: str) -> None:
         await self.lifecycle.reconcile(pod_uid, time.time())
