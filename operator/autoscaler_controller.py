@@ -98,7 +98,10 @@ class ConcurrencyMeter:
         result = {}
         for uid in set(sample.busy_seconds) | set(sample.in_flight):
             total = sample.busy_seconds.get(uid, 0.0)
-            grown = total - self.busy.get(uid, total)  # a sandbox seen first counts from now
+            # A sandbox new since the last scrape started within the interval: all its busy time
+            # is this interval's (that is how a woken function's first request counts as
+            # activity). Only on the very first scrape is history unknown, so it counts nothing.
+            grown = total - self.busy.get(uid, 0.0 if self.at is not None else total)
             average = grown / elapsed if elapsed > 0 else 0.0
             result[uid] = max(average, sample.in_flight.get(uid, 0.0))
         self.busy, self.at = dict(sample.busy_seconds), now

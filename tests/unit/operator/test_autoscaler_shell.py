@@ -46,6 +46,9 @@ def test_concurrency_is_busy_time_over_elapsed_time_or_in_flight_if_higher() -> 
     second = meter.update(RuntimeSample({"a": 13.0, "b": 0.5}, {"a": 1.0, "b": 0.0}), now=102.0)
     assert second == {"a": 1.5, "b": 0.25}
     assert deployment_concurrency(["a", "b", "gone"], second, queued=2.0) == 3.75
+    # A sandbox that appeared since (a function woken from zero): all of its busy time counts.
+    third = meter.update(RuntimeSample({"a": 13.0, "b": 0.5, "c": 0.25}, {}), now=103.0)
+    assert third["c"] == 0.25
 
 
 def test_autoscaling_configuration_defaults_target_to_the_function_concurrency() -> None:
