@@ -39,6 +39,7 @@ from sandbox.client import RuntimeClient
 
 log = logging.getLogger("nest_sidecar")
 API_THREADS = 16
+WORKER_RETRY = 1.0  # seconds before a worker that failed unexpectedly is replaced
 
 
 @dataclass(frozen=True)
@@ -190,14 +191,24 @@ class Sidecar:
         self.workers[uid] = worker
 
         def finished(task: asyncio.Task[None]) -> None:
-            if self.tasks.get(uid) is task:
-                self.tasks.pop(uid, None)
-                self.workers.pop(uid, None)
-                self.status.forget(uid)
+            if self.tasks.get(uid) is not task:
+                return
+            self.tasks.pop(uid, None)
+            self.workers.pop(uid, None)
+            self.status.forget(uid)
+            if not task.cancelled() and task.exception() is not None:
+                # A worker's own bug: start a fresh one on the latest object after a pause,
+                # rather than leave the sandbox without anyone looking after it.
+                asyncio.get_running_loop().call_later(WORKER_RETRY, self._restart_worker, uid)
 
         task = asyncio.get_running_loop().create_task(worker.run(), name=f"sandbox-{uid}")
         task.add_done_callback(finished)
         self.tasks[uid] = task
+
+    def _restart_worker(self, uid: str) -> None:
+        latest = self.informer.known.get(uid)
+        if latest is not None and uid not in self.workers:
+            self._start_worker(latest)
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings

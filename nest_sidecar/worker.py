@@ -125,6 +125,7 @@ class SandboxWorker:
         self._wake = asyncio.Event()
         self.failures = 0
         self.retry_at: float | None = None  # monotonic time a pending restart is due
+        self._runtime_events = 0  # runtime_changed calls so far: orders replies against events
         self._running_since = 0.0
 
     # -- inputs --------------------------------------------------------------------------------
@@ -135,6 +136,7 @@ class SandboxWorker:
 
     def runtime_changed(self, info: SandboxInfo | None) -> None:
         self.runtime_info = info
+        self._runtime_events += 1
         self._wake.set()
 
     @property
@@ -154,10 +156,14 @@ class SandboxWorker:
         self.kube.event(self.obj, type_, reason, message)
 
     async def _wait(self, timeout: float | None = None) -> None:
-        """Sleep until an input arrives (or the timeout passes)."""
-        self._wake.clear()
+        """Sleep until an input arrives (or the timeout passes).
+
+        Level-triggered: an input that came while the worker was busy (a crash during create)
+        ends the next wait at once, and every caller re-reads the state after waking.
+        """
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout)
+        self._wake.clear()
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -230,13 +236,15 @@ class SandboxWorker:
         if self.runtime_info is not None:  # a failed leftover under our id blocks a create
             with contextlib.suppress(SandboxNotFoundError):
                 await self.runtime.remove(self.uid, 0)
+        events_before = self._runtime_events
         try:
             info = await self.runtime.create(request)
         except CreateFailed as exc:
             self._event("Warning", "Failed", f"{exc.error}: {exc.message}")
             self._stopped(exc.error, exc.message, ran=True)
             return
-        self.runtime_info = info
+        if self._runtime_events == events_before:  # else an event already told us more
+            self.runtime_info = info
         if info.state != "Running":
             message = info.message or f"runtime state {info.state}"
             self._stopped(info.reason or "Error", message, ran=True)
