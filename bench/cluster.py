@@ -67,4 +67,16 @@ class BenchCluster:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        """Delete the namespace and wait until it is gone: its sandboxes hold pool capacity, and
+        the next benchmark must not be measured against a pool still full of them."""
         self.core.delete_namespace(self.namespace, propagation_policy="Background")
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                self.core.read_namespace(self.namespace)
+            except client.exceptions.ApiException as err:
+                if err.status == 404:
+                    return
+                raise
+            time.sleep(0.2)  # polling the deletion, bounded by the deadline
+        raise RuntimeError(f"namespace {self.namespace} still terminating after 180s")

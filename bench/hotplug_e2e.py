@@ -77,9 +77,13 @@ def _sandbox(name: str, isolation: str) -> dict[str, Any]:
         "kind": "Sandbox",
         "metadata": {"name": name},
         "spec": {
+            # A pool no pod serves: the operator leaves them unbound, the benchmark binds them.
+            "pool": "bench-unscheduled",
             "function": {
                 "handler": "main:handler",
                 "isolation": isolation,
+                # Small, so 200 of them fit the one pool pod they are bound to.
+                "resources": {"memory": "8Mi", "cpu": "5m"},
                 "source": {"inline": {"main.py": HANDLER}},
             }
         },
@@ -103,7 +107,10 @@ def _measure(bench: BenchCluster, seen: ReadyWatch, pod: dict[str, Any], mode: s
     for name in names:
         started = time.perf_counter()
         custom.patch_namespaced_custom_object(GROUP, VERSION, ns, SANDBOX_PLURAL, name, binding)
-        samples.append(seen.wait(seen.ready, name) - started)
+        elapsed = seen.wait(seen.ready, name) - started
+        if elapsed <= 0:
+            raise RuntimeError(f"{name} was Ready before the benchmark bound it: not measurable")
+        samples.append(elapsed)
     return samples
 
 
