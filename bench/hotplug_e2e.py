@@ -85,7 +85,7 @@ def _sandbox(name: str, isolation: str) -> dict[str, Any]:
                 # Small, so 200 of them fit the one pool pod they are bound to.
                 "resources": {"memory": "8Mi", "cpu": "5m"},
                 "source": {"inline": {"main.py": HANDLER}},
-            }
+            },
         },
     }
 

@@ -61,7 +61,6 @@ class Kube:
         self._pool = ThreadPoolExecutor(THREADS, thread_name_prefix="kube")
         # Events get threads of their own: they must never queue ahead of a create or a bind.
         self._events = ThreadPoolExecutor(EVENT_THREADS, thread_name_prefix="events")
-        self.writes = 0
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -69,7 +68,6 @@ class Kube:
 
     async def _write(self, kind: Kind, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Obj:
         result: Obj = await self._call(fn, *args, **kwargs)
-        self.writes += 1
         if isinstance(result, dict) and "metadata" in result:
             self._record(kind, "MODIFIED", result)
         return result
@@ -129,7 +127,6 @@ class Kube:
             c.GROUP, c.VERSION, namespace, kind.value, name, {"spec": {"replicas": replicas}},
             _content_type=MERGE,
         )  # fmt: skip
-        self.writes += 1
 
     async def pod_ips(self, namespace: str, selector: str) -> list[str]:
         listed: Any = await self._call(
@@ -149,7 +146,6 @@ class Kube:
         except ApiException as exc:
             if exc.status not in (404, 409):
                 raise
-        self.writes += 1
         deleted = {**obj, "metadata": {**meta, "deletionTimestamp": _now()}}
         if not meta.get("finalizers"):
             self._record(kind, "DELETED", obj)
