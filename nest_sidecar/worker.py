@@ -19,6 +19,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from kubernetes.utils.quantity import parse_quantity
+
 from crds import SandboxPhase, can_transition
 from crds.constants import FUNCTION_LABEL, REVISION_ANNOTATION
 from crds.sandbox import PERMANENT_FAILURE_REASONS, RestartPolicy, Sandbox
@@ -85,8 +87,6 @@ def function_name(obj: Mapping[str, Any]) -> str:
 
 
 def memory_mb(quantity: str | int) -> int:
-    from kubernetes.utils.quantity import parse_quantity
-
     return max(1, int(parse_quantity(quantity) / (1024 * 1024)))
 
 

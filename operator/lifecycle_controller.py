@@ -75,11 +75,16 @@ class LifecycleController:
     async def _evict(self, sandbox: Obj, why: str, now: float) -> None:
         meta = sandbox["metadata"]
         namespace, name = meta["namespace"], meta["name"]
+        finalizers = list(meta.get("finalizers") or [])
+        mark = (
+            not meta.get("deletionTimestamp")
+            and (sandbox.get("status") or {}).get("reason") != EVICTED_REASON
+        )
+        release = c.SIDECAR_FINALIZER in finalizers
+        if not (mark or release):
+            return  # evicted already; its replica set deletes it
         try:
-            if (
-                not meta.get("deletionTimestamp")
-                and (sandbox.get("status") or {}).get("reason") != EVICTED_REASON
-            ):
+            if mark:
                 status: dict[str, Any] = {
                     "phase": "Failed",
                     "reason": EVICTED_REASON,
@@ -91,8 +96,7 @@ class LifecycleController:
                 }  # fmt: skip
                 await self.kube.patch_status(Kind.SANDBOX, namespace, name, status)
                 self.kube.event(sandbox, "Warning", EVICTED_REASON, f"Evicted: {why}")
-            finalizers = list(meta.get("finalizers") or [])
-            if c.SIDECAR_FINALIZER in finalizers:
+            if release:
                 path = f"/metadata/finalizers/{finalizers.index(c.SIDECAR_FINALIZER)}"
                 patch = [
                     {"op": "test", "path": path, "value": c.SIDECAR_FINALIZER},

@@ -177,15 +177,18 @@ class ControllerManager:
         await self.lifecycle.reconcile(pod_uid, time.time())
 
     async def _resync(self) -> None:
-        """Time-based conditions no event announces: Lease expiry, assumed bindings' TTL."""
+        """Time-based conditions no event announces: Lease expiry, assumed bindings' TTL.
+
+        Lease freshness is judged against the clock at decision time, so re-deciding the
+        unschedulable sandboxes is all the scheduler needs; the cache itself stays as it is.
+        """
         while True:
             await asyncio.sleep(self.settings.resync_seconds)  # a period, not a synchronisation
             for uid in {p["metadata"]["uid"] for p in self.store.all(Kind.POD)} | set(
                 self.store.bound_pod_uids()
             ):
                 self.queues["lifecycle"].add(uid)
-            for pod in self.store.all(Kind.POD):
-                self.scheduler.pod_changed(pod, deleted=False)
+            self.scheduler.retry_unschedulable()
 
 
 def _tolerant(handler: Callable[[str], Awaitable[None]]) -> Callable[[str], Awaitable[None]]:

@@ -47,11 +47,20 @@ class SchedulerController:
         if deleted:
             self.cache.remove_pod(uid)
         else:
+            known = self._known_pod(uid)
             lease = self.store.get(Kind.LEASE, key_of(pod))
             self.cache.set_pod(adapters.pool_pod(pod, lease))
-            for sandbox in self.store.on_pod(uid):  # those seen before their pod
-                self._count(sandbox)
+            if not known:
+                for sandbox in self.store.on_pod(uid):  # those seen before their pod
+                    self._count(sandbox)
         self.retry_unschedulable()
+
+    def _known_pod(self, uid: str) -> bool:
+        try:
+            self.cache.pod(uid)
+        except UnknownPod:
+            return False
+        return True
 
     def lease_changed(self, lease: Obj) -> None:
         pod = self.store.get(Kind.POD, key_of(lease))

@@ -170,14 +170,13 @@ class ControlPlane:
 
     # -- probes --------------------------------------------------------------------------------
 
-    def _get(self, url: str, token: str | None = None) -> tuple[int, str]:
-        ctx = ssl.create_default_context(cafile=str(self.paths.pki / "ca.crt"))
-        if "127.0.0.1:" in url and not url.startswith(self._server(self._ports(True))):
-            # controller-manager and scheduler serve self-signed loopback certificates.
+    def _get(self, url: str, token: str, verify: bool) -> tuple[int, str]:
+        if verify:
+            ctx = ssl.create_default_context(cafile=str(self.paths.pki / "ca.crt"))
+        else:  # controller-manager and scheduler serve self-signed loopback certificates
             ctx = ssl._create_unverified_context()
         req = urllib.request.Request(url)
-        if token:
-            req.add_header("Authorization", f"Bearer {token}")
+        req.add_header("Authorization", f"Bearer {token}")
         try:
             with urllib.request.urlopen(req, timeout=2, context=ctx) as resp:
                 return resp.status, resp.read().decode(errors="replace")
@@ -198,7 +197,8 @@ class ControlPlane:
         if name == "node":
             return self._node_ready()
         token = (self.paths.pki / "admin.token").read_text().strip()
-        code, body = self._get(self._health_urls(ports)[name], token)
+        verify = name == "kube-apiserver"  # the one served with our CA's certificate
+        code, body = self._get(self._health_urls(ports)[name], token, verify)
         return code == 200, body.strip().splitlines()[0][:80] if body.strip() else str(code)
 
     def _node_ready(self) -> tuple[bool, str]:
