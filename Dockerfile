@@ -16,9 +16,13 @@ COPY isolation isolation
 COPY gateway gateway
 COPY nest nest
 COPY bench bench
+# libseccomp2: the sandboxes' seccomp filters are compiled by it (pyseccomp binds it by ctypes).
+RUN apt-get update && apt-get install -y --no-install-recommends libseccomp2 \
+    && rm -rf /var/lib/apt/lists/*
 RUN pip install . && rm -rf /src
 
-# Sandboxes run as this user, never as root.
+# Components run as this user unless their securityContext says otherwise: the pool's runtime
+# container runs as 0 with six capabilities (deploy/pool), to give each sandbox a uid of its own.
 RUN useradd --create-home --uid 10001 nest \
     && mkdir -p /var/run/nest /var/lib/nest/code && chown nest /var/run/nest /var/lib/nest/code
 USER nest

@@ -9,7 +9,7 @@ import json
 
 NAMES = (
     "hotplug", "memory", "density", "invoke", "hotplug-e2e", "schedule", "e2e",
-    "coldstart", "gateway",
+    "coldstart", "gateway", "isolation-cost",
 )  # fmt: skip
 
 

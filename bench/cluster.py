@@ -38,6 +38,25 @@ class BenchCluster:
         self.core = client.CoreV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
         self.namespace = f"bench-{uuid.uuid4().hex[:6]}"
+        self.pools: list[str] = []
+
+    def unserved_pool(self, prefix: str) -> str:
+        """A SandboxPool whose pods do not exist: its sandboxes pass admission and stay unbound
+        (for benchmarks that bind by hand, or measure bare creates). Deleted on exit."""
+        name = f"{prefix}-{self.namespace}"
+        self.custom.create_cluster_custom_object(
+            "nest.sandbox.dev", "v1alpha1", "sandboxpools",
+            {
+                "apiVersion": "nest.sandbox.dev/v1alpha1", "kind": "SandboxPool",
+                "metadata": {"name": name},
+                "spec": {
+                    "podNamespace": self.namespace,
+                    "podSelector": {"matchLabels": {"nest.sandbox.dev/unserved": "true"}},
+                },
+            },
+        )  # fmt: skip
+        self.pools.append(name)
+        return name
 
     def kubectl(self, *args: str, stdin: str | None = None) -> str:
         cmd = [self.kubectl_binary, f"--kubeconfig={self.kubeconfig}", *args]
@@ -69,6 +88,10 @@ class BenchCluster:
     def __exit__(self, *exc: object) -> None:
         """Delete the namespace and wait until it is gone: its sandboxes hold pool capacity, and
         the next benchmark must not be measured against a pool still full of them."""
+        for pool in self.pools:
+            self.custom.delete_cluster_custom_object(
+                "nest.sandbox.dev", "v1alpha1", "sandboxpools", pool
+            )
         self.core.delete_namespace(self.namespace, propagation_policy="Background")
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:

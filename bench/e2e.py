@@ -82,12 +82,13 @@ def _available(bench: BenchCluster) -> int:
 
 def _raw_creates(bench: BenchCluster) -> float:
     body = deployment(bench.namespace)["spec"]["template"]["spec"]
+    unserved = bench.unserved_pool("raw")
 
     def create(i: int) -> None:
         bench.custom.create_namespaced_custom_object(
             GROUP, VERSION, bench.namespace, SANDBOX_PLURAL,
             {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Sandbox",
-             "metadata": {"name": f"raw-{i}"}, "spec": {**body, "pool": "none"}},
+             "metadata": {"name": f"raw-{i}"}, "spec": {**body, "pool": unserved}},
         )  # fmt: skip
 
     started = time.perf_counter()

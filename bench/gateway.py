@@ -5,7 +5,9 @@ every invocation; this measures what that hop costs under load. Both sides use t
 generator (bench.loadgen's keep-alive workers), the same sandbox and the same concurrency, in
 interleaved rounds (best of each, so a noisy neighbour hits both alike). The gateway is the pod
 from deploy/ with authentication on (a ServiceAccount token, answers cached as in production);
-the sandbox is created through the gateway's API and made ready by the operator.
+the sandbox is created through the gateway's API and made ready by the operator. The direct
+side signs its requests with the cluster's data-plane key, as the gateway does (the runtime
+refuses unsigned ones), re-signed every round so no signature outlives its window.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import requests
 from bench import loadgen
 from bench.cluster import BenchCluster
 from bench.common import Report, ms, percentile
+from sandbox import dataplane_auth as auth
 
 ROUNDS = 3
 SECONDS = 3.0
@@ -109,8 +112,11 @@ async def _drive(host: str, port: int, request: bytes) -> loadgen.Load:
     return loadgen.Load(len(latencies), time.perf_counter() - started, latencies)
 
 
-def _request(host: str, port: int, path: str, token: str | None) -> bytes:
-    plain = loadgen.encode_request(host, port, path, EVENT)
+def _request(
+    host: str, port: int, path: str, token: str | None, keys: auth.KeyRing | None = None
+) -> bytes:
+    signature = None if keys is None else keys.headers("POST", path, EVENT)
+    plain = loadgen.encode_request(host, port, path, EVENT, signature)
     if token is None:
         return plain
     head, _, body = plain.partition(b"\r\n\r\n")
@@ -126,10 +132,14 @@ async def run() -> Report:
         through = _request(gw.host, gw.port, f"/v1/namespaces/{gw.namespace}/functions/echo:invoke",
                            gw.token)  # fmt: skip
         direct_path = f"/v1/sandboxes/{address['uid']}/invoke"
-        direct = _request(address["podIP"], address["port"], direct_path, None)
+        secret = await asyncio.to_thread(
+            bench.core.read_namespaced_secret, auth.SECRET_NAME, "nest-system"
+        )
+        keys = auth.from_secret_data(secret.data)
         await _drive(gw.host, gw.port, through)  # warm both paths: auth cache, connections
         results: dict[str, list[loadgen.Load]] = {"gateway": [], "direct": []}
         for _ in range(ROUNDS):
+            direct = _request(address["podIP"], address["port"], direct_path, None, keys)
             results["direct"].append(await _drive(address["podIP"], address["port"], direct))
             results["gateway"].append(await _drive(gw.host, gw.port, through))
     for side, loads in results.items():

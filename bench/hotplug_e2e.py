@@ -71,14 +71,14 @@ class ReadyWatch:
         self._watch.stop()
 
 
-def _sandbox(name: str, isolation: str) -> dict[str, Any]:
+def _sandbox(name: str, isolation: str, pool: str) -> dict[str, Any]:
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "Sandbox",
         "metadata": {"name": name},
         "spec": {
             # A pool no pod serves: the operator leaves them unbound, the benchmark binds them.
-            "pool": "bench-unscheduled",
+            "pool": pool,
             "function": {
                 "handler": "main:handler",
                 "isolation": isolation,
@@ -93,9 +93,10 @@ def _sandbox(name: str, isolation: str) -> dict[str, Any]:
 def _measure(bench: BenchCluster, seen: ReadyWatch, pod: dict[str, Any], mode: str) -> list[float]:
     ns, custom = bench.namespace, bench.custom
     names = [f"{mode[:3]}-{i}" for i in range(N)]
+    pool = bench.unserved_pool(f"unserved-{mode[:3]}")
     for name in names:
         custom.create_namespaced_custom_object(
-            GROUP, VERSION, ns, SANDBOX_PLURAL, _sandbox(name, mode)
+            GROUP, VERSION, ns, SANDBOX_PLURAL, _sandbox(name, mode, pool)
         )
     binding = {
         "metadata": {
@@ -117,10 +118,11 @@ def _measure(bench: BenchCluster, seen: ReadyWatch, pod: dict[str, Any], mode: s
 def _api_round_trip(bench: BenchCluster, seen: ReadyWatch, n: int = 50) -> list[float]:
     ns, custom = bench.namespace, bench.custom
     samples = []
+    pool = bench.unserved_pool("unserved-rtt")
     for i in range(n):
         name = f"rtt-{i}"
         custom.create_namespaced_custom_object(
-            GROUP, VERSION, ns, SANDBOX_PLURAL, _sandbox(name, "namespace")
+            GROUP, VERSION, ns, SANDBOX_PLURAL, _sandbox(name, "namespace", pool)
         )
         started = time.perf_counter()
         custom.patch_namespaced_custom_object(

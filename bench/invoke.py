@@ -4,7 +4,8 @@ Why: the runtime must add little to what any aiohttp service would cost. The sam
 same load generator and the same machine serve three targets in one run: a bare aiohttp app
 (baseline), a namespace sandbox and a subprocess sandbox behind the runtime. Latency (p50) is
 measured with one connection, throughput with several; the three targets are measured in
-interleaved rounds and the best round of each is reported.
+interleaved rounds and the best round of each is reported. Requests to the runtime carry the
+data-plane signature (the runtime verifies every one), as the gateway's do in production.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import tempfile
 
 from bench.common import HELLO, Report, ms, percentile
 from bench.loadgen import Load, drive
+from sandbox import dataplane_auth as auth
 from sandbox.api import CreateSandbox, LimitsModel
 from sandbox.client import RuntimeClient
 
@@ -37,9 +39,15 @@ def _stop(proc: subprocess.Popen[str]) -> None:
         proc.stdout.close()
 
 
-async def _measure(port: int, path: str, seconds: float, concurrency: int) -> tuple[Load, Load]:
-    latency = await drive(HOST, port, path, BODY, 1, seconds)
-    throughput = await drive(HOST, port, path, BODY, concurrency, seconds)
+def _signed(keys: auth.KeyRing | None, path: str) -> dict[str, str] | None:
+    return None if keys is None else keys.headers("POST", path, BODY)
+
+
+async def _measure(
+    port: int, path: str, seconds: float, concurrency: int, keys: auth.KeyRing | None
+) -> tuple[Load, Load]:
+    latency = await drive(HOST, port, path, BODY, 1, seconds, _signed(keys, path))
+    throughput = await drive(HOST, port, path, BODY, concurrency, seconds, _signed(keys, path))
     return latency, throughput
 
 
@@ -54,7 +62,10 @@ async def run(seconds: float = 2.0, concurrency: int = 8, rounds: int = 3) -> Re
     targets: dict[str, list[tuple[Load, Load]]] = {"direct": [], "namespace": [], "subprocess": []}
     with tempfile.TemporaryDirectory() as tmp:
         socket_path = os.path.join(tmp, "rt.sock")
-        argv = [sys.executable, "-m", "sandbox.runtime", "--socket", socket_path, "--port", "0"]
+        key_file = os.path.join(tmp, "dataplane.key")
+        keys = auth.KeyRing({auth.SIGNING_NAME: auth.write_key_file(key_file)})
+        argv = [sys.executable, "-m", "sandbox.runtime", "--socket", socket_path, "--port", "0",
+                "--dataplane-key-file", key_file]  # fmt: skip
         bare, bare_port = _start([sys.executable, "-m", "bench.loadgen", "--serve-bare"], env)
         runtime, port = _start([*argv, "--log-level", "WARNING"], env)
         try:
@@ -70,16 +81,18 @@ async def run(seconds: float = 2.0, concurrency: int = 8, rounds: int = 3) -> Re
                         )
                     )
             paths = {
-                "direct": (bare_port, "/invoke"),
-                "namespace": (port, "/v1/sandboxes/namespace/invoke"),
-                "subprocess": (port, "/v1/sandboxes/subprocess/invoke"),
+                "direct": (bare_port, "/invoke", None),
+                "namespace": (port, "/v1/sandboxes/namespace/invoke", keys),
+                "subprocess": (port, "/v1/sandboxes/subprocess/invoke", keys),
             }
-            for target_port, path in paths.values():
-                await drive(HOST, target_port, path, BODY, concurrency, 0.5)  # warm-up
+            for target_port, path, signer in paths.values():
+                await drive(HOST, target_port, path, BODY, concurrency, 0.5,
+                            _signed(signer, path))  # warm-up  # fmt: skip
             # Interleaved rounds, best of each: a noisy neighbour then hurts all targets alike.
             for _ in range(rounds):
-                for name, (target_port, path) in paths.items():
-                    targets[name].append(await _measure(target_port, path, seconds, concurrency))
+                for name, (target_port, path, signer) in paths.items():
+                    load = await _measure(target_port, path, seconds, concurrency, signer)
+                    targets[name].append(load)
         finally:
             _stop(runtime)
             _stop(bare)

@@ -1,4 +1,4 @@
-"""Nest's API: pydantic models of the four kinds and the CRDs generated from them.
+"""Nest's API: pydantic models of its kinds and the CRDs generated from them.
 
 Import the models from here (`from crds import Sandbox`) and the shared names (group, labels,
 finalizer, ...) from `crds.constants`. This package depends on no other Nest package, so
@@ -16,6 +16,13 @@ from crds.common import (
 )
 from crds.endpoints import EndpointAddress, SandboxEndpoints, SandboxEndpointsStatus
 from crds.errors import CrdError, ManifestError, SchemaError
+from crds.pool import (
+    PoolConditionType,
+    SandboxPool,
+    SandboxPoolSpec,
+    SandboxPoolStatus,
+    Tenancy,
+)
 from crds.sandbox import (
     CodeSource,
     ConfigMapSource,
@@ -61,6 +68,7 @@ __all__ = [
     "LabelSelectorRequirement",
     "ManifestError",
     "NestModel",
+    "PoolConditionType",
     "ReplicaSetConditionType",
     "Resources",
     "RestartPolicy",
@@ -73,6 +81,9 @@ __all__ = [
     "SandboxEndpoints",
     "SandboxEndpointsStatus",
     "SandboxPhase",
+    "SandboxPool",
+    "SandboxPoolSpec",
+    "SandboxPoolStatus",
     "SandboxReplicaSet",
     "SandboxReplicaSetSpec",
     "SandboxReplicaSetStatus",
@@ -84,5 +95,6 @@ __all__ = [
     "Strategy",
     "StrategyType",
     "TemplateMetadata",
+    "Tenancy",
     "can_transition",
 ]

@@ -11,6 +11,7 @@ the API server validates built-in kinds.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
@@ -220,7 +221,7 @@ class LabelSelectorRequirement(NestModel):
             raise ValueError(f"operator {self.operator.value} takes no values")
         return self
 
-    def matches(self, labels: dict[str, str]) -> bool:
+    def matches(self, labels: Mapping[str, str]) -> bool:
         """Whether `labels` satisfy this clause."""
         match self.operator:
             case SelectorOperator.IN:
@@ -259,7 +260,7 @@ class LabelSelector(NestModel):
         """An empty selector selects everything, which no workload may use."""
         return not self.match_labels and not self.match_expressions
 
-    def matches(self, labels: dict[str, str]) -> bool:
+    def matches(self, labels: Mapping[str, str]) -> bool:
         """Whether an object with `labels` is selected."""
         return all(labels.get(k) == v for k, v in self.match_labels.items()) and all(
             r.matches(labels) for r in self.match_expressions

@@ -35,8 +35,16 @@ ENDPOINTS_PLURAL: Final = "sandboxendpoints"
 ENDPOINTS_SINGULAR: Final = "sandboxendpoints"
 ENDPOINTS_SHORT: Final = "sbxep"
 
-# Pool pods carry this label (value: the pool name); bound Sandboxes carry it too, so a pool's
-# sandboxes can be listed without reading every spec.
+POOL_KIND: Final = "SandboxPool"
+POOL_PLURAL: Final = "sandboxpools"
+POOL_SINGULAR: Final = "sandboxpool"
+POOL_SHORT: Final = "sbxpool"
+# The pool a Sandbox asks for when spec.pool is unset; deploy/pool ships a SandboxPool of it.
+DEFAULT_POOL: Final = "default"
+
+# Pool pods carry this label (value: the SandboxPool's name), and the operator watches only pods
+# with it; a pod is a node of that pool only if it also is in the pool's podNamespace and matches
+# its podSelector. Bound Sandboxes carry it too, so a pool's sandboxes can be listed by label.
 POOL_LABEL: Final = f"{GROUP}/pool"
 # Set on a Sandbox at binding. Pod UIDs are unique forever while pod names are reused, so each
 # sidecar watches `pod-uid=<own uid>` and never sees a sandbox bound to a previous pod of its name.

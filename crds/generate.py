@@ -1,4 +1,4 @@
-"""Generate, write, load and check the CustomResourceDefinitions of the four kinds.
+"""Generate, write, load and check the CustomResourceDefinitions of Nest's kinds.
 
 The YAML in `crds/*.yaml` is what gets installed (by kustomize in `deploy/`, by tests through
 the kubernetes client), but the pydantic models are the source of truth; `nest crds check`
@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from crds import constants as c
 from crds.endpoints import SandboxEndpoints
 from crds.errors import ManifestError
+from crds.pool import SandboxPool
 from crds.sandbox import Sandbox
 from crds.schema import model_schema
 from crds.workloads import SandboxDeployment, SandboxReplicaSet
@@ -47,6 +48,7 @@ class Kind:
     short_name: str
     columns: tuple[dict[str, Any], ...]
     scalable: bool = False
+    scope: str = "Namespaced"  # or "Cluster"
 
 
 def _column(
@@ -124,6 +126,23 @@ KINDS: tuple[Kind, ...] = (
             AGE_COLUMN,
         ),
     ),
+    Kind(
+        model=SandboxPool,
+        kind=c.POOL_KIND,
+        plural=c.POOL_PLURAL,
+        singular=c.POOL_SINGULAR,
+        short_name=c.POOL_SHORT,
+        columns=(
+            _column("Namespace", "string", ".spec.podNamespace", "Namespace of its pods."),
+            # A list printed as a string column shows as JSON: ["subprocess","namespace"].
+            _column("Modes", "string", ".spec.isolation", "Isolation modes offered."),
+            _column("Tenancy", "string", ".spec.tenancy", "Shared or Dedicated."),
+            _column("Pods", "integer", ".status.pods", "Pods that are its nodes."),
+            _column("Ready", "integer", ".status.readyPods", "Ready member pods."),
+            AGE_COLUMN,
+        ),
+        scope="Cluster",
+    ),
 )
 
 
@@ -157,7 +176,7 @@ def crd_manifest(kind: Kind) -> dict[str, Any]:
                 "shortNames": [kind.short_name],
                 "categories": [c.CATEGORY],
             },
-            "scope": "Namespaced",
+            "scope": kind.scope,
             "versions": [
                 {
                     "name": c.VERSION,
@@ -173,7 +192,7 @@ def crd_manifest(kind: Kind) -> dict[str, Any]:
 
 
 def crd_manifests() -> list[dict[str, Any]]:
-    """All four CRDs, generated from the models, in a fixed order."""
+    """Every CRD, generated from the models, in a fixed order."""
     return [crd_manifest(kind) for kind in KINDS]
 
 

@@ -262,6 +262,9 @@ class SandboxConditionType(StrEnum):
     SCHEDULED = "Scheduled"
     CODE_READY = "CodeReady"
     READY = "Ready"
+    # Whether the sandbox runs behind the full tenant boundary (subprocess: own uid, seccomp,
+    # Landlock, cgroup limits); False names what this pod cannot enforce, or says it is in-process.
+    ISOLATED = "Isolated"
 
 
 class SandboxStatus(NestModel):

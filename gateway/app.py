@@ -41,6 +41,7 @@ from gateway.errors import (
 from gateway.invoke import Invoker, Metrics, invoke_call, trigger_call
 from gateway.kube import Informer, Kube, Obj
 from gateway.routes import ROUTES, Route
+from sandbox import dataplane_auth
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request, str, str, Any], Awaitable[web.Response]]
@@ -56,6 +57,7 @@ class Options:
     activation_timeout: float = 30.0
     auth_cache_seconds: float = 10.0
     max_body_bytes: int = 6 * 1024 * 1024
+    dataplane_key_file: str | None = None  # None: forward unsigned (insecure runtimes only)
 
 
 def problem_response(error: GatewayError, path: str) -> web.Response:
@@ -282,7 +284,9 @@ def create_app(api: client.ApiClient, options: Options) -> web.Application:
     app = web.Application(middlewares=[problems], client_max_size=options.max_body_bytes)
     registry = CollectorRegistry()
     kube = Kube(api)
-    invoker = Invoker(kube, Metrics(registry), options.queue_size, options.activation_timeout)
+    key_file = options.dataplane_key_file
+    keys = dataplane_auth.KeySource(key_file) if key_file else None  # raises: no key, no gateway
+    invoker = Invoker(kube, Metrics(registry), options.queue_size, options.activation_timeout, keys)
     authorizer = Authorizer(kube, options.auth_cache_seconds) if options.auth else None
     gateway = Gateway(kube, invoker, authorizer)
     app[OPTIONS_KEY] = options

@@ -8,6 +8,10 @@ other failure once a request was sent is reported, never retried, so nothing run
 A function with no ready sandbox holds the request in its bounded queue, signals scale-up once
 (patching the scale subresource from zero) and resumes it as soon as the endpoints watch shows a
 ready address. Per-function metrics are what the operator's autoscaler reads.
+Every forwarded request carries the data-plane signature (`sandbox.dataplane_auth`): runtimes
+answer nothing else, so the gateway's RBAC is the only way in. A runtime that refuses the
+signature (a key it does not know yet) did not run the request: another sandbox is tried, and
+when none accepts it the caller gets a 502 that names the key, not a 401 it could not fix.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from gateway.routing import (
     runtime_refusal,
     scale_target,
 )
+from sandbox import dataplane_auth as auth
 
 log = logging.getLogger(__name__)
 # Connection-level headers (RFC 9110 §7.6.1) and ones the client library recomputes.
@@ -46,6 +51,8 @@ HOP_BY_HOP = frozenset(
         "trailer", "transfer-encoding", "upgrade", "host", "content-length",
     }
 )  # fmt: skip
+# Never forwarded from a caller: the gateway's own signature replaces it.
+SIGNATURE = auth.HEADER.lower()
 # Time the runtime gets beyond the function's own timeout to report it before we give up.
 TIMEOUT_GRACE_SECONDS = 1.0
 
@@ -96,8 +103,9 @@ def invoke_call(headers: Mapping[str, str], body: bytes) -> Call:
 def trigger_call(
     method: str, path: str, query: str, headers: Mapping[str, str], body: bytes, strip_auth: bool
 ) -> Call:
-    """An HTTP-trigger call; the caller's Kubernetes token is not the function's business."""
-    dropped = HOP_BY_HOP | ({"authorization"} if strip_auth else set())
+    """An HTTP-trigger call; the caller's Kubernetes token is not the function's business, and
+    a signature the caller sent is not passed on (ours is added per attempt)."""
+    dropped = HOP_BY_HOP | {SIGNATURE} | ({"authorization"} if strip_auth else set())
     kept = {k: v for k, v in headers.items() if k.lower() not in dropped}
     return Call(method, "http/" + quote(path, safe="/"), query, kept, body)
 
@@ -119,8 +127,12 @@ class Invoker:
         metrics: Metrics,
         queue_size: int,
         activation_timeout: float,
+        keys: auth.KeySource | None = None,
     ) -> None:
+        """`keys` None: requests go unsigned (only runtimes in --insecure-dataplane take them)."""
         self.kube = kube
+        self.keys = keys
+        self._refusal_logged = float("-inf")
         self._session: aiohttp.ClientSession | None = None
         self.metrics = metrics
         self.activation_timeout = activation_timeout
@@ -185,6 +197,7 @@ class Invoker:
     async def _route(self, key: FunctionKey, call: Call, hold_until: float) -> web.Response:
         tried: set[str] = set()
         overloaded: web.Response | None = None
+        unauthorized = False
         while True:
             info = await self._info(key)
             address = self.table.pick(key, tried)
@@ -194,9 +207,15 @@ class Invoker:
                     return outcome
                 tried.add(address.uid)
                 overloaded = outcome.response if outcome.word == "TooManyRequests" else overloaded
+                unauthorized = unauthorized or outcome.word == "Unauthorized"
                 continue
             if overloaded is not None:
                 return overloaded  # every sandbox is busy: the caller backs off, we do not queue
+            if unauthorized:
+                raise Upstream(
+                    f"the pool refused the gateway's data-plane signature for {key[0]}/{key[1]}: "
+                    f"the gateway's and the runtimes' {auth.SECRET_NAME} keys differ"
+                )
             # None ready, or only stale addresses (scaled down, pod gone): wait for the next set.
             await self._hold(key, info, hold_until)
             tried.clear()
@@ -252,16 +271,26 @@ class Invoker:
         timeout = aiohttp.ClientTimeout(total=info.timeout_seconds + TIMEOUT_GRACE_SECONDS)
         gauge = self.metrics.in_flight.labels(*key)
         assert self._session is not None, "Invoker.open() first"
+        headers = dict(call.headers)
+        if self.keys is not None:  # signed per attempt: the path names this sandbox
+            method = call.method.upper()
+            headers[auth.HEADER] = self.keys.ring.sign(
+                method, url.raw_path_qs, call.body, address.uid
+            )
         self.table.acquire(address)
         gauge.inc()
         try:
             async with self._session.request(
-                call.method, url, data=call.body, headers=dict(call.headers), timeout=timeout
+                call.method, url, data=call.body, headers=headers, timeout=timeout
             ) as resp:
                 body = await resp.read()
                 headers = {k: v for k, v in resp.headers.items() if k.lower() not in HOP_BY_HOP}
                 response = web.Response(status=resp.status, body=body, headers=headers)
                 word = runtime_refusal(resp.status, body)
+                if word == "Unauthorized" and time.monotonic() >= self._refusal_logged + 10:
+                    self._refusal_logged = time.monotonic()  # a key mismatch floods otherwise
+                    log.error("sandbox %s of %s/%s refused our signature: %s", address.sandbox,
+                              *key, body[:200].decode(errors="replace"))  # fmt: skip
                 return response if word is None else Refused(word, response)
         except aiohttp.ClientConnectorError as exc:
             log.info("sandbox %s of %s/%s unreachable (%s); trying another", address.sandbox,

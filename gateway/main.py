@@ -6,7 +6,9 @@
 Configuration comes from flags with environment fallbacks (NEST_GATEWAY_*), because in a pod the
 downward API and env are the natural inputs. Kubernetes credentials: --kubeconfig, else
 $KUBECONFIG, else the pod's service account. Authentication is on unless --no-auth (local
-development only; deploy/ never sets it).
+development only; deploy/ never sets it). Requests to the runtimes are signed with the data-plane
+key (--dataplane-key-file, the mounted nest-dataplane-key Secret); without one the gateway does
+not start unless --insecure-dataplane says that its runtimes take unsigned requests.
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ from kubernetes import client, config
 
 from gateway import openapi
 from gateway.app import Options, create_app
+from sandbox import dataplane_auth
 
 EPILOG = """\
 environment: NEST_GATEWAY_HOST (or POD_IP), NEST_GATEWAY_PORT, NEST_GATEWAY_AUTH=off,
-             NEST_GATEWAY_QUEUE_SIZE, NEST_GATEWAY_ACTIVATION_TIMEOUT, KUBECONFIG
+             NEST_GATEWAY_QUEUE_SIZE, NEST_GATEWAY_ACTIVATION_TIMEOUT, KUBECONFIG,
+             NEST_DATAPLANE_KEY_FILE, NEST_DATAPLANE_INSECURE=1
 examples:
-  nest-gateway --no-auth --port 8090        # local development against $KUBECONFIG
+  nest-gateway --no-auth --insecure-dataplane --port 8090   # local development
   nest-gateway openapi > openapi.json       # print the document
   nest-gateway openapi --check              # exit 1 when gateway/openapi.json is stale
 """
@@ -67,6 +71,17 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--auth-cache-seconds", type=float, default=10.0, help="how long a 'yes' is remembered"
+    )
+    parser.add_argument(
+        "--dataplane-key-file",
+        default=env.get(dataplane_auth.ENV_KEY_FILE) or None,
+        help="the data-plane signing key, a file or a Secret volume directory",
+    )
+    parser.add_argument(
+        "--insecure-dataplane",
+        action="store_true",
+        default=env.get("NEST_DATAPLANE_INSECURE", "") == "1",
+        help="forward requests unsigned (only runtimes run with --insecure-dataplane take them)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -118,13 +133,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "openapi":
         return run_openapi(args)
+    if not args.dataplane_key_file and not args.insecure_dataplane:
+        env = dataplane_auth.ENV_KEY_FILE
+        print(f"nest-gateway: no data-plane key: pass --dataplane-key-file (env {env}) "
+              "or --insecure-dataplane", file=sys.stderr)  # fmt: skip
+        return 2
+    if args.dataplane_key_file is None:
+        logging.getLogger("nest.gateway").warning(
+            "INSECURE DATA PLANE (--insecure-dataplane): requests to runtimes are not signed"
+        )
     options = Options(
         auth=not args.no_auth,
         queue_size=args.queue_size,
         activation_timeout=args.activation_timeout,
         auth_cache_seconds=args.auth_cache_seconds,
+        dataplane_key_file=args.dataplane_key_file,
     )
-    app = create_app(_api(args.kubeconfig), options)
+    try:
+        app = create_app(_api(args.kubeconfig), options)
+    except dataplane_auth.DataplaneKeyError as exc:
+        print(f"nest-gateway: {exc}", file=sys.stderr)
+        return 1
     logging.getLogger("nest.gateway").info(
         "listening on %s:%d (auth %s)", args.host, args.port, "on" if options.auth else "off"
     )

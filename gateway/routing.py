@@ -71,10 +71,10 @@ def function_info(obj: Mapping[str, Any]) -> FunctionInfo:
     )
 
 
-# The runtime's answers for an invocation it did not run (sandbox gone, stopping, overloaded):
-# safe to send elsewhere. Recognised by the runtime's error body, not by status alone, because
-# a function's own HTTP response may well be a 404.
-NOT_RUN = {404: "NotFound", 503: "NotRunning", 429: "TooManyRequests"}
+# The runtime's answers for an invocation it did not run (sandbox gone, stopping, overloaded,
+# or our data-plane signature refused): safe to send elsewhere. Recognised by the runtime's
+# error body, not by status alone, because a function's own HTTP response may well be a 404.
+NOT_RUN = {404: "NotFound", 503: "NotRunning", 429: "TooManyRequests", 401: "Unauthorized"}
 _ERROR_BODY_KEYS = frozenset({"error", "message", "sandbox"})
 
 

@@ -72,6 +72,7 @@ class Limits:
     queue: int = 64  # invocations allowed to wait for a slot; beyond that: Overloaded
     timeout_s: float = 30.0
     memory_mb: int | None = None  # enforced by the subprocess backend only
+    cpu_millis: int | None = None  # the CPU request: a subprocess sandbox's share of the pod
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,12 +27,15 @@ import inspect
 import os
 import socket
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
 from typing import Any
 
-from isolation import zygote
+from isolation import confine, zygote
+from isolation.boundary import Confinement
+from isolation.confine import ConfinementError
 from isolation.contract import FunctionInfo, Request, Response
 from isolation.errors import LoadError
 from isolation.host import (
@@ -46,6 +49,8 @@ from isolation.host import (
 from isolation.ipc import FrameParser, encode_frame, read_frame, read_frame_blocking
 
 READY = encode_frame({"t": "ready"})
+# What a confined sandbox keeps of the runtime's environment (the rest is its pod's business).
+INHERITED_ENV = frozenset({"PATH", "LANG", "LC_ALL", "PYTHONUNBUFFERED", "PYTHONHASHSEED", "TZ"})
 STOP = encode_frame({"t": "stop"})
 
 
@@ -54,10 +59,18 @@ def main(fd: int, spec: dict[str, Any]) -> int:
     zygote.die_with_parent()
     sock = socket.socket(fileno=fd)
     try:
-        os.environ.update(spec["env"])
+        raw = spec.get("confine")
+        confinement = Confinement.from_json(raw) if raw else None
+        if confinement is not None:
+            _enter(confinement, spec["env"])
+        else:
+            os.environ.update(spec["env"])
         os.chdir(spec["workdir"] or spec["code_dir"])
         sys.path.insert(0, spec["code_dir"])
         host = _load(spec)
+    except ConfinementError as exc:
+        sock.sendall(_failed(LoadError("Error", f"sandbox boundary: {exc}")))
+        return 1
     except (Exception, SystemExit) as exc:
         err = classify_load_error(exc, spec["handler"])
         sock.sendall(_failed(err))
@@ -69,6 +82,27 @@ def main(fd: int, spec: dict[str, Any]) -> int:
     if _blocks(spec, host):
         return _serve_blocking(sock, host)
     return asyncio.run(_serve(sock, host))
+
+
+def _enter(confinement: Confinement, env: dict[str, str]) -> None:
+    """Become the sandbox's own principal (see `isolation.confine` for the order and why)."""
+    try:
+        confine.become_subreaper()
+        confine.join_cgroup(confinement)
+        confine.set_limits(confinement)
+    except OSError as exc:
+        raise ConfinementError(f"setting limits: {exc}") from None
+    # The zygote kept only INHERITED_ENV of the runtime's environment (`reset_environment`).
+    os.environ.update(env | {"TMPDIR": confinement.scratch, "HOME": confinement.scratch})
+    tempfile.tempdir = None  # the zygote may have cached its own choice
+    confine.apply(confinement, zygote.SECCOMP_PROGRAM)
+    sys.dont_write_bytecode = True
+
+
+def reset_environment() -> None:
+    """Keep only INHERITED_ENV of this process's environment (the zygote of confined ones)."""
+    for key in [k for k in os.environ if k not in INHERITED_ENV]:
+        del os.environ[key]
 
 
 def _failed(err: LoadError) -> bytes:

@@ -1,9 +1,12 @@
 """The subprocess backend: one forked process per sandbox, supervised by the runtime.
 
 Why: it is the strong end of the trade-off — the function gets its own address space, env and
-working directory, and can be killed. Memory limits are watched with psutil (kill -> OOMKilled),
-an invocation overrunning its timeout kills the process (Timeout) and the sandbox is restarted
-from the zygote, and any other death is reported with its exit code or signal (Crashed).
+working directory, and can be killed. With a `BoundaryConfig` each sandbox is also its own
+principal (`isolation.principals`: uid, scratch, cgroup; `isolation.confine`: what the child
+applies), and its memory limit is the kernel's (a cgroup OOM kill -> OOMKilled; without a
+cgroup, rlimits plus a polled sum over its processes). An invocation overrunning its timeout
+kills the process (Timeout) and the sandbox is restarted from the zygote, and any other death is
+reported with its exit code or signal (Crashed). Whatever the process leaves behind dies with it.
 
 Only a crash or an OOM kill ends a sandbox in Failed; restarting those with back-off is the
 sidecar's job, as it is the kubelet's. A timeout is an invocation fault, so the backend restarts
@@ -19,6 +22,7 @@ import itertools
 import os
 import signal
 import time
+from asyncio import FIRST_COMPLETED
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,6 +39,7 @@ from isolation.base import (
     StatusListener,
     Usage,
 )
+from isolation.boundary import BoundaryConfig
 from isolation.contract import Request, Response, new_request_id
 from isolation.errors import (
     InvokeTimeout,
@@ -46,11 +51,16 @@ from isolation.errors import (
 )
 from isolation.ipc import FrameParser, encode_frame
 from isolation.namespace import function_info
+from isolation.principals import Principals
 from isolation.zygote import Zygote
 
 
 def _ignore(status: SandboxStatus) -> None:
     pass
+
+
+def _oom_message(spec: SandboxSpec) -> str:
+    return f"the memory limit of {spec.limits.memory_mb} MiB was reached (its cgroup's OOM kill)"
 
 
 def describe_exit(wait_status: int) -> tuple[int | None, int | None, str]:
@@ -146,10 +156,14 @@ class SubprocessBackend:
         on_change: StatusListener = _ignore,
         preload: Sequence[str] = (),
         memory_poll_s: float = 0.2,
+        boundary: BoundaryConfig | None = None,
     ) -> None:
+        """`boundary`: confine every sandbox (own uid, seccomp, Landlock, limits); None: don't."""
         self._on_change = on_change
         self._preload = ["sandbox", *preload]
-        self._zygote = Zygote(self._preload)
+        self._boundary = boundary
+        self.principals: Principals | None = None
+        self._zygote = Zygote(self._preload, confined=boundary is not None)
         self._zygote_lock = asyncio.Lock()
         self._procs: dict[str, _Proc] = {}
         self._memory_poll_s = memory_poll_s
@@ -160,6 +174,8 @@ class SubprocessBackend:
         return self._zygote.pid
 
     async def start(self) -> None:
+        if self._boundary is not None:
+            self.principals = Principals(self._boundary)
         await self._zygote.start()
         self._watcher = asyncio.create_task(self._watch_memory())
 
@@ -186,7 +202,12 @@ class SubprocessBackend:
 
     def _child_spec(self, spec: SandboxSpec) -> dict[str, Any]:
         info = function_info(spec)
+        confine = None
+        if self.principals is not None:
+            prepared = self.principals.prepare(spec, self._zygote.pycache, self._zygote.pid)
+            confine = prepared.to_json()
         return {
+            "confine": confine,
             "id": spec.id,
             "code_dir": os.path.abspath(spec.code_dir),
             "handler": spec.handler,
@@ -208,7 +229,13 @@ class SubprocessBackend:
                 await self._restart_zygote()
         zygote = proc.zygote = self._zygote
         try:
-            pid, sock = await zygote.fork(self._child_spec(proc.spec))
+            if self.principals is not None:
+                await zygote.precompile(os.path.abspath(proc.spec.code_dir))
+            child_spec = self._child_spec(proc.spec)
+        except (RuntimeError, OSError) as exc:  # no uid left, scratch or cgroup not writable
+            raise LoadError(Reason.ERROR, f"sandbox boundary: {exc}") from None
+        try:
+            pid, sock = await zygote.fork(child_spec)
         except (RuntimeError, OSError) as exc:  # the zygote died under this very request
             raise LoadError(Reason.CRASHED, f"could not fork the sandbox: {exc}") from None
         proc.pid = pid
@@ -222,7 +249,13 @@ class SubprocessBackend:
         timeout = proc.spec.limits.timeout_s
         try:
             async with asyncio.timeout(timeout):
-                header = await channel.handshake
+                # The process may die while a descendant still holds its end of the socket: its
+                # exit, not only EOF, ends the wait.
+                waits: set[asyncio.Future[Any]] = {channel.handshake, exited}
+                await asyncio.wait(waits, return_when=FIRST_COMPLETED)
+                if not channel.handshake.done():
+                    channel.handshake.set_exception(ConnectionResetError("process exited"))
+                header = channel.handshake.result()
         except TimeoutError:
             proc.kill(Reason.TIMEOUT, f"loading took longer than {timeout:g}s")
             header = {"t": "failed", "reason": Reason.TIMEOUT, "message": proc.kill_message}
@@ -239,12 +272,19 @@ class SubprocessBackend:
             await exited
             zygote.forget(pid)
             proc.ps = None
+            if self.principals is not None:
+                await self.principals.end_generation(proc.spec.id)
+                if self.principals.oom_killed(proc.spec.id):
+                    header = {"reason": Reason.OOM_KILLED, "message": _oom_message(proc.spec)}
             raise LoadError(str(header.get("reason")), str(header.get("message")))
         proc.channel = channel
         proc.supervisor = asyncio.create_task(self._supervise(proc, channel, exited))
 
     async def _supervise(self, proc: _Proc, channel: _Channel, exited: asyncio.Future[int]) -> None:
-        await channel.closed  # EOF, reset, or a malformed frame: gone or untrustworthy
+        # EOF, reset, or a malformed frame: gone or untrustworthy. Or the process exited while
+        # a child it forked keeps the socket open: that is the end of this generation too.
+        ends: set[asyncio.Future[Any]] = {channel.closed, exited}
+        await asyncio.wait(ends, return_when=FIRST_COMPLETED)
         if channel.transport is not None:
             channel.transport.close()
         if channel.malformed and not exited.done():
@@ -261,6 +301,10 @@ class SubprocessBackend:
         await self._zygote.start()
 
     async def _on_exit(self, proc: _Proc, wait_status: int) -> None:
+        if self.principals is not None:
+            await self.principals.end_generation(proc.spec.id)  # its whole tree dies with it
+            if proc.kill_reason is None and self.principals.oom_killed(proc.spec.id):
+                proc.kill_reason, proc.kill_message = Reason.OOM_KILLED, _oom_message(proc.spec)
         code, sig, how = describe_exit(wait_status)
         if proc.zygote is not None and proc.zygote.lost:
             how += " (its zygote process exited)"
@@ -386,6 +430,8 @@ class SubprocessBackend:
             return  # idempotent, like stop
         await self.stop(sandbox_id, grace_s=0.0)
         self._procs.pop(sandbox_id, None)
+        if self.principals is not None:
+            await self.principals.release(sandbox_id)
 
     def status(self, sandbox_id: str) -> SandboxStatus:
         return self._get(sandbox_id).cell.current
@@ -416,6 +462,9 @@ class SubprocessBackend:
         return [proc.cell.current for proc in self._procs.values()]
 
     async def _watch_memory(self) -> None:
+        principals = self.principals
+        if principals is not None and principals.cgroup_root is not None:
+            return  # the kernel enforces memory limits per sandbox cgroup, at every moment
         while True:
             await asyncio.sleep(self._memory_poll_s)  # a periodic poll, not synchronisation
             for proc in list(self._procs.values()):
@@ -423,7 +472,10 @@ class SubprocessBackend:
                 if limit_mb is None or proc.ps is None:
                     continue
                 try:
-                    uss = proc.ps.memory_full_info().uss
+                    if principals is not None:  # rlimits bound each process; this, the tree
+                        uss = await asyncio.to_thread(principals.tree_memory, proc.spec.id)
+                    else:
+                        uss = proc.ps.memory_full_info().uss
                 except psutil.Error:
                     continue
                 if uss > limit_mb * 1024 * 1024:

@@ -27,6 +27,7 @@ import importlib
 import itertools
 import json
 import os
+import py_compile
 import select
 import shutil
 import signal
@@ -42,6 +43,9 @@ from multiprocess.reduction import recv_handle, send_handle
 from multiprocess.util import spawnv_passfds
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+# Built once in the zygote when sandboxes are confined, loaded by each child (isolation.confine).
+SECCOMP_PROGRAM: bytes | None = None
 
 
 def die_with_parent() -> None:
@@ -51,13 +55,20 @@ def die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
-def exec_entry(fd: int, preload: Sequence[str], pycache: str) -> None:
+def exec_entry(fd: int, preload: Sequence[str], pycache: str, confined: bool = False) -> None:
     """Entry point of the zygote interpreter; `fd` is its end of the control pipe."""
-    zygote_main(Connection(fd), preload, pycache)
+    zygote_main(Connection(fd), preload, pycache, confined)
 
 
-def zygote_main(conn: Connection, preload: Sequence[str], pycache: str) -> None:
+def zygote_main(
+    conn: Connection, preload: Sequence[str], pycache: str, confined: bool = False
+) -> None:
+    global SECCOMP_PROGRAM
     die_with_parent()
+    # A sandbox's orphaned descendants (once the sandbox itself is gone) come here to be reaped,
+    # never to the pod's init.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     # Function code directories are typically read-only (or bytecode writing is off), so every
     # sandbox would compile its function from source: about a millisecond and 0.5 MB of private
     # memory per sandbox. A runtime-private bytecode cache makes that a one-off per function.
@@ -67,6 +78,16 @@ def zygote_main(conn: Connection, preload: Sequence[str], pycache: str) -> None:
 
     for name in preload:
         importlib.import_module(name)
+    if confined:
+        from isolation import confine
+
+        confine.warm()
+        SECCOMP_PROGRAM = confine.compile_seccomp()
+        # Confined sandboxes read the cache (the runtime compiles into it for them).
+        os.chmod(pycache, 0o755)
+        # Nothing of the runtime's environment (its pod's variables) reaches a confined function;
+        # clearing it here, once, spares every child the pages a clear would dirty.
+        child.reset_environment()
     child.warm_up()
     # CPython's advice for pre-fork servers: never collect in the parent (collections leave
     # holes in its pages, which the children's allocations then fill, copying each page) and
@@ -111,23 +132,60 @@ def zygote_main(conn: Connection, preload: Sequence[str], pycache: str) -> None:
         os.waitpid(pid, 0)
 
 
+def cache_path(source: str, prefix: str) -> str:
+    """Where an interpreter with `sys.pycache_prefix = prefix` looks for `source`'s bytecode."""
+    head, tail = os.path.split(os.path.abspath(source))
+    base = tail.rpartition(".")[0] or tail
+    name = f"{base}.{sys.implementation.cache_tag}.pyc"
+    return os.path.join(prefix, head.lstrip(os.sep), name)
+
+
+def compile_tree(code_dir: str, prefix: str) -> None:
+    """Compile every module of `code_dir` into the bytecode cache `prefix` (no code runs).
+
+    Confined sandboxes cannot write the cache, so the runtime fills it for them, once per code
+    directory: code directories are content-addressed and never change. A file that does not
+    compile is skipped; importing it reports the error with the sandbox's own reason.
+    """
+    for root, dirs, files in os.walk(code_dir):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        for file in files:
+            if file.endswith(".py"):
+                source = os.path.join(root, file)
+                with contextlib.suppress(py_compile.PyCompileError, OSError, ValueError):
+                    py_compile.compile(source, cache_path(source, prefix), doraise=True)
+    # Readable, never writable, by the sandboxes (whatever umask the runtime runs with): this
+    # code directory's part of the cache and the directories above it.
+    top = os.path.join(prefix, os.path.abspath(code_dir).lstrip(os.sep))
+    for root, _, _ in os.walk(top):
+        os.chmod(root, 0o755)
+    parent = os.path.dirname(top)
+    while len(parent) > len(prefix) and parent.startswith(prefix):
+        os.chmod(parent, 0o755)
+        parent = os.path.dirname(parent)
+
+
 def _reap(conn: Connection, children: set[int]) -> None:
-    while children:
+    """Reap every exited process: our sandboxes (reported) and adopted orphans (not)."""
+    while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             return
         if pid == 0:
             return
-        children.discard(pid)
-        conn.send_bytes(json.dumps({"t": "exit", "pid": pid, "status": status}).encode())
+        if pid in children:
+            children.discard(pid)
+            conn.send_bytes(json.dumps({"t": "exit", "pid": pid, "status": status}).encode())
 
 
 class Zygote:
     """The runtime's handle on the zygote process: fork requests and exit notifications."""
 
-    def __init__(self, preload: Sequence[str] = ()) -> None:
+    def __init__(self, preload: Sequence[str] = (), confined: bool = False) -> None:
         self._preload = list(preload)
+        self._confined = confined
+        self._compiled: set[str] = set()  # code directories already in the bytecode cache
         self._pycache: str | None = None
         self._keys = itertools.count(1)
         self._forks: dict[int, asyncio.Future[int]] = {}
@@ -144,7 +202,8 @@ class Zygote:
         code = (
             "import gc; gc.disable(); "  # no collections in the zygote: see zygote_main
             f"import sys; sys.path[:] = {sys.path!r}; from isolation.zygote import exec_entry; "
-            f"exec_entry({theirs.fileno()}, {self._preload!r}, {self._pycache!r})"
+            f"exec_entry({theirs.fileno()}, {self._preload!r}, {self._pycache!r}, "
+            f"{self._confined!r})"
         )
         self.pid = spawnv_passfds(
             os.fsencode(sys.executable), [sys.executable, "-c", code], [theirs.fileno()]
@@ -184,6 +243,18 @@ class Zygote:
                 exit_status.set_result(signal.SIGKILL)  # its children died with it (PDEATHSIG)
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(lost)
+
+    async def precompile(self, code_dir: str) -> None:
+        """Fill the bytecode cache for `code_dir` before its first confined sandbox forks."""
+        if self._pycache is None or code_dir in self._compiled:
+            return
+        await asyncio.to_thread(compile_tree, code_dir, self._pycache)
+        self._compiled.add(code_dir)
+
+    @property
+    def pycache(self) -> str | None:
+        """The bytecode cache its sandboxes share (read-only to confined ones)."""
+        return self._pycache
 
     @property
     def lost(self) -> bool:

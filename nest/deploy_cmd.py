@@ -17,9 +17,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from crds.constants import DEPLOYMENT_PLURAL
 from nest import functions
@@ -30,6 +31,7 @@ from nest.errors import (
     WaitTimeoutError,
 )
 from nest.kube import Cluster
+from sandbox import dataplane_auth
 
 log = logging.getLogger("nest.invoke")
 DEPLOY_EPILOG = """\
@@ -246,14 +248,39 @@ def invoke_urls(cluster: Cluster, name: str, gateway: str | None, direct: bool) 
     return [f"http://{a['podIP']}:{a['port']}/v1/sandboxes/{a['uid']}/invoke" for a in ready]
 
 
+Signer = Callable[[str, bytes], Mapping[str, str]]
+
+
+def dataplane_signer(cluster: Cluster) -> Signer:
+    """Signs a direct call to a runtime, which answers only signed requests: with the key in
+    Secret nest-system/nest-dataplane-key, which the caller must be allowed to read."""
+    try:
+        secret = cluster.core.read_namespaced_secret(dataplane_auth.SECRET_NAME, "nest-system")
+        keys = dataplane_auth.from_secret_data(secret.data)
+    except Exception as exc:  # ApiException (403, 404) or a malformed key
+        raise NestError(
+            f"invoking a sandbox directly needs the data-plane key (Secret nest-system/"
+            f"{dataplane_auth.SECRET_NAME}), which cannot be read: {getattr(exc, 'reason', exc)}; "
+            "invoke through the gateway instead"
+        ) from exc
+
+    def sign(url: str, body: bytes) -> Mapping[str, str]:
+        parts = urlsplit(url)
+        return keys.headers("POST", parts.path + (f"?{parts.query}" if parts.query else ""), body)
+
+    return sign
+
+
 def post(
-    urls: list[str], body: bytes, headers: dict[str, str], timeout: float
-) -> tuple[int, bytes]:
+    urls: list[str], body: bytes, headers: dict[str, str], timeout: float,
+    sign: Signer | None = None,
+) -> tuple[int, bytes]:  # fmt: skip
     """POST to the first address that accepts a connection; (status, body) of its answer."""
     failures = []
     for url in urls:
         log.debug("POST %s", url)
-        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+        sent = {**headers, **sign(url, body)} if sign is not None else headers
+        request = urllib.request.Request(url, data=body, headers=sent, method="POST")
         try:
             with urllib.request.urlopen(request, timeout=timeout) as resp:
                 return int(resp.status), bytes(resp.read())
@@ -275,7 +302,8 @@ def invoke_cmd(args: argparse.Namespace) -> int:
     if via_gateway and token:
         headers["Authorization"] = f"Bearer {token}"
     log.debug("invoking %s through %s", args.name, "the gateway" if via_gateway else "a sandbox")
-    status, answer = post(urls, body, headers, args.request_timeout)
+    sign = None if via_gateway else dataplane_signer(cluster)
+    status, answer = post(urls, body, headers, args.request_timeout, sign)
     sys.stdout.buffer.write(answer if answer.endswith(b"\n") or not answer else answer + b"\n")
     sys.stdout.flush()
     if not 200 <= status < 300:

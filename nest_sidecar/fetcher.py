@@ -109,8 +109,13 @@ class CodeCache:
         try:
             for name, data in files.items():
                 target = tmp / _safe_name(name)
-                target.parent.mkdir(parents=True, exist_ok=True)
+                target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
                 target.write_bytes(data)
+                target.chmod(0o644)
+            # Readable (never writable) by the sandboxes, which run as uids of their own;
+            # Landlock lets each read only its own entry.
+            for directory in (tmp, *(p for p in tmp.rglob("*") if p.is_dir())):
+                directory.chmod(0o755)
             os.rename(tmp, final)
         except OSError:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -32,6 +32,9 @@ class Observed:
     pod_name: str | None = None
     pod_ip: str | None = None
     port: int | None = None
+    isolated: bool | None = None  # None: not known yet (the condition is left out)
+    isolation_reason: str = ""
+    isolation_message: str | None = None
 
 
 def rfc3339(moment: datetime) -> str:
@@ -51,7 +54,7 @@ def _condition(
 def _conditions(observed: Observed) -> list[dict[str, Any]]:
     failed_code = observed.code_ready is False
     ready_reason = "SandboxReady" if observed.ready else (observed.reason or observed.phase.value)
-    return [
+    conditions = [
         _condition(
             SandboxConditionType.SCHEDULED,
             True,
@@ -71,6 +74,16 @@ def _conditions(observed: Observed) -> list[dict[str, Any]]:
             None if observed.ready else observed.message,
         ),
     ]
+    if observed.isolated is not None:
+        conditions.append(
+            _condition(
+                SandboxConditionType.ISOLATED,
+                observed.isolated,
+                observed.isolation_reason,
+                observed.isolation_message,
+            )
+        )
+    return conditions
 
 
 def desired_status(current: Mapping[str, Any], observed: Observed, now: datetime) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -86,8 +87,31 @@ def function_name(obj: Mapping[str, Any]) -> str:
     return f"{meta['namespace']}/{(meta.get('labels') or {}).get(FUNCTION_LABEL, meta['name'])}"
 
 
+def boundary(info: SandboxInfo | None) -> tuple[bool | None, str, str | None]:
+    """The Isolated condition from the runtime's report: (status, reason, message)."""
+    if info is None:
+        return None, "", None
+    if info.isolation == "namespace":
+        return (
+            False,
+            "InProcess",
+            (
+                "namespace isolation shares the runtime's interpreter, so only sandboxes of its "
+                "own Kubernetes namespace share this pod"
+            ),
+        )
+    if info.confined is None:
+        return None, "", None
+    return info.confined, "Confined" if info.confined else "BoundaryReduced", info.confinement
+
+
 def memory_mb(quantity: str | int) -> int:
     return max(1, int(parse_quantity(quantity) / (1024 * 1024)))
+
+
+def cpu_millis(quantity: str | int) -> int:
+    millis: int = math.ceil(parse_quantity(quantity) * 1000)
+    return max(1, millis)
 
 
 class SandboxWorker:
@@ -231,6 +255,7 @@ class SandboxWorker:
                 concurrency=fn.concurrency,
                 timeout_seconds=float(fn.timeout_seconds),
                 memory_mb=memory_mb(fn.resources.memory),
+                cpu_millis=cpu_millis(fn.resources.cpu),
             ),
         )
         if self.runtime_info is not None:  # a failed leftover under our id blocks a create
@@ -259,6 +284,7 @@ class SandboxWorker:
 
     def _running(self, started: datetime | None) -> None:
         self.retry_at = None
+        isolated, isolation_reason, isolation_message = boundary(self.runtime_info)
         self._move(
             SandboxPhase.RUNNING,
             ready=True,
@@ -267,6 +293,9 @@ class SandboxWorker:
             start_time=started or datetime.now(UTC),
             pod_ip=self.pod.ip,
             port=self.pod.port,
+            isolated=isolated,
+            isolation_reason=isolation_reason,
+            isolation_message=isolation_message,
         )
         self._running_since = time.monotonic()
 

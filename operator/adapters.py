@@ -82,9 +82,11 @@ def bound_sandbox(sandbox: Obj) -> BoundSandbox | None:
     if not pod_uid:
         return None
     memory, cpu = _resources(sandbox)
+    function = _function(sandbox)
     return BoundSandbox(
         sandbox["metadata"]["uid"], pod_uid, memory, cpu,
-        controller_uid(sandbox), code_key(_function(sandbox)),
+        controller_uid(sandbox), code_key(function),
+        sandbox["metadata"]["namespace"], function.get("isolation") or "subprocess",
     )  # fmt: skip
 
 

@@ -7,7 +7,9 @@ sampling a gauge: a runtime's cumulative invocation time (`nest_sandbox_invoke_s
 grows by exactly the average concurrency times the interval, so short requests between two
 scrapes are counted; requests still running count through the in-flight gauge, and requests
 the gateway's activator is holding (scale from zero) through `nest_gateway_queued`.
-Only deployments that enable autoscaling are ever written.
+Only deployments that enable autoscaling are ever written. Runtime scrapes are signed with the
+data-plane key (`nest_operator.dataplane_key`): a runtime's /metrics lists every sandbox it runs,
+so it answers only the gateway and the operator.
 """
 
 from __future__ import annotations
@@ -23,13 +25,16 @@ from kubernetes.client.exceptions import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 
 from nest_operator.autoscaler_policy import Autoscaler, AutoscalerConfig
+from nest_operator.dataplane_key import SecretKeys
 from nest_operator.kube import Kube
 from nest_operator.store import Kind, Obj, Store
+from sandbox import dataplane_auth as auth
 
 log = logging.getLogger(__name__)
 RUNTIME_PORT = 8080
 GATEWAY_PORT = 8090
 GATEWAY_SELECTOR = "app.kubernetes.io/name=nest-gateway"
+METRICS_PATH = "/metrics"
 
 
 @dataclass(frozen=True)
@@ -124,6 +129,8 @@ class AutoscalerController:
         self.namespace = os.environ.get("POD_NAMESPACE", "nest-system")
         self.policies: dict[str, tuple[AutoscalerConfig, Autoscaler]] = {}
         self.meter = ConcurrencyMeter()
+        self.keys = SecretKeys(kube.core, self.namespace)
+        self._refused_logged = 0.0
 
     async def run(self) -> None:
         timeout = aiohttp.ClientTimeout(total=max(0.2, self.interval / 2))
@@ -135,21 +142,42 @@ class AutoscalerController:
                     log.exception("autoscaler tick failed")
                 await asyncio.sleep(self.interval)  # the scrape period, not a synchronisation
 
-    async def _get(self, http: aiohttp.ClientSession, url: str) -> str:
+    async def _get(
+        self, http: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None
+    ) -> str:
         try:
-            async with http.get(url) as resp:
+            async with http.get(url, headers=headers) as resp:
+                if resp.status == 401:
+                    self._refused(url, await resp.text())
                 return await resp.text() if resp.status == 200 else ""
         except (aiohttp.ClientError, TimeoutError):
             return ""  # a pod going away mid-scrape: it simply contributes nothing
+
+    def _refused(self, url: str, body: str) -> None:
+        """A runtime refused our signature: its sandboxes look idle until the keys agree."""
+        self.keys.stale()
+        now = asyncio.get_running_loop().time()
+        if now - self._refused_logged >= 60:  # once a minute, not once per pod per tick
+            self._refused_logged = now
+            log.warning("runtime %s refused the autoscaler's signature: %s", url, body[:200])
+
+    async def _scrape_headers(self) -> dict[str, str] | None:
+        ring = await self.keys.ring()
+        if ring is None or ring.signing_id is None:
+            return None
+        return {auth.HEADER: ring.sign("GET", METRICS_PATH)}  # the same for every pod
 
     async def tick(self, http: aiohttp.ClientSession, now: float) -> None:
         scaled = [(d, cfg) for d in self.store.all(Kind.DEPLOYMENT) if (cfg := config_of(d))]
         if not scaled:
             return
         pods = [p for p in self.store.all(Kind.POD) if (p.get("status") or {}).get("podIP")]
+        headers = await self._scrape_headers()
         texts = await asyncio.gather(
             *(
-                self._get(http, f"http://{p['status']['podIP']}:{RUNTIME_PORT}/metrics")
+                self._get(
+                    http, f"http://{p['status']['podIP']}:{RUNTIME_PORT}{METRICS_PATH}", headers
+                )
                 for p in pods
             )
         )

@@ -88,6 +88,8 @@ class Kube:
             raw = await self._call(
                 self.coordination.list_lease_for_all_namespaces, label_selector=c.POOL_LABEL
             )
+        elif kind == Kind.NAMESPACE:
+            raw = await self._call(self.core.list_namespace)
         else:
             raw = await self._call(
                 self.custom.list_cluster_custom_object, c.GROUP, c.VERSION, kind.value
@@ -114,6 +116,11 @@ class Kube:
         )  # fmt: skip
 
     async def patch_status(self, kind: Kind, namespace: str, name: str, status: Obj) -> Obj:
+        if not namespace:  # a cluster-scoped kind (SandboxPool)
+            return await self._write(
+                kind, self.custom.patch_cluster_custom_object_status,
+                c.GROUP, c.VERSION, kind.value, name, {"status": status}, _content_type=MERGE,
+            )  # fmt: skip
         return await self._write(
             kind, self.custom.patch_namespaced_custom_object_status,
             c.GROUP, c.VERSION, namespace, kind.value, name, {"status": status},

@@ -2,7 +2,13 @@
 
 A pool pod that was deleted, has been NotReady longer than a grace period, or whose Lease expired
 (its sidecar stopped renewing) can no longer run its sandboxes, and its sidecar may never release
-their finalizers. So, like the node-lifecycle controller's eviction, this marks them Failed with
+their finalizers. A pod that stops being a node of its SandboxPool (the pool was edited or
+deleted, or the pod's labels changed) is treated the same, at once: the pool owner said those
+pods are not for the pool's tenants any more, and a sandbox left there would run outside every
+tenancy rule the scheduler keeps. Changes that only narrow who may be *scheduled* (the pool's
+namespaceSelector, isolation modes or tenancy, a namespace's labels) evict nothing, as a node
+affinity is IgnoredDuringExecution: delete the sandboxes to have them rescheduled under the
+new rules. So, like the node-lifecycle controller's eviction, this marks them Failed with
 reason Evicted and releases the sidecar's finalizer on their behalf; their replica sets then
 replace them on other pods. Sandboxes bound to pods that vanished while the operator was down are
 found by the periodic sweep, since no event will ever mention their pod again.
@@ -14,6 +20,7 @@ sandbox while its pod lives; this controller does both only for pods it judged d
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,12 +43,19 @@ class Grace:
     lease_expired_seconds: float = 0.0  # beyond the Lease's own leaseDurationSeconds
 
 
-def why_dead(pod: Obj | None, lease: Obj | None, now: float, grace: Grace) -> str | None:
-    """Why a pool pod can no longer run sandboxes, or None while it can: a pure decision."""
+def why_dead(
+    pod: Obj | None, lease: Obj | None, now: float, grace: Grace, not_a_node: str | None = None
+) -> str | None:
+    """Why a pool pod can no longer run sandboxes, or None while it can: a pure decision.
+
+    `not_a_node` is why the pod is not (any more) a node of its SandboxPool, if it is not.
+    """
     if pod is None:
         return "its pool pod was deleted"
     if pod["metadata"].get("deletionTimestamp"):
         return "its pool pod is being deleted"
+    if not_a_node is not None:
+        return f"its pod is not a node of its pool: {not_a_node}"
     for cond in (pod.get("status") or {}).get("conditions") or []:
         if cond.get("type") == "Ready" and cond.get("status") != "True":
             since = adapters.timestamp(cond.get("lastTransitionTime"))
@@ -58,15 +72,26 @@ def why_dead(pod: Obj | None, lease: Obj | None, now: float, grace: Grace) -> st
 class LifecycleController:
     """Evicts the sandboxes of dead pool pods; keyed by pod UID."""
 
-    def __init__(self, store: Store, kube: Kube, grace: Grace) -> None:
+    def __init__(
+        self,
+        store: Store,
+        kube: Kube,
+        grace: Grace,
+        membership: Callable[[Obj], str | None] | None = None,
+    ) -> None:
+        """`membership(pod)`: why a pod is not a node of its pool, None when it is."""
         self.store = store
         self.kube = kube
         self.grace = grace
+        self.membership = membership
 
     async def reconcile(self, pod_uid: str, now: float) -> None:
         pod = self.store.by_uid(Kind.POD, pod_uid)
         lease = self.store.get(Kind.LEASE, key_of(pod)) if pod is not None else None
-        reason = why_dead(pod, lease, now, self.grace)
+        not_a_node = None
+        if pod is not None and self.membership is not None and self.store.on_pod(pod_uid):
+            not_a_node = self.membership(pod)
+        reason = why_dead(pod, lease, now, self.grace, not_a_node)
         if reason is None:
             return
         for sandbox in self.store.on_pod(pod_uid):

@@ -15,9 +15,11 @@ from typing import Any
 import kopf
 
 from crds import constants as c
+from nest_operator import dataplane_key
 from nest_operator.kube import load_api
 from nest_operator.manager import ControllerManager, Settings
 from nest_operator.store import Kind
+from nest_operator.webhook import WebhookServer, WebhookSettings
 
 
 @kopf.on.startup()
@@ -26,12 +28,19 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.posting.enabled = False  # the controllers post their own Events
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
+    await dataplane_key.ensure_at_startup()  # the gateway and pool pods wait for this Secret
     memo["manager"] = manager = ControllerManager(load_api(), Settings.from_env())
+    hook = WebhookSettings.from_env()
+    if hook.enabled:  # SandboxRestriction first: every Sandbox write waits for it
+        memo["webhook"] = WebhookServer(load_api(), hook, manager.store)
+        await memo["webhook"].start()
     await manager.start()
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    if "webhook" in memo:
+        await memo["webhook"].stop()
     await memo["manager"].stop()
 
 
@@ -54,8 +63,10 @@ kopf.on.event("", "v1", "pods", labels={c.POOL_LABEL: kopf.PRESENT}, id="observe
 kopf.on.event(
     "coordination.k8s.io", "v1", "leases", labels={c.POOL_LABEL: kopf.PRESENT}, id="observe-leases"
 )(_observer(Kind.LEASE))
-for _kind in (Kind.SANDBOX, Kind.REPLICASET, Kind.DEPLOYMENT, Kind.ENDPOINTS):
+for _kind in (Kind.SANDBOX, Kind.REPLICASET, Kind.DEPLOYMENT, Kind.ENDPOINTS, Kind.POOL):
     kopf.on.event(c.GROUP, c.VERSION, _kind.value, id=f"observe-{_kind.value}")(_observer(_kind))
+# Namespace labels: which SandboxPools a namespace's sandboxes may use (namespaceSelector).
+kopf.on.event("", "v1", "namespaces", id="observe-namespaces")(_observer(Kind.NAMESPACE))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

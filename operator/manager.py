@@ -19,12 +19,14 @@ from dataclasses import dataclass
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from crds import constants as c
 from nest_operator import adapters
 from nest_operator.autoscaler_controller import AutoscalerController
 from nest_operator.deployment_controller import DeploymentController
 from nest_operator.endpoints_controller import EndpointsController
 from nest_operator.kube import Kube
 from nest_operator.lifecycle_controller import Grace, LifecycleController
+from nest_operator.pool_controller import PoolController, Pools, pool_key, pool_of
 from nest_operator.replicaset_controller import ReplicaSetController
 from nest_operator.scheduler import Scheduler, SchedulerCache, default_filters
 from nest_operator.scheduler_controller import SchedulerController
@@ -66,20 +68,28 @@ class ControllerManager:
         self.store = Store()
         self.kube = Kube(api, self.store, on_write=self._written)
         self.cache = SchedulerCache()
+        self.pools = Pools(self.store)  # which pods are nodes: asked by everything below
+        self.pool_status = PoolController(self.store, self.kube, self.pools)
         scheduler = Scheduler(filters=default_filters(settings.lease_ttl))
-        self.scheduler = SchedulerController(self.store, self.kube, self.cache, scheduler)
+        self.scheduler = SchedulerController(
+            self.store, self.kube, self.cache, scheduler, self.pools
+        )
         self.replicasets = ReplicaSetController(self.store, self.kube, self.cache)
         self.deployments = DeploymentController(self.store, self.kube)
         self.endpoints = EndpointsController(self.store, self.kube)
         self.autoscaler = AutoscalerController(self.store, self.kube, settings.autoscale_seconds)
         self.lifecycle = LifecycleController(
-            self.store, self.kube, Grace(not_ready_seconds=settings.not_ready_grace)
+            self.store,
+            self.kube,
+            Grace(not_ready_seconds=settings.not_ready_grace),
+            membership=self.pools.membership,
         )
         self.queues = {
             "replicasets": WorkQueue("replicasets"),
             "deployments": WorkQueue("deployments"),
             "endpoints": WorkQueue("endpoints"),
             "lifecycle": WorkQueue("lifecycle"),
+            "pools": WorkQueue("pools"),
         }
         self.synced = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -91,7 +101,9 @@ class ControllerManager:
         listed = await asyncio.gather(*(self.kube.list_all(kind) for kind in Kind))
         for kind, objects in zip(Kind, listed, strict=True):
             self.store.replace_all(kind, objects)
-        for kind in (Kind.POD, Kind.LEASE, Kind.SANDBOX, Kind.REPLICASET, Kind.DEPLOYMENT):
+        routed = (Kind.NAMESPACE, Kind.POOL, Kind.POD, Kind.LEASE, Kind.SANDBOX, Kind.REPLICASET,
+                  Kind.DEPLOYMENT)  # fmt: skip
+        for kind in routed:  # tenancy inputs first: pods are judged against their pools
             for obj in self.store.all(kind):
                 self._route(kind, obj, deleted=False)
         self.synced = True
@@ -101,6 +113,7 @@ class ControllerManager:
             ("deployments", self.deployments.reconcile, self.queues["deployments"]),
             ("endpoints", self.endpoints.reconcile, self.queues["endpoints"]),
             ("lifecycle", self._lifecycle, self.queues["lifecycle"]),
+            ("pools", self._pool_status, self.queues["pools"]),
             ("scheduler", self.scheduler.schedule, self.scheduler.queue),
         ]
         for name, handler, queue in jobs:
@@ -135,7 +148,20 @@ class ControllerManager:
         q = self.queues
         if kind == Kind.POD:
             self.scheduler.pod_changed(obj, deleted)
+            self.pool_status.pod_changed(obj, deleted)
             q["lifecycle"].add(obj["metadata"]["uid"])
+            if self.store.get(Kind.POOL, pool_key(pool_of(obj))) is not None:
+                q["pools"].add(pool_of(obj))
+        elif kind == Kind.POOL:
+            name = obj["metadata"]["name"]
+            self.scheduler.pool_changed(obj, deleted)
+            for labelled in self.store.labelled(Kind.POD, c.POOL_LABEL, name):
+                self.pool_status.pod_changed(labelled, deleted=False)
+                q["lifecycle"].add(labelled["metadata"]["uid"])  # evicts from pods that left
+            if not deleted:
+                q["pools"].add(name)
+        elif kind == Kind.NAMESPACE:
+            self.scheduler.namespace_changed(obj, deleted)
         elif kind == Kind.LEASE:
             self.scheduler.lease_changed(obj)
             pod = self.store.get(Kind.POD, key_of(obj))
@@ -175,6 +201,9 @@ class ControllerManager:
 
     async def _lifecycle(self, pod_uid: str) -> None:
         await self.lifecycle.reconcile(pod_uid, time.time())
+
+    async def _pool_status(self, name: str) -> None:
+        await self.pool_status.reconcile(name, time.time())
 
     async def _resync(self) -> None:
         """Time-based conditions no event announces: Lease expiry, assumed bindings' TTL.

@@ -28,6 +28,10 @@ class Kind(StrEnum):
     REPLICASET = c.REPLICASET_PLURAL
     DEPLOYMENT = c.DEPLOYMENT_PLURAL
     ENDPOINTS = c.ENDPOINTS_PLURAL
+    # Cluster-scoped (keys "/<name>"): which pods are nodes, and the namespaces' labels that
+    # SandboxPools select tenants by.
+    POOL = c.POOL_PLURAL
+    NAMESPACE = "namespaces"
 
 
 def key_of(obj: Mapping[str, Any]) -> str:
@@ -112,6 +116,13 @@ class Store:
 
     def all(self, kind: Kind) -> list[Obj]:
         return list(self._objects[kind].values())
+
+    def labelled(self, kind: Kind, key: str, value: str) -> list[Obj]:
+        """Objects of `kind` whose label `key` is `value` (a scan: pool pods are few)."""
+        return [
+            o for o in self._objects[kind].values()
+            if (o["metadata"].get("labels") or {}).get(key) == value
+        ]  # fmt: skip
 
     def in_namespace(self, kind: Kind, namespace: str) -> list[Obj]:
         prefix = f"{namespace}/"

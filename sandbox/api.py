@@ -26,6 +26,9 @@ class LimitsModel(_Model):
     queue: int = Field(default=64, ge=0, description="invocations that may wait; beyond: 429")
     timeout_seconds: float = Field(default=30.0, gt=0)
     memory_mb: int | None = Field(default=None, ge=1, description="enforced in subprocess mode")
+    cpu_millis: int | None = Field(
+        default=None, ge=1, description="CPU request; subprocess sandboxes share CPU by it"
+    )
 
 
 class CreateSandbox(_Model):
@@ -70,6 +73,10 @@ class SandboxInfo(_Model):
     started_at: float | None
     finished_at: float | None
     usage: UsageModel | None = None
+    # The boundary around this sandbox: True only when every part of it holds; `confinement`
+    # says what it is, or what is missing. None for namespace sandboxes (in-process).
+    confined: bool | None = None
+    confinement: str = ""
 
 
 class SandboxList(_Model):
@@ -90,6 +97,9 @@ class RuntimeInfo(_Model):
     data_port: int
     zygote_pid: int | None
     sandboxes: int
+    # What confines subprocess sandboxes here (None: nothing), and what this pod cannot enforce.
+    boundary: dict[str, str] | None = None
+    boundary_reduced: list[str] = Field(default_factory=list)
 
 
 class ErrorBody(_Model):
@@ -113,6 +123,7 @@ def to_spec(request: CreateSandbox, layers: tuple[str, ...]) -> SandboxSpec:
             queue=limits.queue,
             timeout_s=limits.timeout_seconds,
             memory_mb=limits.memory_mb,
+            cpu_millis=limits.cpu_millis,
         ),
         layers=layers,
     )

@@ -17,6 +17,12 @@ Data plane (TCP):
     POST   /v1/sandboxes/{id}/invoke        body = event
     ANY    /v1/sandboxes/{id}/http/{path}   HTTP trigger: method, path, query, headers pass through
     GET    /healthz, /metrics
+
+Who may call what: the control socket is created 0600 in a 0700 directory, so only the runtime's
+own user (the sidecar runs as it, sandboxes never do) can connect. The data plane answers only
+requests signed with the data-plane key (`sandbox.dataplane_auth`: the gateway and the operator
+sign; 401 otherwise), except /healthz, which probes need. Without a key the runtime refuses to
+start; `--insecure-dataplane` serves unsigned requests for local benchmarks and tests, loudly.
 """
 
 from __future__ import annotations
@@ -28,15 +34,19 @@ import json
 import logging
 import os
 import signal
+import socket
 import stat
+import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from isolation.boundary import BoundaryConfig, parse_uid_range
 from isolation.contract import Request
 from isolation.errors import IsolationError, LoadError
+from sandbox import dataplane_auth as auth
 from sandbox.api import (
     CreateSandbox,
     ErrorBody,
@@ -52,6 +62,7 @@ log = logging.getLogger("nest.runtime")
 JSON = "application/json"
 RUNTIME_KEY = web.AppKey("runtime", Runtime)
 ADDRESS_KEY = web.AppKey("address", list)
+KEYS_KEY: web.AppKey[auth.KeySource | None] = web.AppKey("dataplane_keys")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +73,9 @@ class Config:
     preload: tuple[str, ...]
     layers: tuple[str, ...]
     log_level: str
+    boundary: BoundaryConfig | None = None  # None: subprocess sandboxes run unconfined
+    dataplane_keys: str | None = None  # a key file or directory; None only when insecure
+    insecure_dataplane: bool = False
 
 
 def _split(value: str) -> tuple[str, ...]:
@@ -102,9 +116,53 @@ def parse_config(argv: Sequence[str] | None, env: Mapping[str, str]) -> Config:
         help="runtime-level hook object 'module:attr', repeatable (env NEST_RUNTIME_LAYERS)",
     )
     parser.add_argument("--log-level", default=env.get("NEST_RUNTIME_LOG_LEVEL", "INFO"))
+    parser.add_argument(
+        "--sandbox-uids",
+        type=parse_uid_range,
+        default=env.get("NEST_SANDBOX_UIDS", "200000-299999"),
+        help="uids (and gids) given out, one per subprocess sandbox, FIRST-LAST "
+        "(env NEST_SANDBOX_UIDS, default %(default)s)",
+    )
+    parser.add_argument(
+        "--scratch-dir",
+        default=env.get("NEST_SCRATCH_DIR", "/tmp/nest-scratch"),
+        help="where each subprocess sandbox gets its private writable directory "
+        "(env NEST_SCRATCH_DIR, default %(default)s)",
+    )
+    parser.add_argument(
+        "--unconfined",
+        action="store_true",
+        default=env.get("NEST_UNCONFINED", "") == "1",
+        help="run subprocess sandboxes as the runtime's own user with no seccomp, Landlock or "
+        "limits: for development only, never for several tenants (env NEST_UNCONFINED=1)",
+    )
+    parser.add_argument(
+        "--dataplane-key-file",
+        default=env.get(auth.ENV_KEY_FILE) or None,
+        help="data-plane signing key: a file, or a directory of keys (a Secret volume; every "
+        f"key verifies, '{auth.SIGNING_NAME}' signs) (env {auth.ENV_KEY_FILE})",
+    )
+    parser.add_argument(
+        "--insecure-dataplane",
+        action="store_true",
+        default=env.get("NEST_DATAPLANE_INSECURE", "") == "1",
+        help="serve unsigned data-plane requests: local benchmarks and tests only "
+        "(env NEST_DATAPLANE_INSECURE=1)",
+    )
     args = parser.parse_args(argv)
+    if not args.dataplane_key_file and not args.insecure_dataplane:
+        parser.error(
+            f"no data-plane key: pass --dataplane-key-file (env {auth.ENV_KEY_FILE}), or "
+            "--insecure-dataplane to let anyone who reaches the port invoke any sandbox"
+        )
     layers = tuple(args.layer) if args.layer else _split(env.get("NEST_RUNTIME_LAYERS", ""))
-    return Config(args.socket, args.host, args.port, _split(args.preload), layers, args.log_level)
+    boundary = None
+    if not args.unconfined:
+        boundary = BoundaryConfig(uids=args.sandbox_uids, scratch_root=args.scratch_dir)
+    return Config(
+        args.socket, args.host, args.port, _split(args.preload), layers, args.log_level, boundary,
+        args.dataplane_key_file, args.insecure_dataplane,
+    )  # fmt: skip
 
 
 def _error(
@@ -198,13 +256,31 @@ def control_app(runtime: Runtime, address: list[object]) -> web.Application:
 # ---- data plane ----------------------------------------------------------------------------
 
 
+def _unauthorized(reason: str) -> web.Response:
+    response = _error(401, "Unauthorized", f"data-plane request refused: {reason}")
+    response.headers["WWW-Authenticate"] = auth.CHALLENGE
+    return response
+
+
 async def _invoke(request: web.Request, path: str) -> web.Response:
     runtime = request.app[RUNTIME_KEY]
+    keys = request.app[KEYS_KEY]
+    sandbox_id = request.match_info["id"]
+    # Inline, not a middleware (see data_app); the header is checked before the body is read.
+    if keys is not None:
+        signed = keys.parse(request.headers.get(auth.HEADER))
+        if isinstance(signed, str):
+            return _unauthorized(signed)
+        body = await request.read()
+        if not keys.check(signed, request.method, request.raw_path, sandbox_id, body):
+            return _unauthorized(auth.BAD_SIGNATURE)
+    else:
+        body = await request.read()
     # aiohttp's read-only multidict views are Mappings already (case-insensitive headers, even):
     # copying them into dicts would cost more than the rest of the runtime's work per call.
-    call = Request(request.method, path, request.query, request.headers, await request.read())
+    call = Request(request.method, path, request.query, request.headers, body)
     try:
-        response = await runtime.invoke(request.match_info["id"], call)
+        response = await runtime.invoke(sandbox_id, call)
     except IsolationError as exc:
         status, word, message = http_error(exc)
         return _error(status, word, message)
@@ -224,6 +300,12 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    """Signed like an invocation (sandbox ''): the exposition lists every sandbox's UID."""
+    keys = request.app[KEYS_KEY]
+    if keys is not None:
+        denied = keys.verify(request.headers.get(auth.HEADER), "GET", request.raw_path, "", b"")
+        if denied is not None:
+            return _unauthorized(denied)
     runtime = request.app[RUNTIME_KEY]
     return web.Response(
         body=runtime.metrics.exposition(),
@@ -231,10 +313,12 @@ async def metrics(request: web.Request) -> web.Response:
     )
 
 
-def data_app(runtime: Runtime) -> web.Application:
+def data_app(runtime: Runtime, keys: auth.KeySource | None) -> web.Application:
+    """`keys` None: unsigned requests are served (--insecure-dataplane)."""
     # No middleware on the hot path: aiohttp rebuilds the handler chain for every request.
     app = web.Application()
     app[RUNTIME_KEY] = runtime
+    app[KEYS_KEY] = keys
     app.router.add_post("/v1/sandboxes/{id}/invoke", invoke)
     app.router.add_route("*", "/v1/sandboxes/{id}/http/{path:.*}", http_trigger)
     app.router.add_get("/healthz", healthz)
@@ -251,19 +335,66 @@ def _remove_stale_socket(path: str) -> None:
             os.unlink(path)  # left by a runtime that died; nothing listens on it any more
 
 
+def bind_private_socket(path: str) -> socket.socket:
+    """A unix socket only this process's user can connect to: 0600, in a 0700 directory.
+
+    The umask is set while binding, so the socket never exists with a wider mode, and the chmod
+    states the mode rather than trusting it. A shared sticky directory (/tmp) is left alone:
+    there the socket's own mode is the guard. No other thread of ours creates files while this
+    runs: it is called before any sandbox exists.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    info = os.stat(directory)
+    if info.st_uid == os.geteuid() and not info.st_mode & stat.S_ISVTX:
+        os.chmod(directory, 0o700)  # an emptyDir is created 0777
+    _remove_stale_socket(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    previous = os.umask(0o177)
+    try:
+        sock.bind(path)
+    except OSError:
+        sock.close()
+        raise
+    finally:
+        os.umask(previous)
+    os.chmod(path, 0o600)
+    return sock
+
+
+def load_keys(config: Config) -> auth.KeySource | None:
+    """The data-plane keys, or None (and a loud warning) when insecure; raises
+    DataplaneKeyError when a key was named but cannot be used."""
+    if config.dataplane_keys:
+        keys = auth.KeySource(config.dataplane_keys)
+        log.info("data plane requires signatures (keys: %s)", ", ".join(keys.ring.names))
+        return keys
+    log.warning(
+        "INSECURE DATA PLANE (--insecure-dataplane): anyone who can reach %s:%s can invoke "
+        "any sandbox and read /metrics; for local benchmarks and tests only",
+        config.host, config.port,
+    )  # fmt: skip
+    return None
+
+
 async def serve(config: Config, stop: asyncio.Event) -> None:
-    runtime = Runtime(preload=config.preload, layers=config.layers)
+    keys = load_keys(config)  # before anything starts: no key, no runtime
+    if config.boundary is None:
+        log.warning("subprocess sandboxes are NOT confined (--unconfined): one tenant only")
+    runtime = Runtime(preload=config.preload, layers=config.layers, boundary=config.boundary)
     await runtime.start()
     address: list[object] = [config.host, config.port]
-    data = web.AppRunner(data_app(runtime), access_log=None)
+    data = web.AppRunner(data_app(runtime, keys), access_log=None)
     control = web.AppRunner(control_app(runtime, address), access_log=None)
     await data.setup()
     await control.setup()
+    bound = False
     try:
         await web.TCPSite(data, config.host, config.port).start()
         address[1] = data.addresses[0][1]
-        _remove_stale_socket(config.socket)
-        await web.UnixSite(control, config.socket).start()
+        sock = bind_private_socket(config.socket)
+        bound = True
+        await web.SockSite(control, sock).start()
         log.info(
             "runtime ready: control %s, data http://%s:%s", config.socket, config.host, address[1]
         )
@@ -273,8 +404,9 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         await runtime.close()
         await control.cleanup()
         await data.cleanup()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(config.socket)
+        if bound:  # never the socket of another runtime that still owns the port we could not get
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(config.socket)
 
 
 async def _main(config: Config) -> None:
@@ -290,7 +422,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
-    asyncio.run(_main(config))
+    try:
+        asyncio.run(_main(config))
+    except auth.DataplaneKeyError as exc:
+        sys.exit(f"nest-runtime: {exc}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 from isolation.base import Backend, SandboxStatus, Usage
+from isolation.boundary import BoundaryConfig
 from isolation.contract import Request, Response
 from isolation.errors import SandboxExists
 from isolation.errors import SandboxNotFound as IsoNotFound
@@ -66,6 +67,7 @@ class Runtime:
         preload: Sequence[str] = (),
         layers: Sequence[str] = (),
         memory_poll_s: float = 0.2,
+        boundary: BoundaryConfig | None = None,
     ) -> None:
         self.started_at = time.time()
         self.pid = os.getpid()
@@ -74,12 +76,26 @@ class Runtime:
         self.metrics = Metrics(self._usages)
         self.namespace = NamespaceBackend(on_change=self._changed)
         self.subprocess = SubprocessBackend(
-            on_change=self._changed, preload=preload, memory_poll_s=memory_poll_s
+            on_change=self._changed,
+            preload=preload,
+            memory_poll_s=memory_poll_s,
+            boundary=boundary,
         )
         self._where: dict[str, Backend] = {}
 
     def _changed(self, status: SandboxStatus) -> None:
-        self.events.publish(SandboxEvent(sandbox=to_info(status)))
+        self.events.publish(SandboxEvent(sandbox=self._info(status)))
+
+    def _info(self, status: SandboxStatus, usage: Usage | None = None) -> SandboxInfo:
+        """The status as the control API shows it, with the boundary around the sandbox."""
+        info = to_info(status, usage)
+        if status.isolation != self.subprocess.name:
+            return info
+        principals = self.subprocess.principals
+        if principals is None:
+            return info.model_copy(update={"confined": False, "confinement": "unconfined runtime"})
+        confined, summary = principals.summary(status.id)
+        return info.model_copy(update={"confined": confined, "confinement": summary})
 
     async def start(self) -> None:
         await run_runtime_start(load_layers(self.layers))
@@ -104,7 +120,7 @@ class Runtime:
             del self._where[request.id]
             raise
         self.metrics.cold_start.labels(request.isolation).observe(time.perf_counter() - started)
-        return to_info(status)
+        return self._info(status)
 
     async def invoke(self, sandbox_id: str, request: Request) -> Response:
         """Counts live in the backends (read at scrape time); only latency is recorded here."""
@@ -116,7 +132,7 @@ class Runtime:
 
     def get(self, sandbox_id: str) -> SandboxInfo:
         backend = self._backend(sandbox_id)
-        return to_info(backend.status(sandbox_id), backend.usage(sandbox_id))
+        return self._info(backend.status(sandbox_id), backend.usage(sandbox_id))
 
     def list(self) -> list[SandboxInfo]:
         return [self.get(sandbox_id) for sandbox_id in list(self._where)]
@@ -139,11 +155,16 @@ class Runtime:
                 yield sandbox_id, backend.usage(sandbox_id)
 
     def info(self) -> dict[str, Any]:
+        principals = self.subprocess.principals
         return {
             "pid": self.pid,
             "started_at": self.started_at,
             "zygote_pid": self.subprocess.zygote_pid,
             "sandboxes": len(self._where),
+            "boundary": principals.describe() if principals else None,
+            "boundary_reduced": principals.reduced
+            if principals
+            else ["subprocess sandboxes are not confined"],
         }
 
     async def close(self) -> None:

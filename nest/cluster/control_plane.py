@@ -3,11 +3,16 @@
 etcd, kube-apiserver, kube-controller-manager and kube-scheduler run as detached processes under
 the state directory, plus the local node's process runner (our kubelet stand-in). `up` is
 idempotent: running components are kept, dead ones restarted; ports are chosen free once and kept
-while they stay free so kubeconfigs remain valid across restarts.
+while they stay free so kubeconfigs remain valid across restarts. `up` and `down` hold a lock on
+the state directory: two `up`s at once (two test sessions, say) would otherwise both find a
+component missing and start it twice - two runners then run every pod twice.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -18,14 +23,17 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import psutil
+
 from nest.cluster.build import Builder
-from nest.cluster.paths import ClusterPaths
+from nest.cluster.paths import ClusterPaths, conventional_state
 from nest.cluster.pki import ensure_pki, write_kubeconfig
 from nest.cluster.procs import ProcessSpec, ProcessTable, wait_until
+from nest.cluster.runner import cgroups
 from nest.cluster.runner.process import sweep
 from nest.errors import ClusterError
 
@@ -54,6 +62,14 @@ def node_env(inherited: Mapping[str, str]) -> dict[str, str]:
     if path.split(os.pathsep)[0] != bin_dir:
         path = os.pathsep.join([bin_dir, path])
     return {**inherited, "PATH": path, "PYTHONUNBUFFERED": "1"}
+
+
+def first_pod_ip(state: Path) -> str:
+    """Where the node's pod addresses start: 127.0.0.2 for the usual state directory, another
+    127.N.0.2 for any other, so that two local clusters' pods never share an address."""
+    if state.resolve() == conventional_state().resolve():
+        return "127.0.0.2"
+    return f"127.{1 + int(hashlib.sha256(str(state.resolve()).encode()).hexdigest(), 16) % 254}.0.2"
 
 
 def _free_port() -> int:
@@ -159,6 +175,7 @@ class ControlPlane:
             f"--kubeconfig={self.paths.kubeconfig}", f"--node-name={NODE_NAME}",
             f"--state-dir={self.paths.state / 'node'}",
             f"--ca-file={pki / 'ca.crt'}", f"--api-server={self._server(ports)}",
+            f"--first-pod-ip={first_pod_ip(self.paths.state)}",
         ]  # fmt: skip
         return {
             "etcd": ProcessSpec("etcd", etcd),
@@ -217,7 +234,18 @@ class ControlPlane:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.paths.state.mkdir(parents=True, exist_ok=True)
+        with open(self.paths.state / "lifecycle.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            yield
+
     def up(self, timeout: float = 120.0) -> None:
+        with self._locked():
+            self._up(timeout)
+
+    def _up(self, timeout: float) -> None:
         Builder(self.paths).build()
         if shutil.which("etcd") is None:
             raise ClusterError("etcd not found: install Debian's etcd-server package")
@@ -243,14 +271,45 @@ class ControlPlane:
             _say(f"{name:<24} ready  (+{time.monotonic() - started:.1f}s)")
 
     def down(self, purge: bool = False) -> None:
+        with self._locked():
+            self._down()
+        if purge:
+            shutil.rmtree(self.paths.state, ignore_errors=True)
+
+    def restart_node(self, timeout: float = 120.0) -> list[int]:
+        """Restart only the local node's runner (to load new runner code), leaving the control
+        plane up; returns the pids of the runner processes it stopped.
+
+        Its pods get SIGTERM and their grace period, then run again under the new runner
+        (restartCount + 1). Every runner of this state directory goes, a stray second one too.
+        """
+        node_dir = str((self.paths.state / "node").resolve())
+        with self._locked():
+            recorded = self.procs.find("node")
+            stopped = [recorded.pid] if recorded else []
+            self.procs.stop("node", grace=30.0)
+            strays = [p for p in _runners(node_dir) if p.pid not in stopped]
+            for proc in strays:
+                with contextlib.suppress(psutil.Error):
+                    proc.terminate()
+            psutil.wait_procs(strays, timeout=30.0)
+            stopped += [p.pid for p in strays]
+            sweep(node_dir)
+            if os.geteuid() == 0:
+                cgroups.clean_node(cgroups.discover(), cgroups.node_key(NODE_NAME, node_dir))
+            self._up(timeout)
+        return stopped
+
+    def _down(self) -> None:
         for name in reversed(COMPONENTS):
             # The node first: its pods get SIGTERM and their grace period while the API is up.
             self.procs.stop(name, grace=30.0 if name == "node" else 10.0)
             if name == "node":
                 # Even if the runner died, nothing it started may outlive the cluster.
-                sweep(str((self.paths.state / "node").resolve()))
-        if purge:
-            shutil.rmtree(self.paths.state, ignore_errors=True)
+                node_dir = str((self.paths.state / "node").resolve())
+                sweep(node_dir)
+                if os.geteuid() == 0:
+                    cgroups.clean_node(cgroups.discover(), cgroups.node_key(NODE_NAME, node_dir))
 
     def status(self) -> list[Health]:
         ports = self._ports(True)
@@ -263,6 +322,20 @@ class ControlPlane:
             ok, detail = self._healthy(name, ports)
             rows.append(Health(name, proc.pid, ok, detail))
         return rows
+
+
+def _runners(node_dir: str) -> list[psutil.Process]:
+    """The runner processes serving the node rooted at `node_dir` (exact state-dir match)."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            argv = proc.cmdline()
+        except psutil.Error:
+            continue
+        dirs = [a.split("=", 1)[1] for a in argv if a.startswith("--state-dir=")]
+        if "nest.cluster.runner" in argv and any(str(Path(d).resolve()) == node_dir for d in dirs):
+            found.append(proc)
+    return found
 
 
 def _say(message: str) -> None:

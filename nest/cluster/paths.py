@@ -22,6 +22,11 @@ def _xdg(var: str, fallback: str) -> Path:
     return Path(value) if value else Path.home() / fallback
 
 
+def conventional_state() -> Path:
+    """The state directory of the user's cluster when NEST_STATE_DIR names no other."""
+    return _xdg("XDG_STATE_HOME", ".local/state") / "nest" / "cluster"
+
+
 @dataclass(frozen=True)
 class ClusterPaths:
     """Every file the local cluster reads or writes, derived from two roots."""
@@ -32,10 +37,7 @@ class ClusterPaths:
     @classmethod
     def default(cls) -> ClusterPaths:
         cache = Path(os.environ.get("NEST_CACHE_DIR") or _xdg("XDG_CACHE_HOME", ".cache") / "nest")
-        state = Path(
-            os.environ.get("NEST_STATE_DIR")
-            or _xdg("XDG_STATE_HOME", ".local/state") / "nest" / "cluster"
-        )
+        state = Path(os.environ.get("NEST_STATE_DIR") or conventional_state())
         return cls(cache=cache, state=state)
 
     @property

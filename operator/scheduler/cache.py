@@ -6,16 +6,24 @@ decisions would overbook it (kube-scheduler's AssumePod). An assumed binding is 
 watch (`add_sandbox`), dropped when the bind patch fails (`forget`) and expires after a TTL in
 case the watch never reports it (`expire`). Time is injected; nothing here does I/O.
 The per-pool index keeps pods sorted by name so every walk over them is deterministic.
+The cache also holds what tenancy decisions read besides pods: each SandboxPool's policy (also
+attached to its pods' `PodInfo`, so a filter reaches it without a lookup) and namespace labels.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from nest_operator.errors import AlreadyBound, UnknownPod
-from nest_operator.scheduler.snapshot import BoundSandbox, PodInfo, PoolPod, SandboxRequest
+from nest_operator.scheduler.snapshot import (
+    BoundSandbox,
+    PodInfo,
+    PoolPod,
+    PoolPolicy,
+    SandboxRequest,
+)
 
 DEFAULT_ASSUME_TTL = 30.0
 
@@ -37,6 +45,34 @@ class SchedulerCache:
         # pool -> pods sorted by name, and their names for bisect.
         self._pools: dict[str, list[PodInfo]] = {}
         self._pool_names: dict[str, list[str]] = {}
+        self._policies: dict[str, PoolPolicy] = {}
+        self._namespaces: dict[str, Mapping[str, str]] = {}  # namespace -> its labels
+
+    # --- pools and namespaces --------------------------------------------------------------
+
+    def set_pool(self, policy: PoolPolicy) -> None:
+        """Add or replace a SandboxPool's policy; its pods see the new one at once."""
+        self._policies[policy.name] = policy
+        for info in self._pools.get(policy.name, ()):
+            info.policy = policy
+
+    def remove_pool(self, name: str) -> None:
+        self._policies.pop(name, None)
+        for info in self._pools.get(name, ()):
+            info.policy = None
+
+    def policy(self, pool: str) -> PoolPolicy | None:
+        return self._policies.get(pool)
+
+    def set_namespace(self, name: str, labels: Mapping[str, str]) -> None:
+        self._namespaces[name] = labels
+
+    def remove_namespace(self, name: str) -> None:
+        self._namespaces.pop(name, None)
+
+    def namespace_labels(self, name: str) -> Mapping[str, str]:
+        """A namespace's labels; none while it is unknown (not yet seen by the watch)."""
+        return self._namespaces.get(name, {})
 
     # --- pods ------------------------------------------------------------------------------
 
@@ -87,6 +123,7 @@ class SchedulerCache:
         return bisect.bisect_left(self._pool_names.get(pool, ()), name)
 
     def _index(self, info: PodInfo) -> None:
+        info.policy = self._policies.get(info.pod.pool)
         names = self._pool_names.setdefault(info.pod.pool, [])
         at = bisect.bisect_left(names, info.pod.name)
         names.insert(at, info.pod.name)

@@ -25,11 +25,13 @@ from nest_operator.scheduler.plugins import (
     IsolationSupported,
     MostAllocated,
     PodReady,
+    PoolCheck,
     PoolMatch,
     PreFilterPlugin,
     ReplicaSpread,
     ResourcesFit,
     ScorePlugin,
+    TenantIsolation,
 )
 from nest_operator.scheduler.snapshot import PoolPod, SandboxRequest
 
@@ -68,8 +70,9 @@ class Decision:
 
 
 def default_filters(lease_ttl: float = 40.0) -> tuple[FilterPlugin, ...]:
-    """The filters in the order their reasons are reported: health, isolation, resources."""
-    return (PodReady(lease_ttl), IsolationSupported(), ResourcesFit())
+    """The filters in the order their reasons are reported: health, isolation, tenancy,
+    resources (a pod another tenant holds is unavailable however much room it has)."""
+    return (PodReady(lease_ttl), IsolationSupported(), TenantIsolation(), ResourcesFit())
 
 
 class Scheduler:
@@ -87,12 +90,17 @@ class Scheduler:
         self.filters = tuple(filters) if filters is not None else default_filters()
         self.scores = tuple(scores)
         self.feasible_pods_to_score = feasible_pods_to_score
+        self._pool_checks = tuple(p.pre_filter for p in self.filters if isinstance(p, PoolCheck))
         self._last_chosen: dict[str, str] = {}  # pool -> name of the pod chosen last
 
     def schedule(self, request: SandboxRequest, cache: SchedulerCache, now: float) -> Decision:
         """Choose a pod for `request`; the cache is not changed (see `schedule_and_assume`)."""
         candidates = self.prefilter.candidates(request, cache)
         n = len(candidates)
+        for pool_check in self._pool_checks:
+            reason = pool_check(request, cache)
+            if reason is not None:  # every pod of the pool fails alike
+                return self._unschedulable({reason: n} if n else {}, cache, n)
         limit = self.feasible_pods_to_score
         start = 0
         if limit is not None and n:
@@ -123,13 +131,16 @@ class Scheduler:
                 if feasible == limit:
                     break
         if best is None:
-            outside = cache.pod_count - n
-            if outside:
-                failures[self.prefilter.reason] = outside
-            reasons = tuple(sorted(failures.items(), key=lambda item: (-item[1], item[0])))
-            return Decision(None, reasons, cache.pod_count)
+            return self._unschedulable(failures, cache, n)
         self._last_chosen[request.pool] = best.pod.name
         return Decision(best.pod, (), cache.pod_count, best_score)
+
+    def _unschedulable(self, failures: dict[str, int], cache: SchedulerCache, n: int) -> Decision:
+        outside = cache.pod_count - n
+        if outside:
+            failures[self.prefilter.reason] = outside
+        reasons = tuple(sorted(failures.items(), key=lambda item: (-item[1], item[0])))
+        return Decision(None, reasons, cache.pod_count)
 
     def schedule_and_assume(
         self, request: SandboxRequest, cache: SchedulerCache, now: float

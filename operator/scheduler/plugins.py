@@ -1,19 +1,24 @@
 """The scheduler's filter and score plugins, one small named class each.
 
-Why: like kube-scheduler's framework, each concern (pool, health, capacity, isolation,
+Why: like kube-scheduler's framework, each concern (pool, health, capacity, isolation, tenancy,
 packing, spread, code locality) is a plugin that can be tested alone, reordered, weighted or
 left out, instead of one scoring function nobody can reason about. Filters return None when the
 pod fits or a short reason ("insufficient memory") that the framework counts into the
-unschedulable message; scores return 0..100, higher is better.
+unschedulable message; scores return 0..100, higher is better. A filter may also check, once per
+decision, what holds for every pod of the pool alike (`pre_filter`, kube-scheduler's PreFilter):
+that costs one call instead of one per pod.
+
+TenantIsolation is the one place that decides who may share a pod; its reasons start with its
+name ("TenantIsolation: ...") so a FailedScheduling message says which rule kept a sandbox out.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from nest_operator.scheduler.cache import SchedulerCache
-from nest_operator.scheduler.snapshot import PodInfo, SandboxRequest
+from nest_operator.scheduler.snapshot import NAMESPACE_MODE, PodInfo, SandboxRequest
 
 MAX_SCORE = 100
 
@@ -25,6 +30,20 @@ INSUFFICIENT_MEMORY = "insufficient memory"
 INSUFFICIENT_CPU = "insufficient cpu"
 TOO_MANY_SANDBOXES = "too many sandboxes"
 ISOLATION_UNSUPPORTED = "isolation unsupported"
+TENANT_ISOLATION = "TenantIsolation"
+HOLDS_OTHER_NAMESPACE_MODE = (
+    f"{TENANT_ISOLATION}: holds another namespace's namespace-mode sandboxes"
+)
+HOLDS_OTHER_NAMESPACE = f"{TENANT_ISOLATION}: holds another namespace's sandboxes (namespace mode)"
+DEDICATED_TO_OTHER = f"{TENANT_ISOLATION}: dedicated to another namespace"
+
+
+def mode_not_offered(pool: str, isolation: str) -> str:
+    return f"{TENANT_ISOLATION}: SandboxPool {pool} does not offer {isolation} isolation"
+
+
+def namespace_not_allowed(pool: str, namespace: str) -> str:
+    return f"{TENANT_ISOLATION}: namespace {namespace} may not use SandboxPool {pool}"
 
 
 class PreFilterPlugin(Protocol):
@@ -44,6 +63,15 @@ class FilterPlugin(Protocol):
 
     def filter(self, request: SandboxRequest, info: PodInfo, now: float) -> str | None:
         """None when `info` can run `request`, else why not."""
+        ...
+
+
+@runtime_checkable
+class PoolCheck(Protocol):
+    """The once-per-decision part of a filter: a reason that holds for every pod of the pool."""
+
+    def pre_filter(self, request: SandboxRequest, cache: SchedulerCache) -> str | None:
+        """None when the pool's pods may be looked at for `request`, else why none fits."""
         ...
 
 
@@ -91,6 +119,50 @@ class IsolationSupported:
 
     def filter(self, request: SandboxRequest, info: PodInfo, now: float) -> str | None:
         return None if request.isolation in info.pod.isolation else ISOLATION_UNSUPPORTED
+
+
+class TenantIsolation:
+    """Who may share a pod: tenants are Kubernetes namespaces, the rules are the SandboxPool's.
+
+    Once per decision: the pool offers the sandbox's mode and its namespaceSelector admits the
+    sandbox's namespace. Per pod, whatever the pool says, a namespace-mode sandbox shares a pod
+    only with sandboxes of its own namespace (in one interpreter the tenant is the boundary),
+    and no sandbox joins a pod holding another namespace's namespace-mode sandboxes; in a
+    Dedicated pool a pod holds one namespace at a time. Reads only PodInfo's per-namespace
+    counts, so a pod costs the same whatever it holds; pods holding nothing or only the
+    sandbox's own namespace (the common case) are decided in two lookups.
+    """
+
+    name = TENANT_ISOLATION
+
+    def pre_filter(self, request: SandboxRequest, cache: SchedulerCache) -> str | None:
+        policy = cache.policy(request.pool)
+        if policy is None:  # no SandboxPool known: its pods are no nodes (the operator's rule)
+            return None
+        if request.isolation not in policy.isolation:
+            return mode_not_offered(policy.name, request.isolation)
+        allows = policy.allows_namespace
+        if allows is not None and not allows(cache.namespace_labels(request.namespace)):
+            return namespace_not_allowed(policy.name, request.namespace)
+        return None
+
+    def filter(self, request: SandboxRequest, info: PodInfo, now: float) -> str | None:
+        namespaces = info.namespaces
+        if not namespaces:
+            return None
+        namespace = request.namespace
+        if len(namespaces) == 1 and namespace in namespaces:
+            return None
+        # The pod holds sandboxes of another namespace.
+        modes = info.namespace_mode
+        if len(modes) > 1 or (modes and namespace not in modes):
+            return HOLDS_OTHER_NAMESPACE_MODE
+        if request.isolation == NAMESPACE_MODE:
+            return HOLDS_OTHER_NAMESPACE
+        policy = info.policy
+        if policy is not None and policy.dedicated:
+            return DEDICATED_TO_OTHER
+        return None
 
 
 class ResourcesFit:

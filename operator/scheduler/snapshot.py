@@ -5,12 +5,14 @@ it is fast, testable without a cluster and independent of how the API types evol
 shell adapts Pods, Leases and Sandboxes into them (`parse_memory`/`parse_cpu` turn Kubernetes
 quantities into the integers used here). `PodInfo` is the kube-scheduler's NodeInfo: the
 per-pod aggregates every plugin reads, kept up to date incrementally so that one decision costs
-O(pods looked at), never O(pods x sandboxes).
+O(pods looked at), never O(pods x sandboxes). `PoolPolicy` is a SandboxPool as the scheduler
+needs it: the modes it offers, its tenancy and which namespaces may use it.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -49,6 +51,21 @@ class PoolPod:
     cached_digests: frozenset[str] = frozenset()
 
 
+NAMESPACE_MODE = "namespace"
+
+
+@dataclass(frozen=True, slots=True)
+class PoolPolicy:
+    """A SandboxPool's rules: what its pods offer and to which tenants."""
+
+    name: str
+    isolation: frozenset[str]
+    # Dedicated: a pod holds sandboxes of one Kubernetes namespace at a time.
+    dedicated: bool = False
+    # Whether a namespace with these labels may use the pool; None: every namespace may.
+    allows_namespace: Callable[[Mapping[str, str]], bool] | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class BoundSandbox:
     """A sandbox bound (or assumed bound) to a pod, reduced to what scheduling needs."""
@@ -59,6 +76,8 @@ class BoundSandbox:
     cpu: int
     replica_set: str | None
     code_digest: str | None
+    namespace: str = ""  # the sandbox's Kubernetes namespace: its tenant
+    isolation: str = "subprocess"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,8 +97,9 @@ class SandboxRequest:
     def bound_to(self, pod_uid: str) -> BoundSandbox:
         """This sandbox as bound to `pod_uid`."""
         return BoundSandbox(
-            self.uid, pod_uid, self.memory, self.cpu, self.replica_set, self.code_digest
-        )
+            self.uid, pod_uid, self.memory, self.cpu, self.replica_set, self.code_digest,
+            self.namespace, self.isolation,
+        )  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -93,6 +113,11 @@ class PodInfo:
     # Sandboxes per owning replica set, and per code digest (code that is or will be on the pod).
     replica_sets: dict[str, int] = field(default_factory=dict)
     digests: dict[str, int] = field(default_factory=dict)
+    # Sandboxes per Kubernetes namespace, and namespace-mode sandboxes per namespace: tenancy.
+    namespaces: dict[str, int] = field(default_factory=dict)
+    namespace_mode: dict[str, int] = field(default_factory=dict)
+    # The pod's SandboxPool, kept current by the cache; None when none is known.
+    policy: PoolPolicy | None = None
 
     @property
     def count(self) -> int:
@@ -108,6 +133,10 @@ class PodInfo:
             )
         if sandbox.code_digest is not None:
             self.digests[sandbox.code_digest] = self.digests.get(sandbox.code_digest, 0) + 1
+        namespace = sandbox.namespace
+        self.namespaces[namespace] = self.namespaces.get(namespace, 0) + 1
+        if sandbox.isolation == NAMESPACE_MODE:
+            self.namespace_mode[namespace] = self.namespace_mode.get(namespace, 0) + 1
 
     def remove(self, uid: str) -> BoundSandbox | None:
         sandbox = self.sandboxes.pop(uid, None)
@@ -117,6 +146,9 @@ class PodInfo:
         self.cpu_requested -= sandbox.cpu
         _decrement(self.replica_sets, sandbox.replica_set)
         _decrement(self.digests, sandbox.code_digest)
+        _decrement(self.namespaces, sandbox.namespace)
+        if sandbox.isolation == NAMESPACE_MODE:
+            _decrement(self.namespace_mode, sandbox.namespace)
         return sandbox
 
     def holds_code(self, digest: str) -> bool:

@@ -23,6 +23,12 @@ from tests.conformance.conftest import Recorder
 from tests.conformance.support import HELLO, HOOKS, OTHER, wait_for, write_function
 
 
+def skip_if_confined(backend: Backend, why: str) -> None:
+    """Some tests talk to the function through files; a confined sandbox may not read those."""
+    if getattr(backend, "principals", None) is not None:
+        pytest.skip(f"confined: {why} (tests/unit/isolation/test_confined.py covers it)")
+
+
 def body(response: Response) -> object:
     return json.loads(response.body)
 
@@ -146,6 +152,7 @@ async def test_broken_function_fails_create_with_a_clear_reason(
 async def test_hook_order(
     backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    skip_if_confined(backend, "the hooks write their trace outside the sandbox's scratch")
     monkeypatch.setenv("NEST_TRACE_DIR", str(tmp_path))  # namespace: shared process env
     spec = SandboxSpec(
         "hooked",
@@ -175,6 +182,7 @@ async def test_hook_order(
 
 
 async def test_concurrency_limit_and_queue_are_honoured(backend: Backend, tmp_path: Path) -> None:
+    skip_if_confined(backend, "the gate is a file outside the sandbox's code")
     gate = tmp_path / "gate"
     gate.touch()
     limits = Limits(concurrency=2, queue=1, timeout_s=30)

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from tests.dataplane import signed_headers
 from tests.kube import Kubectl, wait_for
 
 SLOW = "import time\ndef handler(event, context):\n    time.sleep(0.2)\n    return {'ok': True}\n"
@@ -72,7 +73,8 @@ class Load:
                 continue
             a = ready[worker % len(ready)]
             url = f"http://{a['podIP']}:{a['port']}/v1/sandboxes/{a['uid']}/invoke"
-            request = urllib.request.Request(url, data=b"{}", method="POST")
+            headers = signed_headers(url, b"{}")  # signed per request: the window is 60 s
+            request = urllib.request.Request(url, data=b"{}", headers=headers, method="POST")
             try:
                 with urllib.request.urlopen(request, timeout=10) as resp:
                     if resp.status == 200:

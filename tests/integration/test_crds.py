@@ -51,6 +51,7 @@ def test_all_four_kinds_are_served_by_short_name_and_category(
         "sandboxdeployments.nest.sandbox.dev",
         "sandboxendpoints.nest.sandbox.dev",
         "sandboxes.nest.sandbox.dev",
+        "sandboxpools.nest.sandbox.dev",
         "sandboxreplicasets.nest.sandbox.dev",
     ]
     listed = kubectl.run("get", "sbx,sbxrs,sbxd,sbxep")

@@ -356,10 +356,12 @@ def _free_port() -> int:
 
 @pytest.fixture
 def small_gateway(kubeconfig: Path, nest_crds: list[str]) -> Iterator[Callable[[], str]]:
-    """A gateway process with a 2-request queue and a 3 s activation timeout, auth off."""
+    """A gateway process with a 2-request queue and a 3 s activation timeout, auth off; it never
+    reaches a runtime (its function never turns ready), so it holds no data-plane key."""
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway", "--kubeconfig", str(kubeconfig), "--no-auth",
+         "--insecure-dataplane",
          "--port", str(port), "--queue-size", "2", "--activation-timeout", "3"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip

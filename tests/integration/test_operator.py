@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.dataplane import signed_headers
 from tests.kube import Kubectl, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,12 +66,30 @@ def endpoints(kubectl: Kubectl, name: str) -> list[dict[str, Any]]:
 
 def invoke(address: dict[str, Any], event: Any) -> tuple[int, Any]:
     url = f"http://{address['podIP']}:{address['port']}/v1/sandboxes/{address['uid']}/invoke"
-    request = urllib.request.Request(url, data=json.dumps(event).encode(), method="POST")
+    body = json.dumps(event).encode()
+    request = urllib.request.Request(url, data=body, headers=signed_headers(url, body))
     try:
         with urllib.request.urlopen(request, timeout=10) as resp:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as err:
         return err.code, err.read().decode()
+
+
+@pytest.fixture(autouse=True)
+def default_pool_to_ourselves(kubectl: Kubectl) -> None:
+    """Wait until no other namespace's sandboxes are on the shared `default` pool.
+
+    These tests run namespace-mode functions there, and TenantIsolation lets those share a pod
+    only with their own namespace; an earlier test's namespace is deleted in the background, so
+    its sandboxes may still be leaving the pool pods when the next test starts.
+    """
+
+    def others() -> list[str]:
+        items = kubectl.json("get", "sbx", "-A", "-l", "nest.sandbox.dev/pool=default")["items"]
+        return [f"{s['metadata']['namespace']}/{s['metadata']['name']}" for s in items
+                if s["metadata"]["namespace"] != kubectl.namespace]  # fmt: skip
+
+    wait_for(lambda: not others(), timeout=120, what="other tenants' sandboxes to leave the pool")
 
 
 def test_apply_five_scale_to_twenty_then_zero(kubectl: Kubectl, nest_pool: list[Any]) -> None:
@@ -204,8 +223,15 @@ def test_deleting_a_pool_pod_reschedules_its_sandboxes(
 
 @pytest.fixture
 def small_pool(kubectl: Kubectl, nest_pool: list[Any]) -> Iterator[str]:
-    """A pool of its own (pool `small-<ns>`, one pod of 256Mi), deleted after the test."""
+    """A pool of its own (SandboxPool `small-<ns>`, one pod of 256Mi), deleted after the test."""
     name = f"small-{kubectl.namespace}"
+    sandbox_pool = {
+        "apiVersion": "nest.sandbox.dev/v1alpha1", "kind": "SandboxPool",
+        "metadata": {"name": name},
+        "spec": {"podNamespace": "nest-system",
+                 "podSelector": {"matchLabels": {"app.kubernetes.io/name": name}}},
+    }  # fmt: skip
+    kubectl.apply(yaml.safe_dump(sandbox_pool))
     docs = list(yaml.safe_load_all((ROOT / "deploy" / "pool" / "deployment.yaml").read_text()))
     pool = docs[0]
     pool["metadata"]["name"] = name
@@ -219,6 +245,7 @@ def small_pool(kubectl: Kubectl, nest_pool: list[Any]) -> Iterator[str]:
     kubectl.run("apply", "-n", "nest-system", "-f", "-", input=yaml.safe_dump(pool))
     yield name
     kubectl.run("delete", "deployment", name, "-n", "nest-system", "--wait=false")
+    kubectl.run("delete", "sbxpool", name, "--wait=false")
 
 
 def test_no_capacity_means_pending_with_a_reason_until_a_pool_pod_is_added(

@@ -22,6 +22,9 @@ from typing import Any
 import pytest
 import yaml
 
+from nest.cluster.runner.process import host_pid
+from tests.conformance.support import reachable_by_sandboxes
+from tests.dataplane import signed_headers
 from tests.kube import Kubectl, wait_for
 
 API = "nest.sandbox.dev/v1alpha1"
@@ -76,7 +79,8 @@ def running(kubectl: Kubectl, name: str, timeout: float = 60) -> dict[str, Any]:
 def invoke(obj: dict[str, Any], event: Any) -> tuple[int, Any]:
     status = obj["status"]
     url = f"http://{status['podIP']}:{status['port']}/v1/sandboxes/{obj['metadata']['uid']}/invoke"
-    request = urllib.request.Request(url, data=json.dumps(event).encode(), method="POST")
+    body = json.dumps(event).encode()
+    request = urllib.request.Request(url, data=body, headers=signed_headers(url, body))
     try:
         with urllib.request.urlopen(request, timeout=30) as resp:
             return resp.status, json.loads(resp.read())
@@ -127,6 +131,7 @@ def test_every_code_source_runs_and_answers(
 ) -> None:
     kubectl.run("create", "configmap", "code", f"--from-literal=main.py={PID_HANDLER}")
     (tmp_path / "main.py").write_text(PID_HANDLER)
+    reachable_by_sandboxes(tmp_path)  # a `path` source is read by the sandbox's own uid
     sources = _sources(code_server, tmp_path)
     for kind, source in sources.items():
         handler = "hello:handler" if kind == "url" else "main:handler"
@@ -135,7 +140,10 @@ def test_every_code_source_runs_and_answers(
         obj = running(kubectl, f"{kind}-{isolation}")
         assert obj["status"]["podIP"] == pod["status"]["podIP"]
         conditions = {c["type"]: c["status"] for c in obj["status"]["conditions"]}
-        assert conditions == {"Scheduled": "True", "CodeReady": "True", "Ready": "True"}
+        isolated = "True" if isolation == "subprocess" else "False"  # namespace: in-process
+        assert conditions == {
+            "Scheduled": "True", "CodeReady": "True", "Ready": "True", "Isolated": isolated,
+        }  # fmt: skip
         code, body = invoke(obj, {"kind": kind})
         assert code == 200, body
         assert body["echo"] == {"kind": kind}
@@ -214,7 +222,7 @@ def test_deleting_a_sandbox_stops_it_and_releases_the_finalizer(
     obj = running(kubectl, "doomed")
     assert "nest.sandbox.dev/sidecar" in obj["metadata"]["finalizers"]
     _, body = invoke(obj, {})
-    pid = body["pid"]
+    pid = on_host(kubectl, pod, body["pid"])
     assert _alive(pid)
     kubectl.run("delete", "sbx", "doomed", "--wait=false")
     wait_for(
@@ -237,6 +245,14 @@ def _alive(pid: int) -> bool:
 
 def _container_pid(status: dict[str, Any]) -> int:
     return int(status["containerID"].removeprefix("nest://"))
+
+
+def on_host(kubectl: Kubectl, pod: dict[str, Any], pid: int) -> int:
+    """A sandbox reports its pid in the runtime container's PID namespace; the host's pid."""
+    runtime = _container_pid(_container_status(kubectl, pod, "runtime"))
+    found = host_pid(runtime, pid)
+    assert found is not None, f"pid {pid} is not in the runtime container"
+    return found
 
 
 def test_sidecar_kill_adopts_running_sandboxes(kubectl: Kubectl, pod: dict[str, Any]) -> None:
@@ -266,6 +282,7 @@ def test_runtime_kill_recreates_sandboxes_and_counts_the_restart(
     bind(kubectl, "phoenix", pod, {"inline": {"main.py": PID_HANDLER}}, isolation="subprocess")
     obj = running(kubectl, "phoenix")
     _, before = invoke(obj, {})
+    old_process = on_host(kubectl, pod, before["pid"])
     runtime = _container_status(kubectl, pod, "runtime")
     os.kill(_container_pid(runtime), signal.SIGKILL)
     obj = sandbox_where(
@@ -276,8 +293,8 @@ def test_runtime_kill_recreates_sandboxes_and_counts_the_restart(
     )
     code, after = invoke(obj, {})
     assert code == 200
-    assert after["pid"] != before["pid"]
-    assert not _alive(before["pid"]), "the old sandbox process outlived its runtime"
+    assert on_host(kubectl, pod, after["pid"]) != old_process
+    assert not _alive(old_process), "the old sandbox process outlived its runtime"
 
 
 def test_kubectl_get_and_describe_tell_the_story(kubectl: Kubectl, pod: dict[str, Any]) -> None:

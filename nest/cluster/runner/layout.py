@@ -3,7 +3,8 @@
 Every pod gets `<state>/pods/<uid>/` holding `pod.json` (namespace, name, containers, IP), its
 volumes and its container logs. The IP allocation is *derived* from those files rather than kept
 in a separate table, so a runner restart keeps every pod's address and removing a pod's directory
-is all it takes to release it.
+is all it takes to release it. A second local cluster (another state dir) starts elsewhere in
+127.0.0.0/8 (`--first-pod-ip`), so its pods never collide with the first one's addresses.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ FIRST_POD_IP = ipaddress.IPv4Address("127.0.0.2")
 LAST_POD_IP = ipaddress.IPv4Address("127.255.255.254")
 
 
-def allocate_ip(used: Iterable[str]) -> str:
-    """The lowest loopback address from 127.0.0.2 that no pod holds."""
+def allocate_ip(used: Iterable[str], first: str = str(FIRST_POD_IP)) -> str:
+    """The lowest loopback address from `first` (127.0.0.2) that no pod holds."""
     taken = {ipaddress.IPv4Address(ip) for ip in used}
-    candidate = FIRST_POD_IP
+    candidate = ipaddress.IPv4Address(first)
     while candidate in taken:
         candidate += 1
         if candidate > LAST_POD_IP:
@@ -88,9 +89,10 @@ class PodDir:
 class Layout:
     """The runner's state directory."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, first_ip: str = str(FIRST_POD_IP)) -> None:
         self.state_dir = state_dir
         self.pods_root = state_dir / "pods"
+        self.first_ip = first_ip
 
     def pod(self, uid: str) -> PodDir:
         return PodDir(self.pods_root / uid)
@@ -109,7 +111,7 @@ class Layout:
         pod = self.pod(uid)
         meta = pod.read_meta()
         if meta is None:
-            ip = allocate_ip(m.ip for _, m in self.pods())
+            ip = allocate_ip((m.ip for _, m in self.pods()), self.first_ip)
             meta = PodMeta(uid, namespace, name, ip, tuple(containers))
             pod.write_meta(meta)
         return meta

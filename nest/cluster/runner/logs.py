@@ -2,8 +2,8 @@
 
 The runner writes a container's stdout and stderr to `<container>.log` and, on restart, moves the
 previous instance's output to `<container>.previous.log` (what `kubectl logs --previous` would
-show). `nest cluster logs` reads them straight from disk, so logs work even when the API server is
-down.
+show) once the new instance runs. `nest cluster logs` reads them straight from disk, so logs
+work even when the API server is down.
 """
 
 from __future__ import annotations
@@ -20,6 +20,24 @@ def rotate(pod: PodDir, container: str) -> Path:
     current = pod.log(container)
     if current.exists():
         current.replace(pod.log(container, previous=True))
+    return current
+
+
+def next_log(pod: PodDir, container: str) -> Path:
+    """An empty log for an instance about to start. Starting takes a while (the shim sets up
+    namespaces and cgroups), and until `promote` the container log still shows the previous
+    instance's output, matching the status the pod still reports for it."""
+    pod.logs.mkdir(parents=True, exist_ok=True)
+    path = pod.logs / f"{container}.next.log"
+    path.write_bytes(b"")
+    return path
+
+
+def promote(pod: PodDir, container: str) -> Path:
+    """The started instance's log becomes the current one, the old one `.previous.log`."""
+    rotate(pod, container)
+    current = pod.log(container)
+    (pod.logs / f"{container}.next.log").replace(current)
     return current
 
 

@@ -3,7 +3,8 @@
 It lists and watches the pods bound to its node (resuming on resourceVersion, relisting on 410
 Gone), hands each pod to its `PodWorker`, and on SIGTERM stops every container within its grace
 period (the whole shutdown bounded to ~25 s, inside the 30 s `nest cluster down` allows) before
-exiting 0. Pod files of pods that vanished while the runner was down are removed at the first list.
+exiting 0. Pod files of pods that vanished while the runner was down are removed at the first list,
+and so are the cgroups a previous instance left (after its processes are swept).
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from urllib.parse import urlparse
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
-from nest.cluster.runner import process
-from nest.cluster.runner.layout import Layout
+from nest.cluster.runner import cgroups, process
+from nest.cluster.runner.layout import FIRST_POD_IP, Layout
 from nest.cluster.runner.node import NodeAgent
 from nest.cluster.runner.pods import Event, NodeContext, PodWorker
 from nest.cluster.runner.state import BackoffPolicy
@@ -151,6 +152,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="first crash-loop back-off in seconds (doubles up to the cap)",
     )
     parser.add_argument("--max-backoff", type=float, default=BackoffPolicy.cap)  # fmt: skip
+    parser.add_argument(
+        "--first-pod-ip", default=str(FIRST_POD_IP), help="pods get loopback IPs from here up"
+    )
     return parser.parse_args(argv)
 
 
@@ -170,6 +174,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     killed = process.sweep(str(state_dir))
     if killed:
         log.info("stopped %d process(es) left by a previous runner: %s", len(killed), killed)
+    isolate = os.geteuid() == 0
+    support = cgroups.discover()
+    key = cgroups.node_key(args.node_name, str(state_dir))
+    if isolate:
+        cgroups.clean_node(support, key)
+        support = cgroups.prepare(support, key)
+        if support.usable:
+            log.info("container cgroups: v%d under %s", support.version,
+                     ", ".join(cgroups.node_dirs(support, key)))  # fmt: skip
+        else:
+            log.warning("%s", cgroups.message(support))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -178,13 +193,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         node_name=args.node_name,
         node_dir=str(state_dir),
         api_port=server.port or 443,
-        layout=Layout(state_dir),
+        layout=Layout(state_dir, args.first_pod_ip),
         core=core,
         backoff=BackoffPolicy(initial=args.initial_backoff, cap=args.max_backoff),
-        isolate=os.geteuid() == 0,
+        isolate=isolate,
+        cgroups=support,
     )
     if not ctx.isolate:
-        log.warning("not root: no mount namespaces; pods with volume mounts cannot start")
+        log.warning("not root: no namespaces; pods with volume mounts or a user cannot start")
     agent = NodeAgent(api, args.node_name)
     agent.register()
     manager = PodManager(ctx)
@@ -197,6 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     manager.shutdown(time.time() + SHUTDOWN_BUDGET - 3.0)
     agent.shut_down()
     process.sweep(str(state_dir), grace=1.0)
+    if isolate:
+        cgroups.clean_node(support, key)
     return 0
 
 

@@ -6,6 +6,10 @@ misbehaving pod can only break its own worker (every step is guarded and logged,
 the runner). After each event the worker reconciles the records with the pod spec, then patches the
 status subresource if `status.compute_status` yields something the server does not already show.
 
+What a container starts WITH (credentials, cgroup, PID namespace) is the pod sandbox's business
+(containers.py); projected service-account tokens are renewed from this worker's timers, like the
+kubelet's token manager does, before they expire.
+
 A runner that restarts kills what the previous instance left running (see `nest.cluster.runner`)
 and rebuilds the records from the pod's last reported status: a container that was running counts
 as terminated by the restart, so the usual restart policy applies and restartCount goes up.
@@ -13,11 +17,10 @@ as terminated by the restart, so the usual restart policy applies and restartCou
 
 from __future__ import annotations
 
-import calendar
-import json
 import logging
 import os
 import queue
+import random
 import signal
 import subprocess
 import threading
@@ -30,17 +33,22 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from nest.cluster.runner import cgroups, process, volumes
 from nest.cluster.runner import env as envs
-from nest.cluster.runner import process, volumes
+from nest.cluster.runner.containers import Host, PodSandbox
 from nest.cluster.runner.layout import Layout
-from nest.cluster.runner.logs import rotate
+from nest.cluster.runner.logs import next_log, promote
+from nest.cluster.runner.podapi import PodAPI
 from nest.cluster.runner.probes import Prober, Target
+from nest.cluster.runner.security import CONFIG_ERROR, ConfigError, read_last_cap
 from nest.cluster.runner.state import (
     START_FAILED,
     BackoffPolicy,
     ContainerRecord,
     ContainerState,
     Termination,
+    parse_time,
+    recover,
     should_restart,
 )
 from nest.cluster.runner.status import PodView, compute_status, needs_patch
@@ -50,6 +58,7 @@ Obj = Mapping[str, Any]
 log = logging.getLogger(__name__)
 MERGE_PATCH = "application/merge-patch+json"
 RETRY_SETUP = 5.0  # seconds between attempts to fetch a missing Secret/ConfigMap
+RETRY_TOKEN = 10.0  # seconds before retrying a token renewal that failed
 
 
 @dataclass(frozen=True)
@@ -62,7 +71,14 @@ class NodeContext:
     layout: Layout
     core: client.CoreV1Api
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
-    isolate: bool = True  # private mount namespaces (we are root)
+    isolate: bool = True  # namespaces, cgroups and credentials (we are root)
+    cgroups: cgroups.Support = field(default_factory=lambda: cgroups.Support(problem="unknown"))
+    last_cap: int = field(default_factory=read_last_cap)
+
+    @property
+    def host(self) -> Host:
+        return Host(cgroups.node_key(self.node_name, self.node_dir), self.isolate, self.cgroups,
+                    self.last_cap)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -73,50 +89,6 @@ class Event:
     pid: int = 0
     code: int = 0  # exit status as Popen reports it; a probe's verdict as 0/1
     at: float = 0.0  # when it happened; for shutdown, the deadline
-
-
-def _parse_time(text: str | None) -> float | None:
-    if not text:
-        return None
-    return float(calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ")))
-
-
-def _termination(raw: Obj) -> Termination:
-    return Termination(
-        exit_code=int(raw.get("exitCode", 0)),
-        finished_at=_parse_time(raw.get("finishedAt")) or time.time(),
-        started_at=_parse_time(raw.get("startedAt")),
-        signal=raw.get("signal"),
-        reason=raw.get("reason") or "",
-        message=raw.get("message") or "",
-    )
-
-
-def recover(name: str, init: bool, reported: Obj | None) -> ContainerRecord:
-    """A container's record rebuilt from the status a previous runner instance reported."""
-    record = ContainerRecord(name=name, init=init)
-    if not reported:
-        return record
-    state, last = reported.get("state") or {}, (reported.get("lastState") or {}).get("terminated")
-    count = int(reported.get("restartCount") or 0)
-    if "running" in state:
-        started = _parse_time(state["running"].get("startedAt"))
-        killed = Termination(
-            exit_code=137, signal=9, finished_at=time.time(), started_at=started,
-            reason="Killed", message="stopped by a restart of the local node's runner",
-        )  # fmt: skip
-        prev = _termination(last) if last else None
-        return replace(record, state=ContainerState.EXITED, restart_count=count, last=killed,
-                       previous=prev)  # fmt: skip
-    if "terminated" in state:
-        prev = _termination(last) if last else None
-        return replace(record, state=ContainerState.EXITED, restart_count=count,
-                       last=_termination(state["terminated"]), previous=prev)  # fmt: skip
-    if last:
-        return replace(
-            record, state=ContainerState.EXITED, restart_count=count, last=_termination(last)
-        )
-    return replace(record, restart_count=count)
 
 
 class PodWorker:
@@ -146,10 +118,14 @@ class PodWorker:
             for c in self.init_specs + self.main_specs
         }
         self.published: Obj | None = status
-        self.start_time = _parse_time(status.get("startTime")) or time.time()
+        self.start_time = parse_time(status.get("startTime")) or time.time()
         self.probe_stops: dict[str, threading.Event] = {}
         self.kill_at: dict[str, float] = {}
         self.volume_dirs: dict[str, Path] | None = None
+        self.sandbox = PodSandbox(ctx.host, pod)
+        self.api = PodAPI(ctx.core, lambda: self.pod)
+        self.tokens: dict[Path, volumes.TokenFile] = {}
+        self.token_due: dict[Path, float] = {}
         self.retry_at = 0.0
         self.gone = False
         self.shutdown_by: float | None = None
@@ -179,10 +155,15 @@ class PodWorker:
         finally:
             for stop in self.probe_stops.values():
                 stop.set()
+            try:
+                self.sandbox.close()
+            except Exception:
+                log.exception("pod %s: releasing its PID namespace and cgroups failed", self.name)
             self.on_done(self.uid)
 
     def _step(self) -> None:
         timers = [*self.kill_at.values(), self.retry_at if self.volume_dirs is None else 0.0]
+        timers += self.token_due.values()
         timers += [
             r.backoff_until for r in self.records.values() if r.state is ContainerState.BACKOFF
         ]
@@ -196,6 +177,7 @@ class PodWorker:
             batch.append(self.events.get_nowait())
         for event in batch:
             self._handle(event)
+        self._refresh_tokens()
         self._reconcile()
         # A runner going down leaves the last reported status alone: the pod resumes next start.
         if not self.gone and self.shutdown_by is None and not self._finished():
@@ -244,8 +226,10 @@ class PodWorker:
         stop = self.probe_stops.pop(record.name, None)
         if stop is not None:
             stop.set()
-        # Whatever the program left in its process group goes with it, as with a cgroup.
+        # Whatever the program left in its process group goes with it, and so does its cgroup
+        # (with what a shared PID namespace let survive the program).
         process.signal_group(event.pid, signal.SIGKILL)
+        oom = self.sandbox.ended(record.name)
         rc = event.code
         term = Termination(
             exit_code=rc if rc >= 0 else 128 - rc,
@@ -253,6 +237,7 @@ class PodWorker:
             started_at=record.started_at,
             finished_at=event.at,
             pid=event.pid,
+            reason="OOMKilled" if oom and rc == -signal.SIGKILL else "",
         )
         self._set(
             record.move(
@@ -271,7 +256,7 @@ class PodWorker:
 
     def _stop(self, record: ContainerRecord, grace: float) -> None:
         assert record.pid is not None
-        process.signal_group(record.pid, signal.SIGTERM)
+        process.terminate(record.pid, self.ctx.isolate)
         self.kill_at[record.name] = time.time() + grace
         self._set(record.move(ContainerState.STOPPING))
 
@@ -326,7 +311,7 @@ class PodWorker:
         if time.time() < self.retry_at:
             return False
         facts = envs.PodFacts(self.meta.ip)
-        fetch = volumes.Fetch(self._config_map, self._secret, self._token)
+        fetch = self.api.fetch(self._issued)
         try:
             self.volume_dirs = volumes.prepare(self.pod, self.dir, facts, fetch)
         except (RunnerError, ApiException, OSError) as err:
@@ -359,22 +344,29 @@ class PodWorker:
 
     def _start(self, spec: Obj, record: ContainerRecord) -> None:
         restarts = record.restart_count + (record.state is ContainerState.BACKOFF)
-        logfile = rotate(self.dir, record.name)
+        try:
+            creds = self.sandbox.resolve(self.pod, spec)
+        except ConfigError as err:
+            self._config_error(record, str(err), restarts)
+            return
+        logfile = next_log(self.dir, record.name)
         started = time.time()
         try:
             env, argv, mounts = self._resolve(spec)
-            popen = process.start(
-                process.Launch(argv, env, spec.get("workingDir"), mounts, logfile, self.ctx.isolate)
-            )
+            launch = self.sandbox.launch(spec, creds, restarts, argv, env, mounts, logfile)
+            popen = process.start(launch)
         except (RunnerError, process.StartError, ApiException) as err:
+            self.sandbox.ended(record.name)  # the cgroup of an instance that never ran
             code = err.code if isinstance(err, process.StartError) else 128
             message = err.message if isinstance(err, process.StartError) else str(err)
             with logfile.open("a") as f:
                 f.write(f"nest: container {record.name} could not start: {message}\n")
+            promote(self.dir, record.name)
             term = Termination(code, time.time(), reason=START_FAILED, message=message)
             self._set(record.move(ContainerState.EXITED, last=term, previous=record.last,
                                   restart_count=restarts))  # fmt: skip
             return
+        promote(self.dir, record.name)
         ready = "readinessProbe" not in spec
         self._set(record.move(ContainerState.RUNNING, pid=popen.pid, started_at=started,
                               ready=ready, restart_count=restarts))  # fmt: skip
@@ -383,6 +375,17 @@ class PodWorker:
         ).start()
         self._start_probes(spec, popen.pid, env)
 
+    def _config_error(self, record: ContainerRecord, message: str, restarts: int) -> None:
+        """The kubelet's CreateContainerConfigError: the container waits, with the reason."""
+        if record.state is ContainerState.PENDING:
+            if record.waiting_message != message:
+                log.warning("pod %s: %s", self.name, message)
+                self._set(replace(record, waiting_reason=CONFIG_ERROR, waiting_message=message))
+            return
+        term = Termination(128, time.time(), reason=CONFIG_ERROR, message=message)
+        self._set(record.move(ContainerState.EXITED, last=term, previous=record.last,
+                              restart_count=restarts))  # fmt: skip
+
     def _wait(self, name: str, popen: subprocess.Popen[bytes]) -> None:
         rc = popen.wait()
         self.post(Event("exited", container=name, pid=popen.pid, code=rc, at=time.time()))
@@ -390,8 +393,8 @@ class PodWorker:
     def _resolve(self, spec: Obj) -> tuple[dict[str, str], list[str], list[volumes.Mount]]:
         names_cm, names_secret = envs.referenced_objects(spec)
         sources = envs.Sources(
-            {n: d for n in names_cm if (d := self._config_map_data(n)) is not None},
-            {n: d for n in names_secret if (d := self._secret_data(n)) is not None},
+            {n: d for n in names_cm if (d := self.api.config_map_data(n)) is not None},
+            {n: d for n in names_secret if (d := self.api.secret_data(n)) is not None},
         )
         base = envs.base_env(self.pod, self.ctx.api_port, self.ctx.node_dir, os.environ)
         env = envs.container_env(self.pod, spec, envs.PodFacts(self.meta.ip), sources, base)
@@ -403,7 +406,10 @@ class PodWorker:
         ports = {
             p["name"]: int(p["containerPort"]) for p in spec.get("ports") or [] if p.get("name")
         }
-        target = Target(self.meta.ip, pid, env, ports, self.ctx.isolate)
+        instance = self.sandbox.instances.get(spec["name"])
+        target = Target(self.meta.ip, pid, env, ports, self.ctx.isolate,
+                        instance.security if instance else None,
+                        instance.procs_inside if instance else ())  # fmt: skip
         stop = threading.Event()
         self.probe_stops[spec["name"]] = stop
         for key, initial, kind in (
@@ -417,48 +423,31 @@ class PodWorker:
 
                 Prober(spec[key], target, initial, report, stop).start()
 
-    # -- API reads and writes ------------------------------------------------------------------
+    # -- projected tokens ----------------------------------------------------------------------
 
-    def _read(self, fn: Callable[..., Any], name: str) -> Obj | None:
-        try:
-            resp = fn(name, self.pod["metadata"]["namespace"], _preload_content=False)
-        except ApiException as err:
-            if err.status == 404:
-                return None
-            raise
-        result: Obj = json.loads(resp.data)
-        return result
+    def _issued(self, token: volumes.TokenFile) -> None:
+        self.tokens[token.path] = token
+        # The kubelet's jitter: renewals of many pods do not all land in the same second.
+        self.token_due[token.path] = volumes.refresh_at(token, jitter=random.uniform(0, 10))
 
-    def _config_map(self, name: str) -> Obj | None:
-        return self._read(self.ctx.core.read_namespaced_config_map, name)
+    def _refresh_tokens(self) -> None:
+        if self.gone or self.shutdown_by is not None or self._deleting():
+            self.token_due.clear()
+            return
+        now = time.time()
+        for path, due in list(self.token_due.items()):
+            if now < due:
+                continue
+            try:
+                self._issued(volumes.refresh(self.tokens[path], self.api.fetch(self._issued)))
+            except (RunnerError, ApiException, OSError) as err:
+                log.warning("pod %s: renewing token %s failed (%s)", self.name, path, err)
+                self.token_due[path] = now + RETRY_TOKEN
 
-    def _secret(self, name: str) -> Obj | None:
-        return self._read(self.ctx.core.read_namespaced_secret, name)
-
-    def _config_map_data(self, name: str) -> dict[str, str] | None:
-        obj = self._config_map(name)
-        return None if obj is None else dict(obj.get("data") or {})
-
-    def _secret_data(self, name: str) -> dict[str, str] | None:
-        obj = self._secret(name)
-        if obj is None:
-            return None
-        files = volumes.object_files(obj, binary=True)
-        return {k: v.decode(errors="replace") for k, v in files.items()}
-
-    def _token(self, service_account: str, audiences: list[str], seconds: int) -> str:
-        spec = client.V1TokenRequestSpec(audiences=audiences, expiration_seconds=seconds)
-        granted = self.ctx.core.create_namespaced_service_account_token(
-            service_account,
-            self.pod["metadata"]["namespace"],
-            client.AuthenticationV1TokenRequest(spec=spec),
-        )
-        if granted.status is None:
-            raise RunnerError(f"no token granted for service account {service_account}")
-        return str(granted.status.token)
+    # -- status --------------------------------------------------------------------------------
 
     def _publish(self) -> None:
-        view = PodView(self.meta.ip, self.start_time, dict(self.records))
+        view = PodView(self.meta.ip, self.start_time, dict(self.records), self.sandbox.message)
         wanted = compute_status(self.pod, view, self.published, time.time())
         if not needs_patch(self.published, wanted):
             return

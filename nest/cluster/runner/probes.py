@@ -1,5 +1,8 @@
 """Readiness and liveness probes: httpGet, tcpSocket and exec, run against the pod's loopback IP.
 
+Exec probes run inside the container (its PID, mount and cgroup namespaces, its cgroup, user and
+capabilities) through the shim's `join` mode, as the kubelet runs them through `runc exec`.
+
 One thread per probe per container instance; it owns the success/failure counters and reports to
 the pod worker only when the probe's verdict flips (thresholds applied), so a healthy container
 costs one probe per period and no status writes.
@@ -17,6 +20,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from nest.cluster.runner import process
+from nest.cluster.runner.security import Security
+
 Obj = Mapping[str, Any]
 log = logging.getLogger(__name__)
 
@@ -29,7 +35,9 @@ class Target:
     pid: int
     env: Mapping[str, str]
     ports: Mapping[str, int]  # named container ports
-    isolate: bool  # the container has its own mount namespace: exec probes must enter it
+    isolate: bool  # the container has its own namespaces: exec probes must enter them
+    security: Security | None = None  # exec probes run with the container's credentials
+    procs: tuple[str, ...] = ()  # ... and in its cgroup (cgroup.procs as the container sees it)
 
 
 def _port(value: int | str, target: Target) -> int:
@@ -69,7 +77,14 @@ def _tcp(spec: Obj, target: Target, timeout: float) -> bool:
 def _exec(spec: Obj, target: Target, timeout: float) -> bool:
     command = list(spec.get("command") or [])
     if target.isolate:
-        command = ["nsenter", f"--target={target.pid}", "--mount", "--", *command]
+        # As `runc exec`: the container's namespaces, cgroup, user and capabilities.
+        security = target.security or Security()
+        try:
+            code = process.exec_in(target.pid, command, target.env, security, target.procs,
+                                   timeout)  # fmt: skip
+        except process.StartError:
+            return False
+        return code == 0
     done = subprocess.run(
         command,
         env=dict(target.env),

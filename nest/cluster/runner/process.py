@@ -1,10 +1,12 @@
-"""Container processes: start through the mount shim, signal their process group, sweep leftovers.
+"""Container processes: start through the shim, signal them, exec into them, sweep leftovers.
 
-Every container runs in its own session, hence its own process group whose id is the container's
-pid: a Ctrl-C in the terminal that started the cluster never reaches it, and stopping a container
-signals everything it spawned that stayed in its group. Whatever escapes the group still carries
-the NEST_LOCAL_NODE marker in its environment, which is what `sweep` (used by `nest cluster down`
-and by a starting runner) looks for.
+Every container runs in its own session, hence its own process group whose id is the pid the
+runner knows (the shim's monitor when the runner is root, see shim.py): a Ctrl-C in the terminal
+that started the cluster never reaches it. Stopping a container sends SIGTERM to the monitor,
+which forwards it to the program alone (PID 1 of its namespace, as runc signals a container's
+init); SIGKILL goes to the whole group, and the container's cgroup and PID namespace take care of
+what left the group. Whatever escapes still carries the NEST_LOCAL_NODE marker in its
+environment, which is what `sweep` (used by `nest cluster down` and by a starting runner) finds.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ import signal
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
 from nest.cluster.runner.env import NODE_MARKER
+from nest.cluster.runner.security import Security
 from nest.cluster.runner.volumes import Mount
 
 SHIM = Path(__file__).with_name("shim.py")
@@ -45,31 +49,27 @@ class Launch:
     cwd: str | None
     mounts: Sequence[Mount]
     log: Path
-    isolate: bool  # private mount namespace; needs root
+    isolate: bool  # namespaces, cgroups and credentials; needs root
+    security: Security = field(default_factory=Security)
+    cgroup: Mapping[str, Any] | None = None  # ContainerCgroup.shim_spec()
+    pid_ns: str | None = None  # the pod's PID namespace to join; None: a new one
+    readonly: Sequence[str] = ()  # system mounts made read-only (non-privileged containers)
 
 
-def start(launch: Launch) -> subprocess.Popen[bytes]:
-    """Start the container; returns once its program runs, or raises `StartError`."""
-    if launch.mounts and not launch.isolate:
-        targets = ", ".join(m.target for m in launch.mounts)
-        raise StartError(128, f"volume mounts ({targets}) need a mount namespace, hence root")
+def _spawn(
+    spec: Mapping[str, Any], env: Mapping[str, str], log: Path | None
+) -> subprocess.Popen[bytes]:
+    """Start the shim with `spec`; returns once it exec'd (or paused), or raises `StartError`."""
     spec_r, spec_w = os.pipe()
     err_r, err_w = os.pipe()
-    spec = {
-        "argv": list(launch.argv),
-        "env": dict(launch.env),
-        "cwd": launch.cwd,
-        "isolate": launch.isolate,
-        "mounts": [asdict(m) for m in launch.mounts],
-    }
     try:
-        with launch.log.open("ab") as log:
+        with log.open("ab") if log else open(os.devnull, "wb") as out:
             popen = subprocess.Popen(
                 [sys.executable, "-I", "-S", str(SHIM), str(spec_r), str(err_w)],
                 stdin=subprocess.DEVNULL,
-                stdout=log,
+                stdout=out,
                 stderr=subprocess.STDOUT,
-                env=dict(launch.env),
+                env=dict(env),
                 start_new_session=True,
                 pass_fds=(spec_r, err_w),
             )
@@ -90,10 +90,107 @@ def start(launch: Launch) -> subprocess.Popen[bytes]:
     return popen
 
 
+def start(launch: Launch) -> subprocess.Popen[bytes]:
+    """Start the container; returns once its program runs, or raises `StartError`."""
+    if not launch.isolate:
+        if launch.mounts:
+            targets = ", ".join(m.target for m in launch.mounts)
+            raise StartError(128, f"volume mounts ({targets}) need a mount namespace, hence root")
+        sec = launch.security
+        if sec.uid or sec.gid or sec.groups or sec.read_only_root or sec.no_new_privs:
+            raise StartError(128, "securityContext needs a runner running as root")
+    spec = {
+        "mode": "run",
+        "argv": list(launch.argv),
+        "env": dict(launch.env),
+        "cwd": launch.cwd,
+        "isolate": launch.isolate,
+        "mounts": [asdict(m) for m in launch.mounts],
+        "security": launch.security.to_spec(),
+        "cgroup": launch.cgroup,
+        "pid_ns": launch.pid_ns,
+        "readonly": list(launch.readonly),
+    }
+    return _spawn(spec, launch.env, launch.log)
+
+
+def start_pause(env: Mapping[str, str], procs: Sequence[str]) -> subprocess.Popen[bytes]:
+    """The holder of a pod's shared PID namespace (the pause container): returns once it is up."""
+    return _spawn({"mode": "pause", "procs": list(procs)}, env, None)
+
+
+def pid_namespace(pause_pid: int) -> str:
+    """The PID namespace the pause process holds, for containers to join."""
+    return f"/proc/{pause_pid}/ns/pid_for_children"
+
+
+def exec_in(
+    target: int,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    security: Security,
+    procs: Sequence[str],
+    timeout: float,
+) -> int:
+    """Run `argv` inside the container whose monitor is `target`; its exit code (exec probes).
+
+    Raises `StartError` if it could not be started and `subprocess.TimeoutExpired` (after killing
+    it) if it outlived `timeout`.
+    """
+    spec = {
+        "mode": "join", "target": target, "argv": list(argv), "env": dict(env),
+        "security": security.to_spec(), "procs": list(procs),
+    }  # fmt: skip
+    popen = _spawn(spec, env, None)
+    try:
+        return popen.wait(timeout)
+    except subprocess.TimeoutExpired:
+        signal_group(popen.pid, signal.SIGKILL)
+        popen.wait()
+        raise
+
+
+def terminate(pid: int, isolate: bool) -> None:
+    """SIGTERM the container: its program only, through the monitor (isolated), else its group."""
+    if not isolate:
+        signal_group(pid, signal.SIGTERM)
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGTERM)
+
+
 def signal_group(pid: int, sig: int) -> None:
     """Signal the container's whole process group; a group already gone is fine."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
+
+
+def host_pid(container: int, pid: int) -> int | None:
+    """The host's pid of the process that is `pid` inside the PID namespace of the container
+    whose containerID is `container` (its monitor), or None if there is no such process.
+
+    What a program reports as its pid (os.getpid()) is its namespace's; a test or tool on the
+    host that wants to signal or watch it needs this translation, while the container runs.
+    """
+    try:
+        with open(f"/proc/{container}/task/{container}/children") as f:
+            init = int(f.read().split()[0])
+        namespace = os.readlink(f"/proc/{init}/ns/pid")
+    except (OSError, ValueError, IndexError):
+        return None
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.readlink(f"/proc/{entry}/ns/pid") != namespace:
+                continue
+            with open(f"/proc/{entry}/status") as f:
+                nspid = next(line for line in f if line.startswith("NSpid:")).split()
+        except (OSError, StopIteration):
+            continue
+        if int(nspid[-1]) == pid:
+            return int(entry)
+    return None
 
 
 def marked(environ: Mapping[str, str], node_dir: str) -> bool:

@@ -3,14 +3,23 @@
 Everything the pod status reports about a container derives from a `ContainerRecord`; keeping the
 allowed moves in one table means an impossible sequence (say, a restart while the old process is
 still running) fails loudly in the runner's log instead of silently leaking a process.
+
+`recover` rebuilds a record from the status a previous runner instance reported, so that a runner
+restart shows up as a restart of the container (restartCount + 1, last state `Killed`).
 """
 
 from __future__ import annotations
 
+import calendar
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from typing import Any
 
 from nest.errors import RunnerError
+
+Obj = Mapping[str, Any]
 
 
 class ContainerState(StrEnum):
@@ -103,3 +112,47 @@ class BackoffPolicy:
         if previous <= 0 or ran_for >= self.reset_after:
             return self.initial
         return min(previous * 2, self.cap)
+
+
+def parse_time(text: str | None) -> float | None:
+    if not text:
+        return None
+    return float(calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ")))
+
+
+def _termination(raw: Obj) -> Termination:
+    return Termination(
+        exit_code=int(raw.get("exitCode", 0)),
+        finished_at=parse_time(raw.get("finishedAt")) or time.time(),
+        started_at=parse_time(raw.get("startedAt")),
+        signal=raw.get("signal"),
+        reason=raw.get("reason") or "",
+        message=raw.get("message") or "",
+    )
+
+
+def recover(name: str, init: bool, reported: Obj | None) -> ContainerRecord:
+    """A container's record rebuilt from the status a previous runner instance reported."""
+    record = ContainerRecord(name=name, init=init)
+    if not reported:
+        return record
+    state, last = reported.get("state") or {}, (reported.get("lastState") or {}).get("terminated")
+    count = int(reported.get("restartCount") or 0)
+    if "running" in state:
+        started = parse_time(state["running"].get("startedAt"))
+        killed = Termination(
+            exit_code=137, signal=9, finished_at=time.time(), started_at=started,
+            reason="Killed", message="stopped by a restart of the local node's runner",
+        )  # fmt: skip
+        prev = _termination(last) if last else None
+        return replace(record, state=ContainerState.EXITED, restart_count=count, last=killed,
+                       previous=prev)  # fmt: skip
+    if "terminated" in state:
+        prev = _termination(last) if last else None
+        return replace(record, state=ContainerState.EXITED, restart_count=count,
+                       last=_termination(state["terminated"]), previous=prev)  # fmt: skip
+    if last:
+        return replace(
+            record, state=ContainerState.EXITED, restart_count=count, last=_termination(last)
+        )
+    return replace(record, restart_count=count)

@@ -29,6 +29,7 @@ class PodView:
     pod_ip: str
     start_time: float
     records: Mapping[str, ContainerRecord]  # by container name, init containers included
+    message: str = ""  # pod-level: what the node could not give the pod (no cgroups, ...)
 
 
 def _terminated(term: Termination) -> dict[str, Any]:
@@ -195,6 +196,8 @@ def compute_status(pod: Obj, view: PodView, previous: Obj | None, now: float) ->
             container_status(c, view.records[c["name"]], name) for c in main_specs
         ],
     }
+    if view.message:
+        status["message"] = view.message
     if init_specs:
         status["initContainerStatuses"] = [
             container_status(c, view.records[c["name"]], name) for c in init_specs

@@ -1,10 +1,18 @@
 """Pod volumes as host directories, and the bind mounts that put them at each `mountPath`.
 
-Each volume becomes a directory under the pod's state dir (an emptyDir is just that directory, so
-every container of the pod that mounts it sees the same files); secret, configMap, downwardAPI and
-projected volumes are written out once when the pod starts. The process shim bind-mounts them in
-the container's private mount namespace, which is how the service-account token lands at
-/var/run/secrets/kubernetes.io/serviceaccount and in-cluster clients work unchanged.
+Each volume becomes a directory under the pod's state dir (an emptyDir is just that directory,
+mode 0777 as the kubelet makes it, so every container of the pod that mounts it sees the same
+files whatever its user); secret, configMap, downwardAPI and projected volumes are written out
+when the pod starts, file modes from `defaultMode`/`mode`, and with the pod's `fsGroup` as group
+(setgid directories, group read, as the kubelet's SetVolumeOwnership). The process shim
+bind-mounts them in the container's private mount namespace, which is how the service-account
+token lands at /var/run/secrets/kubernetes.io/serviceaccount and in-cluster clients work unchanged.
+
+Which token: the legacy Secret token, if admission put one in the pod (ServiceAccount admission
+also applies `automountServiceAccountToken`, pod-level over the ServiceAccount's, so a pod that
+opts out has no token volume at all). A projected `serviceAccountToken` source is requested from
+the TokenRequest API bound to the pod (the pod-name/pod-uid claims), and `TokenFile` remembers it
+so the pod worker rewrites the file, atomically, before it expires (`refresh_at`).
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ from __future__ import annotations
 import base64
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +31,46 @@ from nest.errors import RunnerError
 Obj = Mapping[str, Any]
 
 
+#: The kubelet refreshes a projected token at 80% of its lifetime, or once it is 24 h old.
+REFRESH_FRACTION = 0.8
+MAX_TOKEN_AGE = 24 * 3600.0
+EMPTY_DIR_MODE = 0o777
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A token the TokenRequest API issued."""
+
+    token: str
+    expires_at: float  # epoch seconds, from status.expirationTimestamp
+
+
+@dataclass(frozen=True)
+class TokenFile:
+    """A projected service-account token on disk, and what it takes to renew it."""
+
+    path: Path
+    service_account: str
+    audiences: tuple[str, ...]
+    seconds: int
+    mode: int
+    gid: int | None
+    issued_at: float
+    expires_at: float
+
+
+def _no_record(_: TokenFile) -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class Fetch:
     """The API reads volumes need, injected so the file layout is testable offline."""
 
     config_map: Callable[[str], Obj | None]  # the ConfigMap object, or None if missing
     secret: Callable[[str], Obj | None]
-    token: Callable[[str, list[str], int], str]  # (service account, audiences, seconds) -> JWT
+    token: Callable[[str, list[str], int], Grant]  # (service account, audiences, seconds)
+    issued: Callable[[TokenFile], None] = _no_record  # told of every projected token written
 
 
 @dataclass(frozen=True)
@@ -39,13 +80,19 @@ class Mount:
     read_only: bool
 
 
-def _write(root: Path, rel: str, data: bytes, mode: int) -> None:
+def _write(root: Path, rel: str, data: bytes, mode: int, gid: int | None = None) -> Path:
+    """Write one file of a volume atomically: readers (and refreshes) never see half a file."""
     path = root / rel
     if root.resolve() not in path.resolve().parents:
         raise RunnerError(f"volume item path {rel!r} escapes the volume")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    os.chmod(path, mode)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.chmod(tmp, mode)
+    if gid is not None:
+        os.chown(tmp, -1, gid)
+    tmp.replace(path)
+    return path
 
 
 def object_files(obj: Obj, binary: bool) -> dict[str, bytes]:
@@ -87,9 +134,15 @@ def _downward(root: Path, items: list[Obj], pod: Obj, facts: PodFacts, default_m
         _write(root, item["path"], value.encode(), item.get("mode") or default_mode)
 
 
+def fs_group(pod: Obj) -> int | None:
+    value = ((pod.get("spec") or {}).get("securityContext") or {}).get("fsGroup")
+    return None if value is None else int(value)
+
+
 def _projected(root: Path, spec: Obj, pod: Obj, facts: PodFacts, fetch: Fetch) -> None:
     mode = spec.get("defaultMode") or 0o644
     sa = (pod.get("spec") or {}).get("serviceAccountName") or "default"
+    gid = fs_group(pod)
     for source in spec.get("sources") or []:
         if "secret" in source:
             s = source["secret"]
@@ -101,14 +154,46 @@ def _projected(root: Path, spec: Obj, pod: Obj, facts: PodFacts, fetch: Fetch) -
             _downward(root, source["downwardAPI"].get("items") or [], pod, facts, mode)
         elif "serviceAccountToken" in source:
             t = source["serviceAccountToken"]
-            audiences = [t["audience"]] if t.get("audience") else []
-            jwt = fetch.token(sa, audiences, t.get("expirationSeconds") or 3600)
-            _write(root, t["path"], jwt.encode(), mode)
+            audiences = (t["audience"],) if t.get("audience") else ()
+            seconds = int(t.get("expirationSeconds") or 3600)
+            # The kubelet writes the token 0600 when an fsGroup will widen it to group-read.
+            token_mode = 0o600 if gid is not None else mode
+            grant = fetch.token(sa, list(audiences), seconds)
+            path = _write(root, t["path"], grant.token.encode(), token_mode)
+            issued = grant.expires_at - seconds
+            fetch.issued(TokenFile(path, sa, audiences, seconds, token_mode, gid, issued,
+                                   grant.expires_at))  # fmt: skip
+
+
+def refresh_at(token: TokenFile, jitter: float = 0.0) -> float:
+    """When the kubelet's token manager would renew it: at 80% of its TTL, or at 24 h of age."""
+    ttl = token.expires_at - token.issued_at
+    return min(token.issued_at + REFRESH_FRACTION * ttl, token.issued_at + MAX_TOKEN_AGE) - jitter
+
+
+def refresh(token: TokenFile, fetch: Fetch) -> TokenFile:
+    """Request a new token and replace the file's content atomically; the renewed record."""
+    grant = fetch.token(token.service_account, list(token.audiences), token.seconds)
+    mode = token.mode | (0o040 if token.gid is not None else 0)
+    _write(token.path.parent, token.path.name, grant.token.encode(), mode, token.gid)
+    return replace(token, issued_at=grant.expires_at - token.seconds, expires_at=grant.expires_at)
+
+
+def own(root: Path, gid: int, writable: bool) -> None:
+    """The kubelet's SetVolumeOwnership: group `gid`, group read (and write), setgid dirs."""
+    mask = 0o660 if writable else 0o440
+    for path in [root, *root.rglob("*")]:
+        if path.is_symlink():
+            continue
+        os.chown(path, -1, gid)
+        extra = mask | 0o2110 if path.is_dir() else mask
+        os.chmod(path, path.stat().st_mode & 0o7777 | extra)
 
 
 def prepare(pod: Obj, pod_dir: PodDir, facts: PodFacts, fetch: Fetch) -> dict[str, Path]:
     """Materialise every volume of the pod; returns each volume's host directory by name."""
     dirs: dict[str, Path] = {}
+    gid = fs_group(pod)
     for volume in (pod.get("spec") or {}).get("volumes") or []:
         name = volume["name"]
         if "hostPath" in volume:
@@ -118,8 +203,8 @@ def prepare(pod: Obj, pod_dir: PodDir, facts: PodFacts, fetch: Fetch) -> dict[st
         root.mkdir(parents=True, exist_ok=True)
         dirs[name] = root
         if "emptyDir" in volume:
-            continue
-        if "secret" in volume:
+            os.chmod(root, EMPTY_DIR_MODE)
+        elif "secret" in volume:
             s = volume["secret"]
             mode = s.get("defaultMode") or 0o644
             _keyed(root, s, s["secretName"], "secret", fetch.secret(s["secretName"]), mode)
@@ -135,6 +220,8 @@ def prepare(pod: Obj, pod_dir: PodDir, facts: PodFacts, fetch: Fetch) -> dict[st
         else:
             kinds = sorted(k for k in volume if k != "name")
             raise RunnerError(f"volume {name}: unsupported kind {kinds} on the local node")
+        if gid is not None:
+            own(root, gid, writable="emptyDir" in volume)
     return dirs
 
 

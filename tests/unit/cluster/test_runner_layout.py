@@ -42,3 +42,14 @@ def test_log_file_resolution_and_rotation(tmp_path: Path) -> None:
         log_file(tmp_path, "ns/three")
     with pytest.raises(ClusterError, match="no container 'x'"):
         log_file(tmp_path, "ns/one/x")
+
+
+def test_a_second_cluster_allocates_elsewhere_in_loopback(tmp_path: Path) -> None:
+    from nest.cluster.control_plane import first_pod_ip
+    from nest.cluster.paths import conventional_state
+
+    assert first_pod_ip(conventional_state()) == "127.0.0.2"
+    other = first_pod_ip(tmp_path / "state")
+    assert other.startswith("127.") and other.endswith(".0.2") and other != "127.0.0.2"
+    assert allocate_ip(["127.9.0.2"], first="127.9.0.2") == "127.9.0.3"
+    assert Layout(tmp_path, first_ip=other).claim("u", "ns", "p", ["c"]).ip == other

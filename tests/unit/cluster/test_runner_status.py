@@ -106,3 +106,24 @@ def test_init_containers_gate_the_pod() -> None:
         pod_phase(_pod("Never", init=True)["spec"], {"setup": setup_failed, "a": waiting})
         == "Failed"
     )
+
+
+def test_what_the_node_cannot_give_is_the_pods_message() -> None:
+    message = "the local node runs containers without cgroups: ...; limits are not enforced"
+    view = PodView("127.0.0.2", T0, {"a": RUNNING}, message)
+    assert compute_status(_pod(), view, None, T0)["message"] == message
+    assert "message" not in compute_status(_pod(), _view(a=RUNNING), None, T0)
+
+
+def test_oom_killed_and_config_errors_keep_their_reasons() -> None:
+    oom = Termination(137, T0, signal=9, reason="OOMKilled")
+    exited = ContainerRecord("a", state=ContainerState.EXITED, last=oom)
+    status = compute_status(_pod("Never"), _view(a=exited), None, T0)
+    assert status["containerStatuses"][0]["state"]["terminated"]["reason"] == "OOMKilled"
+    reason = "CreateContainerConfigError"
+    waiting = ContainerRecord("a", waiting_reason=reason, waiting_message="no")
+    status = compute_status(_pod(), _view(a=waiting), None, T0)
+    assert status["phase"] == "Pending"
+    assert status["containerStatuses"][0]["state"]["waiting"] == {
+        "reason": "CreateContainerConfigError", "message": "no"
+    }  # fmt: skip

@@ -7,7 +7,7 @@ import pytest
 
 from nest.cluster.runner.env import PodFacts
 from nest.cluster.runner.layout import PodDir
-from nest.cluster.runner.volumes import Fetch, mounts, prepare
+from nest.cluster.runner.volumes import Fetch, Grant, mounts, prepare
 from nest.errors import RunnerError
 
 OBJECTS = {
@@ -17,7 +17,7 @@ OBJECTS = {
 FETCH = Fetch(
     config_map=lambda n: OBJECTS.get(n) if n == "cm" else None,
     secret=lambda n: OBJECTS.get(n) if n == "tok" else None,
-    token=lambda sa, aud, secs: f"token-for-{sa}",
+    token=lambda sa, aud, secs: Grant(f"token-for-{sa}", 1e9 + secs),
 )
 SUB_ITEM = {"key": "a.conf", "path": "sub/a.conf"}
 NS_ITEM = {"path": "ns", "fieldRef": {"fieldPath": "metadata.namespace"}}

@@ -38,6 +38,7 @@ def test_names_short_names_and_category() -> None:
         "SandboxReplicaSet": ("sandboxreplicasets", "sbxrs"),
         "SandboxDeployment": ("sandboxdeployments", "sbxd"),
         "SandboxEndpoints": ("sandboxendpoints", "sbxep"),
+        "SandboxPool": ("sandboxpools", "sbxpool"),
     }
     for kind, (plural, short) in expected.items():
         manifest = BY_KIND[kind]
@@ -83,7 +84,22 @@ def test_printer_columns_point_at_fields_of_their_type(kind: str) -> None:
             continue
         field = _resolve(schema, column["jsonPath"])
         assert field is not None, column
-        assert field["type"] == column["type"], column
+        # A list may be a string column: the API server prints it as JSON.
+        printable = {field["type"], "string"} if field["type"] == "array" else {field["type"]}
+        assert column["type"] in printable, column
+
+
+def test_only_the_pool_is_cluster_scoped() -> None:
+    scopes = {kind: m["spec"]["scope"] for kind, m in BY_KIND.items()}
+    assert scopes.pop("SandboxPool") == "Cluster"
+    assert set(scopes.values()) == {"Namespaced"}
+
+
+def test_pool_columns_say_where_what_and_for_whom() -> None:
+    columns = BY_KIND["SandboxPool"]["spec"]["versions"][0]["additionalPrinterColumns"]
+    assert [c["name"] for c in columns] == [
+        "Namespace", "Modes", "Tenancy", "Pods", "Ready", "Age",
+    ]  # fmt: skip
 
 
 def test_root_metadata_is_left_to_the_api_server() -> None:

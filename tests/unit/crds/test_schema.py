@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, Field
 
-from crds import Sandbox, SandboxDeployment, SandboxEndpoints, SandboxReplicaSet
+from crds import Sandbox, SandboxDeployment, SandboxEndpoints, SandboxPool, SandboxReplicaSet
 from crds.common import NestModel, Quantity
 from crds.errors import SchemaError
 from crds.schema import ALLOWED_KEYWORDS, check_structural, model_schema
 
-KINDS = [Sandbox, SandboxReplicaSet, SandboxDeployment, SandboxEndpoints]
+KINDS = [Sandbox, SandboxReplicaSet, SandboxDeployment, SandboxEndpoints, SandboxPool]
 
 
 def all_nodes(node: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
@@ -146,6 +146,7 @@ def without_empty_collections(value: Any) -> Any:
             },
         ),
         (SandboxEndpoints, {}),
+        (SandboxPool, {"spec": {"podNamespace": "nest-system", "podSelector": {}}}),
     ],
 )
 def test_server_defaults_equal_model_defaults(

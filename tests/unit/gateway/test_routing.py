@@ -120,6 +120,8 @@ async def test_activator_queue_is_bounded_and_forgets_who_gave_up() -> None:
         (404, b'{"error": "NotFound", "message": "no sandbox x"}', "NotFound"),
         (503, b'{"error": "NotRunning", "message": "stopping"}', "NotRunning"),
         (429, b'{"error": "TooManyRequests", "message": "full"}', "TooManyRequests"),
+        (401, b'{"error":"Unauthorized","message":"bad signature","sandbox":null}', "Unauthorized"),
+        (401, b'{"error": "Unauthorized", "message": "m", "realm": "app"}', None),  # the function's
         (404, b'{"error": "NotFound", "message": "m", "detail": 1}', None),  # the function's
         (404, b"not found", None),
         (500, b'{"error": "NotFound", "message": "m"}', None),

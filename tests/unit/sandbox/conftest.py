@@ -1,19 +1,27 @@
-"""A real runtime daemon process per test, driven over its real socket and port."""
+"""A real runtime daemon process per test, driven over its real socket and port.
+
+Each runtime gets a data-plane key of its own (a 0400 file in the test's directory), and
+`RuntimeProcess.request` signs what the tests send to its data plane, as the gateway does.
+"""
 
 from __future__ import annotations
 
-import json
+import json as jsonlib
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import psutil
 import pytest
 
+from sandbox import dataplane_auth as auth
 from sandbox.client import RuntimeClient
 
 
@@ -23,15 +31,43 @@ class RuntimeProcess:
     socket: str
     base_url: str
     trace_dir: Path
+    keys: auth.KeyRing
+
+    def request(
+        self,
+        http: aiohttp.ClientSession,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        data: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        signed: bool = True,
+    ) -> Any:
+        """`http.request` to the data plane (use with `async with`), signed unless told not to."""
+        body = data if data is not None else b"" if json is None else jsonlib.dumps(json).encode()
+        sent = {"Content-Type": "application/json"} if json is not None else {}
+        sent.update(headers or {})
+        if signed:
+            sent.update(self.keys.headers(method, path, body))
+        return http.request(method, self.base_url + path, data=body, headers=sent)
 
 
-def start_runtime(tmp_path: Path, name: str = "rt") -> RuntimeProcess:
+def start_runtime(tmp_path: Path, name: str = "rt", *extra: str) -> RuntimeProcess:
     trace_dir = tmp_path / "trace"
     trace_dir.mkdir(exist_ok=True)
     socket = str(tmp_path / f"{name}.sock")
-    env = {**os.environ, "NEST_RUNTIME_SOCKET": socket, "NEST_TRACE_DIR": str(trace_dir)}
+    key_file = tmp_path / "dataplane.key"
+    if not key_file.exists():  # a restarted runtime of the same test keeps the key
+        auth.write_key_file(key_file)
+    env = {
+        **os.environ,
+        "NEST_RUNTIME_SOCKET": socket,
+        "NEST_TRACE_DIR": str(trace_dir),
+        auth.ENV_KEY_FILE: str(key_file),
+    }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sandbox.runtime", "--port", "0", "--log-level", "WARNING"],
+        [sys.executable, "-m", "sandbox.runtime", "--port", "0", "--log-level", "WARNING", *extra],
         env=env,
         stdout=subprocess.PIPE,
         text=True,
@@ -39,8 +75,8 @@ def start_runtime(tmp_path: Path, name: str = "rt") -> RuntimeProcess:
     assert proc.stdout is not None
     line = proc.stdout.readline()  # the runtime prints one JSON line once it listens
     assert line, "runtime exited before it was ready"
-    port = json.loads(line)["data_port"]
-    return RuntimeProcess(proc, socket, f"http://127.0.0.1:{port}", trace_dir)
+    port = jsonlib.loads(line)["data_port"]
+    return RuntimeProcess(proc, socket, f"http://127.0.0.1:{port}", trace_dir, auth.load(key_file))
 
 
 def stop_runtime(runtime: RuntimeProcess) -> None:
@@ -70,3 +106,13 @@ async def client(runtime: RuntimeProcess) -> AsyncIterator[RuntimeClient]:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory subprocess sandboxes can read: they run as uids of their own, and pytest's
+    tmp_path sits below 0700 directories only its owner may enter."""
+    path = Path(tempfile.mkdtemp(prefix="nest-test-code-"))
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

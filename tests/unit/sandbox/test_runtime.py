@@ -39,7 +39,7 @@ async def test_create_invoke_get_list_stop_remove(
     info = await client.create(create("fn-1", isolation, function_name="greeter"))
     assert (info.state, info.isolation, info.restart_count) == ("Running", isolation, 0)
     assert info.pid is not None and psutil.pid_exists(info.pid)
-    async with http.post(f"{runtime.base_url}/v1/sandboxes/fn-1/invoke", json={"name": "x"}) as r:
+    async with runtime.request(http, "POST", "/v1/sandboxes/fn-1/invoke", json={"name": "x"}) as r:
         assert r.status == 200
         got = await r.json()
     assert (got["hello"], got["function_name"]) == ("x", "greeter")
@@ -50,17 +50,19 @@ async def test_create_invoke_get_list_stop_remove(
     assert [s.id for s in await client.list()] == ["fn-1"]
     stopped = await client.stop("fn-1", grace_seconds=2)
     assert (stopped.state, stopped.reason) == ("Stopped", "Completed")
-    async with http.post(f"{runtime.base_url}/v1/sandboxes/fn-1/invoke") as r:
+    async with runtime.request(http, "POST", "/v1/sandboxes/fn-1/invoke") as r:
         assert r.status == 503
         assert (await r.json())["error"] == "NotRunning"
     await client.remove("fn-1")
     with pytest.raises(SandboxNotFoundError):
         await client.get("fn-1")
-    async with http.post(f"{runtime.base_url}/v1/sandboxes/fn-1/invoke") as r:
+    async with runtime.request(http, "POST", "/v1/sandboxes/fn-1/invoke") as r:
         assert r.status == 404
 
 
-async def test_event_stream_reports_state_changes(client: RuntimeClient) -> None:
+async def test_event_stream_reports_state_changes(
+    runtime: RuntimeProcess, client: RuntimeClient
+) -> None:
     seen: list[SandboxEvent] = []
     async with client.watch() as events:
 
@@ -72,7 +74,9 @@ async def test_event_stream_reports_state_changes(client: RuntimeClient) -> None
         await client.create(create("evt", "subprocess", handler="main:crash"))
         info = await client.info()
         url = f"http://{info.data_host}:{info.data_port}/v1/sandboxes/evt/invoke"
-        async with aiohttp.ClientSession() as http, http.post(url, json={"code": 7}) as r:
+        body = b'{"code": 7}'
+        headers = runtime.keys.headers("POST", "/v1/sandboxes/evt/invoke", body)
+        async with aiohttp.ClientSession() as http, http.post(url, data=body, headers=headers) as r:
             assert r.status == 502
         await wait_for(lambda: len(seen) == 3, what="Creating, Running, Failed")
         collector.cancel()
@@ -84,12 +88,12 @@ async def test_event_stream_reports_state_changes(client: RuntimeClient) -> None
 
 @ISOLATIONS
 async def test_create_failure_is_reported_with_reason(
-    client: RuntimeClient, tmp_path: Path, isolation: str
+    client: RuntimeClient, shared_dir: Path, isolation: str
 ) -> None:
-    code_dir = write_function(tmp_path / "fn", "import not_installed_anywhere\n")
-    request = CreateSandbox(
-        id="bad", code_dir=code_dir, handler="main:handler", isolation=isolation
-    )  # type: ignore[arg-type]
+    code_dir = write_function(shared_dir / "fn", "import not_installed_anywhere\n")
+    request = CreateSandbox.model_validate(
+        {"id": "bad", "code_dir": code_dir, "handler": "main:handler", "isolation": isolation}
+    )
     with pytest.raises(CreateFailed) as caught:
         await client.create(request)
     assert caught.value.error == "ImportError"
@@ -107,17 +111,17 @@ async def test_full_sandbox_answers_429(
     gate.touch()
     limits = LimitsModel(concurrency=1, queue=0)
     await client.create(create("busy", "namespace", handler="main:gate", limits=limits))
-    url = f"{runtime.base_url}/v1/sandboxes/busy/invoke"
+    path = "/v1/sandboxes/busy/invoke"
     with open(gate) as held:
         fcntl.flock(held, fcntl.LOCK_EX)
-        first = asyncio.create_task(http.post(url, json={"gate": str(gate)}))
+        first = asyncio.create_task(runtime.request(http, "POST", path, json={"gate": str(gate)}))
 
         async def in_flight() -> bool:
             usage = (await client.get("busy")).usage
             return usage is not None and usage.in_flight == 1
 
         await wait_for(in_flight, what="first call in flight")
-        async with http.post(url, json={"gate": str(gate)}) as r:
+        async with runtime.request(http, "POST", path, json={"gate": str(gate)}) as r:
             assert r.status == 429
             assert (await r.json())["error"] == "TooManyRequests"
         fcntl.flock(held, fcntl.LOCK_UN)
@@ -130,8 +134,9 @@ async def test_http_trigger_passes_the_request_through(
     runtime: RuntimeProcess, client: RuntimeClient, http: aiohttp.ClientSession
 ) -> None:
     await client.create(create("web", "subprocess"))
-    url = f"{runtime.base_url}/v1/sandboxes/web/http/users/42?verbose=1"
-    async with http.put(url, data=b'{"name": "z"}', headers={"X-Trace": "t"}) as r:
+    path = "/v1/sandboxes/web/http/users/42?verbose=1"
+    body = b'{"name": "z"}'
+    async with runtime.request(http, "PUT", path, data=body, headers={"X-Trace": "t"}) as r:
         got = await r.json()
     assert (got["method"], got["path"], got["query"], got["hello"]) == (
         "PUT",
@@ -146,7 +151,9 @@ async def test_timeout_answers_504_and_restarts(
 ) -> None:
     limits = LimitsModel(timeout_seconds=0.3)
     await client.create(create("slow", "subprocess", handler="main:slow", limits=limits))
-    async with http.post(f"{runtime.base_url}/v1/sandboxes/slow/invoke", json={"seconds": 30}) as r:
+    async with runtime.request(
+        http, "POST", "/v1/sandboxes/slow/invoke", json={"seconds": 30}
+    ) as r:
         assert r.status == 504
 
     async def restarted() -> bool:
@@ -160,12 +167,12 @@ async def test_metrics_and_healthz(
     runtime: RuntimeProcess, client: RuntimeClient, http: aiohttp.ClientSession
 ) -> None:
     await client.create(create("m", "subprocess"))
-    async with http.post(f"{runtime.base_url}/v1/sandboxes/m/invoke", json={"raise": "x"}) as r:
+    async with runtime.request(http, "POST", "/v1/sandboxes/m/invoke", json={"raise": "x"}) as r:
         assert r.status == 500
         assert await r.json() == {"error": "ValueError", "message": "x"}
     async with http.get(f"{runtime.base_url}/healthz") as r:
         assert r.status == 200
-    async with http.get(f"{runtime.base_url}/metrics") as r:
+    async with runtime.request(http, "GET", "/metrics") as r:
         text = await r.text()
     for line in (
         'nest_sandbox_invocations_total{sandbox="m"} 1.0',

@@ -80,3 +80,37 @@ def test_patch_clears_reason_once_recovered() -> None:
     assert patch["status"]["reason"] is None and patch["status"]["message"] is None
     assert patch["status"]["phase"] == "Running"
     assert patch["status"]["restartCount"] == 1
+
+
+def test_the_isolated_condition_says_what_the_boundary_is_or_lacks() -> None:
+    from nest_sidecar.worker import boundary
+    from sandbox.api import SandboxInfo
+
+    base = {
+        "id": "x", "state": "Running", "reason": "", "message": "", "pid": 1, "exit_code": None,
+        "signal": None, "restart_count": 0, "created_at": 0.0, "started_at": 0.0,
+        "finished_at": None,
+    }  # fmt: skip
+    full = SandboxInfo(isolation="subprocess", confined=True, confinement="uid 200001", **base)
+    reduced = SandboxInfo(
+        isolation="subprocess", confined=False, confinement="Landlock unavailable", **base
+    )
+    in_process = SandboxInfo(isolation="namespace", **base)
+    assert boundary(None) == (None, "", None)
+    for info, status, reason in (
+        (full, "True", "Confined"),
+        (reduced, "False", "BoundaryReduced"),
+        (in_process, "False", "InProcess"),
+    ):
+        isolated, why, message = boundary(info)
+        observed = Observed(
+            SandboxPhase.RUNNING, 1, isolated=isolated, isolation_reason=why,
+            isolation_message=message,
+        )  # fmt: skip
+        cond = next(
+            c for c in desired_status({}, observed, T0)["conditions"] if c["type"] == "Isolated"
+        )
+        assert (cond["status"], cond["reason"]) == (status, reason)
+        assert cond["message"]
+    plain = desired_status({}, Observed(SandboxPhase.RUNNING, 1), T0)["conditions"]
+    assert "Isolated" not in {c["type"] for c in plain}

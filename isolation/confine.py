@@ -1,0 +1,209 @@
+"""Applies a `Confinement` to the forked sandbox process, in the one order that works.
+
+Why an order: joining a cgroup and setting rlimits need privileges the sandbox must not keep,
+so they come first; then the identity changes (groups, gid, uid — which also clears every
+capability); then `no_new_privs` and non-dumpable; then Landlock and seccomp, which the kernel
+only accepts from a process that can no longer gain privileges. Every step either succeeds or
+raises `ConfinementError` naming the step, so a sandbox never runs half-confined: the child
+reports it as a load failure instead.
+
+The seccomp filter is compiled to BPF by libseccomp (through `pyseccomp`, a binding
+API-compatible with libseccomp's own) once, in the zygote, before it freezes; each child only
+installs that program (one prctl), which is what libseccomp's own load would do after
+regenerating the same program in every child. Landlock rules
+are per sandbox (its own code and scratch directories), built with the `landlock` binding.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import resource
+from pathlib import Path
+from typing import Any
+
+from isolation.boundary import CLONE_NAMESPACE_FLAGS, DENIED_SYSCALLS, Confinement
+
+PR_SET_DUMPABLE = 4
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_CHILD_SUBREAPER = 36
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class ConfinementError(Exception):
+    """A step of the boundary could not be applied; the sandbox must not run."""
+
+
+def _prctl(option: int, value: int) -> None:
+    if _libc.prctl(option, value, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI version; 0 when Landlock is unavailable."""
+    try:
+        import landlock
+
+        return int(landlock.landlock_abi_version())
+    except (ImportError, OSError):
+        return 0
+    except Exception:  # the binding raises its own LandlockError on unsupported kernels
+        return 0
+
+
+def warm() -> None:
+    """Import and resolve what confining needs, in the zygote: a child that has dropped its
+    privileges may no longer be able to read the interpreter's files to import it."""
+    import landlock.plumbing  # imports `platform` lazily otherwise
+
+    if landlock_abi() > 0:
+        _rights()
+        landlock.plumbing.get_add_rule()
+        landlock.plumbing.get_restrict_self()
+        landlock.plumbing.get_prctl()
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [
+        ("code", ctypes.c_uint16),
+        ("jt", ctypes.c_uint8),
+        ("jf", ctypes.c_uint8),
+        ("k", ctypes.c_uint32),
+    ]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+
+
+def compile_seccomp() -> bytes:
+    """The filter as the BPF program libseccomp generates for it, compiled once (zygote)."""
+    filt = build_seccomp_filter()
+    read, write = os.pipe()
+    try:
+        with os.fdopen(write, "wb", closefd=True) as sink:
+            filt.export_bpf(sink)
+        with os.fdopen(read, "rb", closefd=False) as source:
+            return source.read()
+    finally:
+        os.close(read)
+
+
+def load_seccomp(program: bytes) -> None:
+    """Install a compiled filter on this process (no_new_privs must be set already)."""
+    count = len(program) // ctypes.sizeof(_SockFilter)
+    filters = (_SockFilter * count).from_buffer_copy(program)
+    fprog = _SockFprog(count, ctypes.cast(filters, ctypes.POINTER(_SockFilter)))
+    if _libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def build_seccomp_filter() -> Any:
+    """The libseccomp filter for every sandbox: allow by default, deny DENIED_SYSCALLS."""
+    import pyseccomp as seccomp
+
+    deny = seccomp.ERRNO(errno.EPERM)
+    filt = seccomp.SyscallFilter(seccomp.ALLOW)
+    for name in DENIED_SYSCALLS:
+        try:
+            filt.add_rule(deny, name)
+        except (OSError, ValueError):
+            continue  # not a syscall on this architecture
+    flag = 1
+    while flag <= CLONE_NAMESPACE_FLAGS:
+        if CLONE_NAMESPACE_FLAGS & flag:
+            filt.add_rule(deny, "clone", seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag))
+        flag <<= 1
+    # clone3 passes its flags in memory, out of a filter's reach: ENOSYS makes libc use clone.
+    filt.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
+    return filt
+
+
+_RIGHTS: dict[str, int] = {}  # computed once in the zygote (enum arithmetic is slow per child)
+
+
+def _rights() -> dict[str, int]:
+    if not _RIGHTS:
+        from landlock import FSAccess
+
+        read = FSAccess.READ_FILE | FSAccess.READ_DIR | FSAccess.EXECUTE
+        _RIGHTS.update(
+            read_dir=int(read),
+            read_file=int(read & FSAccess.all_file()),
+            write_dir=int(FSAccess.all()),
+            write_file=int(FSAccess.all_file()),
+        )
+    return _RIGHTS
+
+
+def _landlock(confinement: Confinement) -> None:
+    import landlock
+
+    rights = _rights()
+    ruleset = landlock.Ruleset(restrict_rules=rights["write_dir"])  # every right is handled
+    for paths, kind in ((confinement.read_paths, "read"), (confinement.write_paths, "write")):
+        for path in paths:
+            try:
+                is_dir = os.path.isdir(path)
+                allowed = rights[f"{kind}_dir" if is_dir else f"{kind}_file"]
+                ruleset.allow(path, rules=allowed)
+            except FileNotFoundError:
+                continue  # e.g. /lib64 on a system without it
+    ruleset.apply()
+
+
+def join_cgroup(confinement: Confinement) -> None:
+    pid = str(os.getpid())
+    for procs in confinement.cgroup_procs:
+        Path(procs).write_text(pid)
+
+
+def set_limits(confinement: Confinement) -> None:
+    # RLIMIT_NPROC counts processes per real uid: with a uid of its own, that is the sandbox's
+    # whole tree — a fork bomb stops at the limit even without a pids cgroup.
+    nproc = confinement.max_processes
+    resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+    files = confinement.max_open_files
+    resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core dumps of a tenant's memory
+    if confinement.data_limit is not None:
+        resource.setrlimit(resource.RLIMIT_DATA, (confinement.data_limit, confinement.data_limit))
+
+
+def drop_identity(confinement: Confinement) -> None:
+    """Become the sandbox's own user; a change from root to non-root clears every capability."""
+    os.setgroups([])
+    os.setresgid(confinement.gid, confinement.gid, confinement.gid)
+    os.setresuid(confinement.uid, confinement.uid, confinement.uid)
+    _prctl(PR_SET_NO_NEW_PRIVS, 1)
+    _prctl(PR_SET_DUMPABLE, 0)  # after setresuid, which may reset it
+
+
+def apply(confinement: Confinement, seccomp_program: bytes | None) -> None:
+    """Everything after the privileged setup (cgroup, rlimits): identity, Landlock, seccomp."""
+    step = "dropping privileges"
+    try:
+        drop_identity(confinement)
+        if confinement.landlock:
+            step = "applying the Landlock ruleset"
+            _landlock(confinement)
+        if confinement.seccomp:
+            step = "loading the seccomp filter"
+            if not seccomp_program:
+                raise ConfinementError("no compiled filter in the zygote")
+            load_seccomp(seccomp_program)
+    except Exception as exc:
+        raise ConfinementError(f"{step}: {type(exc).__name__}: {exc}") from None
+
+
+def become_subreaper() -> None:
+    """Orphaned descendants reparent to the sandbox, so they stay inside its accounting."""
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
