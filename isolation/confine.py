@@ -16,6 +16,7 @@ are per sandbox (its own code and scratch directories), built with the `landlock
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -23,7 +24,7 @@ import resource
 from pathlib import Path
 from typing import Any
 
-from isolation.boundary import CLONE_NAMESPACE_FLAGS, DENIED_SYSCALLS, Confinement
+from isolation.boundary import CLONE_NAMESPACE_FLAGS, DENIED_SYSCALLS, OWN_PROCESS, Confinement
 
 PR_SET_DUMPABLE = 4
 PR_SET_NO_NEW_PRIVS = 38
@@ -54,9 +55,15 @@ def landlock_abi() -> int:
         return 0
 
 
-def warm() -> None:
-    """Import and resolve what confining needs, in the zygote: a child that has dropped its
-    privileges may no longer be able to read the interpreter's files to import it."""
+# O_PATH descriptors of the directories every sandbox may read, opened once in the zygote and
+# inherited: a child then only adds rules for them, with no lookups of its own.
+_STATIC: dict[str, tuple[int, bool]] = {}  # path -> (descriptor, is a directory)
+
+
+def warm(static_paths: tuple[str, ...] = ()) -> bytes:
+    """In the zygote, before it freezes: import and resolve what confining needs (a child that
+    dropped its privileges may not be able to read the interpreter's files any more), open the
+    paths every sandbox reads, and compile the seccomp filter; returns the BPF program."""
     import landlock.plumbing  # imports `platform` lazily otherwise
 
     if landlock_abi() > 0:
@@ -64,6 +71,14 @@ def warm() -> None:
         landlock.plumbing.get_add_rule()
         landlock.plumbing.get_restrict_self()
         landlock.plumbing.get_prctl()
+        for path in static_paths:
+            if path == OWN_PROCESS:  # the zygote's own entry, not its children's
+                continue
+            with contextlib.suppress(OSError):
+                _STATIC[path] = (os.open(path, os.O_PATH | os.O_CLOEXEC), os.path.isdir(path))
+    program = compile_seccomp()
+    _fprog(program)
+    return program
 
 
 class _SockFilter(ctypes.Structure):
@@ -96,11 +111,21 @@ def compile_seccomp() -> bytes:
         os.close(read)
 
 
+_FPROGS: dict[bytes, tuple[Any, _SockFprog]] = {}  # built in the zygote, shared by its children
+
+
+def _fprog(program: bytes) -> _SockFprog:
+    if program not in _FPROGS:
+        count = len(program) // ctypes.sizeof(_SockFilter)
+        filters = (_SockFilter * count).from_buffer_copy(program)
+        fprog = _SockFprog(count, ctypes.cast(filters, ctypes.POINTER(_SockFilter)))
+        _FPROGS[program] = (filters, fprog)
+    return _FPROGS[program][1]
+
+
 def load_seccomp(program: bytes) -> None:
     """Install a compiled filter on this process (no_new_privs must be set already)."""
-    count = len(program) // ctypes.sizeof(_SockFilter)
-    filters = (_SockFilter * count).from_buffer_copy(program)
-    fprog = _SockFprog(count, ctypes.cast(filters, ctypes.POINTER(_SockFilter)))
+    fprog = _fprog(program)
     if _libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
@@ -146,11 +171,19 @@ def _rights() -> dict[str, int]:
 
 def _landlock(confinement: Confinement) -> None:
     import landlock
+    from landlock.plumbing import PathBeneathAttr, get_add_rule
 
     rights = _rights()
     ruleset = landlock.Ruleset(restrict_rules=rights["write_dir"])  # every right is handled
+    add_rule = get_add_rule()
     for paths, kind in ((confinement.read_paths, "read"), (confinement.write_paths, "write")):
         for path in paths:
+            static = _STATIC.get(path) if kind == "read" else None
+            if static is not None:
+                fd, is_dir = static
+                rule = PathBeneathAttr(rights["read_dir" if is_dir else "read_file"], fd)
+                add_rule(ruleset._fd, 1, ctypes.byref(rule), 0)  # 1: LANDLOCK_RULE_PATH_BENEATH
+                continue
             try:
                 is_dir = os.path.isdir(path)
                 allowed = rights[f"{kind}_dir" if is_dir else f"{kind}_file"]

@@ -80,9 +80,9 @@ def zygote_main(
         importlib.import_module(name)
     if confined:
         from isolation import confine
+        from isolation.boundary import BoundaryConfig, read_paths_for
 
-        confine.warm()
-        SECCOMP_PROGRAM = confine.compile_seccomp()
+        SECCOMP_PROGRAM = confine.warm(read_paths_for(BoundaryConfig(), ()))
         # Confined sandboxes read the cache (the runtime compiles into it for them).
         os.chmod(pycache, 0o755)
         # Nothing of the runtime's environment (its pod's variables) reaches a confined function;
@@ -161,7 +161,8 @@ def compile_tree(code_dir: str, prefix: str) -> None:
         os.chmod(root, 0o755)
     parent = os.path.dirname(top)
     while len(parent) > len(prefix) and parent.startswith(prefix):
-        os.chmod(parent, 0o755)
+        with contextlib.suppress(FileNotFoundError):  # nothing compiled: nothing was made
+            os.chmod(parent, 0o755)
         parent = os.path.dirname(parent)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,20 +20,23 @@ from nest_operator import dataplane_key
 from nest_operator.kube import load_api
 from nest_operator.manager import ControllerManager, Settings
 from nest_operator.store import Kind
-from nest_operator.webhook import WebhookServer, WebhookSettings
+from nest_operator.webhook import WebhookServer, WebhookSettings, WebhookThread
 
 
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.peering.standalone = True
     settings.posting.enabled = False  # the controllers post their own Events
+    # The webhook's thread answers the API server while the controllers' threads hold the GIL;
+    # a shorter switch interval than the default 5 ms bounds how long each answer waits for it.
+    sys.setswitchinterval(0.001)
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
     await dataplane_key.ensure_at_startup()  # the gateway and pool pods wait for this Secret
     memo["manager"] = manager = ControllerManager(load_api(), Settings.from_env())
     hook = WebhookSettings.from_env()
     if hook.enabled:  # SandboxRestriction first: every Sandbox write waits for it
-        memo["webhook"] = WebhookServer(load_api(), hook, manager.store)
+        memo["webhook"] = WebhookThread(WebhookServer(load_api(), hook, manager.store))
         await memo["webhook"].start()
     await manager.start()
 
