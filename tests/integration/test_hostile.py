@@ -14,11 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from kubernetes import client, config
 
+from isolation import cgroups
 from tests.integration.test_sidecar import bind, invoke, running
-from tests.kube import Kubectl
+from tests.kube import Kubectl, wait_for
 
 HOSTILE = Path(__file__).resolve().parents[1] / "conformance" / "hostile" / "main.py"
 SECRET = "card-4242-4242-4242-4242"
@@ -174,3 +176,35 @@ def test_status_says_which_boundary_holds(scene: dict[str, dict[str, Any]]) -> N
     assert isolated["message"], "it says what the boundary is, or what is missing"
     if isolated["status"] == "True":
         assert "seccomp" in isolated["message"] and "Landlock" in isolated["message"]
+
+
+def _processes_of(uid: int) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["uids", "status"]):
+        if proc.info["uids"].real == uid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(proc)
+    return found
+
+
+def test_a_child_left_holding_memory_dies_with_its_sandbox(
+    kubectl: Kubectl, scene: dict[str, dict[str, Any]]
+) -> None:
+    uid = int(attack(scene, op="identity")["Uid"].split()[0])
+    assert attack(scene, op="orphan_holding_memory", mb=32) == {"left": "a grandchild"}
+    assert len(_processes_of(uid)) == 2, "the sandbox and the grandchild it left behind"
+    kubectl.run("delete", "sbx", "attacker", "--wait=false")
+    wait_for(lambda: not _processes_of(uid), timeout=60, what=f"no process of uid {uid} left")
+
+
+def test_cpu_is_shared_by_request(scene: dict[str, dict[str, Any]]) -> None:
+    """Under contention CPU goes by the requests (100m by default): the kernel's cgroup weight."""
+    uid = int(attack(scene, op="identity")["Uid"].split()[0])
+    (proc,) = _processes_of(uid)
+    layout = cgroups.own_layout(
+        Path(f"/proc/{proc.pid}/cgroup").read_text(), Path("/proc/self/mountinfo").read_text()
+    )
+    assert layout is not None, "the sandbox is in a cgroup of its own"
+    if layout.version != 1:
+        pytest.skip("cgroup v2 host: cpu.weight instead of cpu.shares")
+    shares = int(Path(layout.dirs["cpu"], "cpu.shares").read_text())
+    assert shares == 102  # 100m, as the kubelet converts millicores
