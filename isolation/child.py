@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
 from typing import Any
 
-from isolation import confine, zygote
+from isolation import confine
 from isolation.boundary import Confinement
 from isolation.confine import ConfinementError
 from isolation.contract import FunctionInfo, Request, Response
@@ -56,7 +56,7 @@ STOP = encode_frame({"t": "stop"})
 
 def main(fd: int, spec: dict[str, Any]) -> int:
     """Runs in the forked child; returns the process exit code."""
-    zygote.die_with_parent()
+    confine.die_with_parent()
     sock = socket.socket(fileno=fd)
     try:
         raw = spec.get("confine")
@@ -95,7 +95,7 @@ def _enter(confinement: Confinement, env: dict[str, str]) -> None:
     # The zygote kept only INHERITED_ENV of the runtime's environment (`reset_environment`).
     os.environ.update(env | {"TMPDIR": confinement.scratch, "HOME": confinement.scratch})
     tempfile.tempdir = None  # the zygote may have cached its own choice
-    confine.apply(confinement, zygote.SECCOMP_PROGRAM)
+    confine.apply(confinement, confine.PROGRAM)
     sys.dont_write_bytecode = True
 
 

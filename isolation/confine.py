@@ -1,4 +1,5 @@
-"""Applies a `Confinement` to the forked sandbox process, in the one order that works.
+"""Applies a `Confinement` to the forked sandbox process, in the one order that works (and holds
+the one process-lifetime rule zygote and sandboxes share: die with the parent).
 
 Why an order: joining a cgroup and setting rlimits need privileges the sandbox must not keep,
 so they come first; then the identity changes (groups, gid, uid — which also clears every
@@ -21,6 +22,7 @@ import ctypes
 import errno
 import os
 import resource
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,18 @@ def landlock_abi() -> int:
 _STATIC: dict[str, tuple[int, bool]] = {}  # path -> (descriptor, is a directory)
 
 
+# The seccomp filter as BPF, compiled by `warm` in the zygote; every child installs it.
+PROGRAM: bytes | None = None
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent exits."""
+    # Not Linux: sandboxes then outlive a crashed runtime, as plain children would.
+    with contextlib.suppress(OSError, AttributeError):
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
 def warm(static_paths: tuple[str, ...] = ()) -> bytes:
     """In the zygote, before it freezes: import and resolve what confining needs (a child that
     dropped its privileges may not be able to read the interpreter's files any more), open the
@@ -76,7 +90,8 @@ def warm(static_paths: tuple[str, ...] = ()) -> bytes:
                 continue
             with contextlib.suppress(OSError):
                 _STATIC[path] = (os.open(path, os.O_PATH | os.O_CLOEXEC), os.path.isdir(path))
-    program = compile_seccomp()
+    global PROGRAM
+    program = PROGRAM = compile_seccomp()
     _fprog(program)
     return program
 

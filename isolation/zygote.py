@@ -42,17 +42,9 @@ from multiprocess.connection import Connection
 from multiprocess.reduction import recv_handle, send_handle
 from multiprocess.util import spawnv_passfds
 
-_PR_SET_PDEATHSIG = 1
+from isolation.confine import die_with_parent
+
 _PR_SET_CHILD_SUBREAPER = 36
-# Built once in the zygote when sandboxes are confined, loaded by each child (isolation.confine).
-SECCOMP_PROGRAM: bytes | None = None
-
-
-def die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent exits."""
-    # Not Linux: sandboxes then outlive a crashed runtime, as plain children would.
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def exec_entry(fd: int, preload: Sequence[str], pycache: str, confined: bool = False) -> None:
@@ -63,7 +55,6 @@ def exec_entry(fd: int, preload: Sequence[str], pycache: str, confined: bool = F
 def zygote_main(
     conn: Connection, preload: Sequence[str], pycache: str, confined: bool = False
 ) -> None:
-    global SECCOMP_PROGRAM
     die_with_parent()
     # A sandbox's orphaned descendants (once the sandbox itself is gone) come here to be reaped,
     # never to the pod's init.
@@ -82,7 +73,7 @@ def zygote_main(
         from isolation import confine
         from isolation.boundary import BoundaryConfig, read_paths_for
 
-        SECCOMP_PROGRAM = confine.warm(read_paths_for(BoundaryConfig(), ()))
+        confine.warm(read_paths_for(BoundaryConfig(), ()))
         # Confined sandboxes read the cache (the runtime compiles into it for them).
         os.chmod(pycache, 0o755)
         # Nothing of the runtime's environment (its pod's variables) reaches a confined function;
