@@ -24,7 +24,6 @@ from isolation.errors import IllegalTransition, Overloaded
 class SandboxState(StrEnum):
     CREATING = "Creating"
     RUNNING = "Running"
-    RESTARTING = "Restarting"
     STOPPING = "Stopping"
     STOPPED = "Stopped"
     FAILED = "Failed"
@@ -34,12 +33,7 @@ TRANSITIONS: Mapping[SandboxState, frozenset[SandboxState]] = {
     SandboxState.CREATING: frozenset(
         {SandboxState.RUNNING, SandboxState.FAILED, SandboxState.STOPPING}
     ),
-    SandboxState.RUNNING: frozenset(
-        {SandboxState.RESTARTING, SandboxState.STOPPING, SandboxState.FAILED}
-    ),
-    SandboxState.RESTARTING: frozenset(
-        {SandboxState.RUNNING, SandboxState.FAILED, SandboxState.STOPPING}
-    ),
+    SandboxState.RUNNING: frozenset({SandboxState.STOPPING, SandboxState.FAILED}),
     SandboxState.STOPPING: frozenset({SandboxState.STOPPED}),
     SandboxState.STOPPED: frozenset(),
     SandboxState.FAILED: frozenset(),

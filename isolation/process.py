@@ -5,13 +5,12 @@ working directory, and can be killed. With a `BoundaryConfig` each sandbox is al
 principal (`isolation.principals`: uid, scratch, cgroup; `isolation.confine`: what the child
 applies), and its memory limit is the kernel's (a cgroup OOM kill -> OOMKilled; without a
 cgroup, rlimits plus a polled sum over its processes). An invocation overrunning its timeout
-kills the process (Timeout) and the sandbox is restarted from the zygote, and any other death is
-reported with its exit code or signal (Crashed). Whatever the process leaves behind dies with it.
+kills the process (Timeout), and any other death is reported with its exit code or signal
+(Crashed). Whatever the process leaves behind dies with it.
 
-Only a crash or an OOM kill ends a sandbox in Failed; restarting those with back-off is the
-sidecar's job, as it is the kubelet's. A timeout is an invocation fault, so the backend restarts
-the process itself and counts it in `restart_count`; the status keeps Timeout as the reason of
-the last restart.
+Every such end is Failed with its reason, and nothing restarts here: restarting with back-off is
+the sidecar's one decision, as it is the kubelet's, so every restart shows in the Sandbox's
+restartCount, reason and Events.
 """
 
 from __future__ import annotations
@@ -319,13 +318,12 @@ class SubprocessBackend:
             proc.cell.move(
                 SandboxState.STOPPED, reason=Reason.COMPLETED, exit_code=code, signal=sig
             )
-        elif proc.kill_reason == Reason.TIMEOUT:
-            await self._restart(proc, proc.kill_message)
-            return
-        elif proc.kill_reason == Reason.OOM_KILLED:
+        elif proc.kill_reason in (Reason.TIMEOUT, Reason.OOM_KILLED):
+            # Ended by us, for a reason: reported, never restarted here. Restarts are the
+            # sidecar's one decision, so each shows in restartCount, reason and an Event.
             proc.cell.move(
                 SandboxState.FAILED,
-                reason=Reason.OOM_KILLED,
+                reason=proc.kill_reason,
                 message=proc.kill_message,
                 exit_code=code,
                 signal=sig,
@@ -335,23 +333,6 @@ class SubprocessBackend:
                 SandboxState.FAILED, reason=Reason.CRASHED, message=how, exit_code=code, signal=sig
             )
         proc.done.set()
-
-    async def _restart(self, proc: _Proc, message: str) -> None:
-        proc.settled.clear()
-        proc.cell.move(SandboxState.RESTARTING, reason=Reason.TIMEOUT, message=message)
-        try:
-            await self._spawn(proc)
-        except LoadError as err:
-            proc.cell.move(SandboxState.FAILED, reason=err.reason, message=err.message)
-            proc.done.set()
-            return
-        finally:
-            proc.settled.set()
-        if proc.cell.current.state is SandboxState.STOPPING:
-            await self._stop_process(proc, 0.0)  # stop() arrived while we were restarting
-            return
-        restarts = proc.cell.current.restart_count + 1
-        proc.cell.move(SandboxState.RUNNING, pid=proc.pid, restart_count=restarts)
 
     async def invoke(self, sandbox_id: str, request: Request) -> Response:
         proc = self._get(sandbox_id)

@@ -215,6 +215,35 @@ def test_memory_hog_is_oomkilled_and_restarted_with_back_off(
     assert "BackOff" in events and "OOMKilled" in events
 
 
+def test_a_timeout_restart_is_counted_named_and_recorded(
+    kubectl: Kubectl, pod: dict[str, Any]
+) -> None:
+    """The sidecar alone restarts: a timed-out sandbox shows restartCount, reason and Events."""
+    slow = (
+        "import time\n"
+        "def handler(event, context):\n"
+        "    time.sleep(event.get('s', 0))\n"
+        "    return 1\n"
+    )
+    bind(
+        kubectl, "sleepy", pod, {"inline": {"main.py": slow}},
+        isolation="subprocess", timeoutSeconds=1,
+    )  # fmt: skip
+    obj = running(kubectl, "sleepy")
+    code, _ = invoke(obj, {"s": 30})
+    assert code == 504
+    obj = sandbox_where(
+        kubectl,
+        "sleepy",
+        lambda s: s.get("phase") == "Running" and s.get("restartCount", 0) >= 1,
+        "Running again with the restart counted",
+    )
+    code, _ = invoke(obj, {"s": 0})
+    assert code == 200
+    events = kubectl.run("get", "events", "--field-selector=involvedObject.name=sleepy").stdout
+    assert "Timeout" in events and "BackOff" in events
+
+
 def test_deleting_a_sandbox_stops_it_and_releases_the_finalizer(
     kubectl: Kubectl, pod: dict[str, Any]
 ) -> None:

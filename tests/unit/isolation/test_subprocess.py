@@ -14,7 +14,7 @@ import pytest
 
 from isolation.base import Limits, SandboxSpec, SandboxState
 from isolation.contract import Request
-from isolation.errors import InvokeTimeout, LoadError, SandboxCrashed
+from isolation.errors import InvokeTimeout, LoadError, NotRunning, SandboxCrashed
 from isolation.process import SubprocessBackend
 from tests.conformance.conftest import Recorder
 from tests.conformance.support import HELLO, child_processes, wait_for
@@ -77,20 +77,23 @@ async def test_sandboxes_are_children_of_the_zygote(backend: SubprocessBackend) 
     assert psutil.Process(status.pid).ppid() == backend.zygote_pid
 
 
-async def test_timeout_kills_and_restarts(backend: SubprocessBackend, recorder: Recorder) -> None:
+async def test_timeout_kills_and_reports_without_restarting(
+    backend: SubprocessBackend, recorder: Recorder
+) -> None:
+    """The sidecar alone decides restarts, so a timeout is reported, never restarted here."""
     spec = SandboxSpec("slow", HELLO, "main:slow", limits=Limits(timeout_s=0.3))
     first = await backend.create(spec)
     with pytest.raises(InvokeTimeout):
         await backend.invoke("slow", event(seconds=30))
-    await wait_for(lambda: backend.status("slow").restart_count == 1, what="restart")
+    await wait_for(lambda: backend.status("slow").state is SandboxState.FAILED, what="Failed")
     status = backend.status("slow")
-    assert status.state is SandboxState.RUNNING
-    assert status.reason == "Timeout"
-    assert status.pid != first.pid
+    assert (status.reason, status.restart_count) == ("Timeout", 0)
+    assert "overran the 0.3s timeout" in status.message
     assert first.pid is not None and not psutil.pid_exists(first.pid)
-    assert recorder.states("slow") == ["Creating", "Running", "Restarting", "Running"]
+    assert recorder.states("slow") == ["Creating", "Running", "Failed"]
     assert backend.usage("slow").timeouts == 1
-    assert (await backend.invoke("slow", event(seconds=0))).status == 200
+    with pytest.raises(NotRunning):
+        await backend.invoke("slow", event(seconds=0))
 
 
 async def test_memory_limit_kills_with_oomkilled(backend: SubprocessBackend) -> None:

@@ -146,7 +146,7 @@ async def test_http_trigger_passes_the_request_through(
     )
 
 
-async def test_timeout_answers_504_and_restarts(
+async def test_timeout_answers_504_and_is_reported_for_the_sidecar_to_restart(
     runtime: RuntimeProcess, client: RuntimeClient, http: aiohttp.ClientSession
 ) -> None:
     limits = LimitsModel(timeout_seconds=0.3)
@@ -156,11 +156,11 @@ async def test_timeout_answers_504_and_restarts(
     ) as r:
         assert r.status == 504
 
-    async def restarted() -> bool:
+    async def reported() -> bool:
         found = await client.get("slow")
-        return (found.state, found.restart_count, found.reason) == ("Running", 1, "Timeout")
+        return (found.state, found.restart_count, found.reason) == ("Failed", 0, "Timeout")
 
-    await wait_for(restarted, what="restart after timeout")
+    await wait_for(reported, what="Failed with reason Timeout (the runtime never restarts)")
 
 
 async def test_metrics_and_healthz(
