@@ -159,14 +159,27 @@ def new_request_id() -> str:
     return f"{_REQUEST_ID_PREFIX}{next(_request_serial):016x}"
 
 
+class InvalidEvent(ValueError):
+    """A JSON body that cannot be an event: nested past the interpreter's recursion limit."""
+
+
 def decode_event(body: bytes) -> Any:
     """The handler's `event`: decoded JSON, `None` for an empty body, else the raw bytes."""
     if not body:
         return None
     try:
         return json.loads(body)
+    except RecursionError:
+        raise InvalidEvent("the JSON body is nested too deeply to decode") from None
     except ValueError:
         return body
+
+
+def bad_request(message: str) -> Response:
+    """400 as RFC 9457 problem+json: the caller's fault, and the sandbox lives on."""
+    detail = {"type": "about:blank", "title": "Bad Request", "status": 400, "detail": message}
+    headers = {"Content-Type": "application/problem+json"}
+    return Response(400, headers, json.dumps(detail).encode())
 
 
 def _encode_body(body: Any, headers: dict[str, str]) -> bytes:

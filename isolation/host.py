@@ -30,8 +30,10 @@ from isolation.contract import (
     Context,
     FunctionInfo,
     HookKind,
+    InvalidEvent,
     Request,
     Response,
+    bad_request,
     decode_event,
     error_response,
     to_response,
@@ -179,7 +181,10 @@ class FunctionHost:
             function=self.info,
             logger=self.logger,
         )
-        event = decode_event(request.body)
+        try:
+            event = decode_event(request.body)
+        except InvalidEvent as exc:
+            return bad_request(str(exc))
         try:
             response = await self._before_and_handler(event, ctx)
         except (Exception, SystemExit) as exc:  # sys.exit() in a handler must not end the host

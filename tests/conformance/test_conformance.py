@@ -245,3 +245,15 @@ async def test_sandboxes_get_their_own_modules(backend: Backend) -> None:
     await backend.create(SandboxSpec("b", OTHER, "main:handler"))
     assert body(await backend.invoke("a", Request(body=b"{}")))["utils"] == "hello"  # type: ignore[index]
     assert body(await backend.invoke("b", Request(body=b"{}"))) == {"utils": "other"}
+
+
+async def test_a_body_nested_too_deeply_is_refused_and_the_sandbox_lives_on(
+    backend: Backend,
+) -> None:
+    await backend.create(SandboxSpec("deep", HELLO, "main:handler"))
+    response = await backend.invoke("deep", Request(body=b"[" * 100_000 + b"]" * 100_000))
+    assert response.status == 400
+    assert response.headers["Content-Type"] == "application/problem+json"
+    assert "nested too deeply" in json.loads(response.body)["detail"]
+    assert backend.status("deep").state is SandboxState.RUNNING
+    assert (await backend.invoke("deep", Request(body=b'{"name": "again"}'))).status == 200
