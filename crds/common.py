@@ -27,17 +27,16 @@ from pydantic import (
     model_validator,
 )
 
-# apimachinery's resource.Quantity grammar, as controller-gen emits it.
+# A positive Kubernetes quantity, and the one grammar both the CRD schema and the models check.
+# apimachinery's grammar without a sign (a negative limit made a pool pod unschedulable for
+# everyone), with a decimal exponent that is an integer of at most three digits ("1e3", not
+# "1e.5": apimachinery's parser and the kubernetes client's parse_quantity refuse that, and
+# larger exponents overflow them), and with a non-zero digit somewhere in the number: zero
+# ("0", "0.0", "00Mi") is no limit Nest can honour. The first branch has a non-zero digit before
+# the point, the second after it. Only RE2 constructs (no lookahead): the API server is Go.
 QUANTITY_PATTERN = (
-    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
-    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
-)
-# What Nest itself accepts: the same without a sign, and with a decimal exponent that is an
-# integer ("1e3", not "1e.5") as apimachinery's parser and the kubernetes client's
-# parse_quantity require, of at most three digits (larger ones overflow those parsers). The API
-# server only has the loose pattern; every Nest component parsing the object has this one.
-_STRICT_QUANTITY_PATTERN = (
-    r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?[0-9]{1,3}))?$"
+    r"^(([0-9]*[1-9][0-9]*(\.[0-9]*)?)|([0-9]*\.[0-9]*[1-9][0-9]*))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?[0-9]{1,3}))?$"
 )
 PERCENT_PATTERN = r"^[0-9]+%$"
 # A qualified name as Kubernetes validates label keys and values loosely; enough to catch typos.
@@ -45,7 +44,7 @@ LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 # metav1.Condition's reason grammar: CamelCase identifiers that machines can switch on.
 REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
 
-_QUANTITY_RE = re.compile(_STRICT_QUANTITY_PATTERN)
+_QUANTITY_RE = re.compile(QUANTITY_PATTERN)
 _PERCENT_RE = re.compile(PERCENT_PATTERN)
 
 
@@ -81,12 +80,13 @@ class NestModel(BaseModel):
 
 def _check_quantity(value: int | str) -> int | str:
     if isinstance(value, int):
-        if value < 0:
-            raise ValueError("a quantity must not be negative")
+        if value < 1:
+            raise ValueError("a quantity must be positive")
         return value
-    if not _QUANTITY_RE.match(value):
+    if not _QUANTITY_RE.fullmatch(value):  # Python's $ also matches before a final newline
         raise ValueError(
-            f"{value!r} is not a non-negative Kubernetes quantity (e.g. '64Mi', '0.5', '100m')"
+            f"{value!r} is not a positive Kubernetes quantity without a sign "
+            "(e.g. '64Mi', '0.5', '100m')"
         )
     return value
 
@@ -96,20 +96,21 @@ def _check_int_or_percent(value: int | str) -> int | str:
         if value < 0:
             raise ValueError("must not be negative")
         return value
-    if not _PERCENT_RE.match(value):
+    if not _PERCENT_RE.fullmatch(value):
         raise ValueError(f"{value!r} is neither an integer nor a percentage such as '25%'")
     return value
 
 
-# Kubernetes' schema for int-or-string fields, exactly as controller-gen writes it; the pattern
-# applies to the string form only (OpenAPI patterns ignore integers). Strict int/str because the
-# API server rejects a YAML float (`cpu: 0.5`) or a boolean here too.
+# Kubernetes' schema for int-or-string fields, as controller-gen writes it; the pattern applies
+# to the string form only (OpenAPI patterns ignore integers), the minimum to the integer form.
+# Strict int/str because the API server rejects a YAML float (`cpu: 0.5`) or a boolean here too.
 Quantity = Annotated[
     StrictInt | StrictStr,
     AfterValidator(_check_quantity),
     WithJsonSchema(
         {
             "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "minimum": 1,
             "pattern": QUANTITY_PATTERN,
             "x-kubernetes-int-or-string": True,
         }

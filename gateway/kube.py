@@ -32,6 +32,7 @@ from gateway.errors import (
     BadRequest,
     Conflict,
     FieldError,
+    Forbidden,
     GatewayError,
     InvalidInput,
     NotFound,
@@ -61,7 +62,11 @@ def api_error(exc: ApiException, what: str) -> GatewayError:
         return InvalidInput(f"{what} rejected by the API server: {message}", causes)
     if exc.status == 400:
         return BadRequest(f"{what}: {message}")
-    # 401/403 here are the gateway's own credentials failing: the caller cannot fix that.
+    if exc.status == 403 and message.startswith("admission webhook"):
+        # An admission webhook (SandboxRestriction) refused the object itself, naming the
+        # field: the caller's to fix, not the gateway's credentials.
+        return Forbidden(f"{what}: {message}")
+    # Other 401/403 here are the gateway's own credentials failing: the caller cannot fix that.
     return Upstream(f"API server answered {exc.status} for {what}: {message}")
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from crds import constants as c
+from crds.sandbox import env_problems, inline_problems
 
 Obj = Mapping[str, Any]
 
@@ -274,6 +275,7 @@ def decide(request: Request, config: Config, answers: Answers) -> Verdict:
     for verdict in (
         binding_verdict(request, binder),
         template_verdict(request),
+        function_verdict(request),
         tenancy_verdict(pool_use(request, config), answers.pool),
     ):
         if not verdict.allowed:
@@ -308,6 +310,36 @@ def template_verdict(request: Request) -> Verdict:
         if value not in (None, "") and old_fields.get(path) != value
     ]
     return deny(*((path, TEMPLATE_BINDS) for path in bad)) if bad else ALLOW
+
+
+def _function(obj: Obj | None, resource: str) -> Obj:
+    spec = _spec(_template(obj)) if resource in TEMPLATED else _spec(obj)
+    return spec.get("function") or {}
+
+
+def function_verdict(request: Request) -> Verdict:
+    """What the schema cannot say about a function (Kubernetes 1.20 validates no map keys and
+    no byte sizes): inline file names, contents and sizes, and env names, by the models' rules.
+
+    On update only a changed `source` or `env` is checked, so an object stored before these
+    rules can still be scaled, bound, finalized and deleted.
+    """
+    if request.resource not in TEMPLATED | {SANDBOXES} or request.subresource:
+        return ALLOW
+    if request.operation not in (CREATE, UPDATE):
+        return ALLOW
+    prefix = "spec.template.spec.function" if request.resource in TEMPLATED else "spec.function"
+    new = _function(request.obj, request.resource)
+    old = _function(request.old, request.resource) if request.old is not None else {}
+    problems: list[tuple[str, str]] = []
+    source, env = new.get("source") or {}, new.get("env") or {}
+    inline = source.get("inline")
+    if isinstance(inline, Mapping) and source != (old.get("source") or {}):
+        where = f"{prefix}.source.inline"
+        problems += [(f"{where}[{n}]" if n else where, why) for n, why in inline_problems(inline)]
+    if isinstance(env, Mapping) and env != (old.get("env") or {}):
+        problems += [(f"{prefix}.env[{n}]", why) for n, why in env_problems(env)]
+    return deny(*problems) if problems else ALLOW
 
 
 def tenancy_verdict(use: PoolUse | None, standing: PoolStanding | None) -> Verdict:

@@ -1,0 +1,33 @@
+"""How API server failures reach a management API caller: theirs to fix (4xx) or not (502)."""
+
+from __future__ import annotations
+
+import json
+
+from kubernetes.client.exceptions import ApiException
+
+from gateway.errors import Forbidden, InvalidInput, NotFound, Upstream
+from gateway.kube import api_error
+
+
+def _exc(status: int, message: str) -> ApiException:
+    exc = ApiException(status=status, reason="x")
+    exc.body = json.dumps({"kind": "Status", "message": message})
+    return exc
+
+
+def test_an_admission_refusal_is_the_callers_and_says_why() -> None:
+    message = 'admission webhook "sandboxes.x" denied the request: spec.pool: no SandboxPool "p"'
+    error = api_error(_exc(403, message), "function ns/f")
+    assert isinstance(error, Forbidden) and error.status == 403
+    assert "spec.pool" in error.detail
+
+
+def test_the_gateways_own_credentials_failing_is_upstream() -> None:
+    error = api_error(_exc(403, 'sandboxes is forbidden: User "x" cannot create'), "function ns/f")
+    assert isinstance(error, Upstream) and error.status == 502
+
+
+def test_not_found_and_invalid_keep_their_meaning() -> None:
+    assert isinstance(api_error(_exc(404, "gone"), "f"), NotFound)
+    assert isinstance(api_error(_exc(422, "bad"), "f"), InvalidInput)
