@@ -22,6 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 NAMESPACE = "nest-demo"
 SYSTEM_DEPLOYMENTS = ("nest-operator", "nest-gateway", "nest-pool")
 FUNCTIONS = (("hello", '{"name": "Nest"}'), ("greeter", '{"name": "reader"}'))
+PROBE_SANDBOX = """apiVersion: nest.sandbox.dev/v1alpha1
+kind: Sandbox
+metadata: {name: admission-probe, namespace: default}
+spec: {function: {handler: "main:handler", source: {path: /nonexistent}}}
+"""
 
 
 def register(sub: Any) -> None:
@@ -63,6 +68,23 @@ class Demo:
     def k(self, *args: str, show: bool = True, stdin: str | None = None) -> str:
         return self.sh(self.kubectl, *args, show=show, stdin=stdin)
 
+    def admission_ready(self) -> None:
+        """Every Sandbox write passes SandboxRestriction (failurePolicy Fail), served by the
+        operator: wait until a server-side dry run of one is answered."""
+        print("$ kubectl create --dry-run=server -f <a Sandbox>   # until admission answers")
+        probe = PROBE_SANDBOX
+        deadline = time.monotonic() + self.timeout
+        while True:
+            proc = subprocess.run(
+                [self.kubectl, "create", "--dry-run=server", "-f", "-"],
+                input=probe, env=self.env, capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            if proc.returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                raise NestError(f"SandboxRestriction did not answer: {proc.stderr.strip()}")
+            time.sleep(1)  # polling a condition, bounded by the deadline
+
     def nest(self, *args: str) -> str:
         return self.sh(sys.executable, "-m", "nest", *args)
 
@@ -87,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
     demo.k("apply", "-k", str(ROOT / "deploy"), show=False)
     for name in SYSTEM_DEPLOYMENTS:
         demo.k("-n", "nest-system", "rollout", "status", f"deployment/{name}", wait)
+    demo.admission_ready()
     demo.k("-n", "nest-system", "get", "pods", "-o", "wide")
 
     demo.step(f"deploying the examples into namespace {NAMESPACE}")

@@ -108,6 +108,26 @@ def nest_deployed(kubeconfig: Path, kubectl_binary: str, nest_crds: list[str]) -
         [*base, "apply", "-k", str(root / "deploy")], capture_output=True, text=True
     )
     assert applied.returncode == 0, applied.stderr
+    # Every Sandbox write passes SandboxRestriction (failurePolicy Fail), which the operator
+    # serves: a freshly started cluster refuses them until it answers. Wait for an answer.
+    custom = client.CustomObjectsApi(config.new_client_from_config(config_file=str(kubeconfig)))
+    probe = {
+        "apiVersion": "nest.sandbox.dev/v1alpha1",
+        "kind": "Sandbox",
+        "metadata": {"name": "admission-probe"},
+        "spec": {"function": {"handler": "main:handler", "source": {"path": "/nonexistent"}}},
+    }
+
+    def admitted() -> bool:
+        try:
+            custom.create_namespaced_custom_object(
+                "nest.sandbox.dev", "v1alpha1", "default", "sandboxes", probe, dry_run="All"
+            )
+        except client.exceptions.ApiException:
+            return False
+        return True
+
+    wait_for(admitted, timeout=180, what="SandboxRestriction (the operator) to answer")
     return kubeconfig
 
 
