@@ -128,7 +128,30 @@ def nest_deployed(kubeconfig: Path, kubectl_binary: str, nest_crds: list[str]) -
         return True
 
     wait_for(admitted, timeout=180, what="SandboxRestriction (the operator) to answer")
+    _clear_the_demo(kubeconfig)
     return kubeconfig
+
+
+def _clear_the_demo(kubeconfig: Path) -> None:
+    """`make demo` leaves its functions in namespace nest-demo; their namespace-mode sandboxes
+    own both shared pool pods (TenantIsolation), which the suite needs. Remove them, saying so."""
+    core = client.CoreV1Api(config.new_client_from_config(config_file=str(kubeconfig)))
+    try:
+        core.delete_namespace("nest-demo", propagation_policy="Background")
+    except client.exceptions.ApiException as err:
+        if err.status == 404:
+            return
+        raise
+    print("\ntests: deleting namespace nest-demo (left by `make demo`): the suite needs the pool")
+
+    def gone() -> bool:
+        try:
+            core.read_namespace("nest-demo")
+        except client.exceptions.ApiException as err:
+            return err.status == 404
+        return False
+
+    wait_for(gone, timeout=180, what="namespace nest-demo to be gone")
 
 
 @pytest.fixture
