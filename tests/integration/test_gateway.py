@@ -188,7 +188,7 @@ def test_rbac_decides_who_may_read_deploy_and_invoke(
     # The invoker passes authorisation; what it reaches is the function (held, then answered)
     # or, here, a function deleted meanwhile: not a 403.
     assert developer.request("DELETE", developer.fn("/f")).status_code == 204
-    assert_problem(invoker.invoke("f", {}), 404, "not found")
+    assert_problem(invoker.invoke("f", {}), 404)  # "not found", or "was deleted" if seen going
 
 
 def test_management_round_trip(kubectl: Kubectl, developer: Client) -> None:
