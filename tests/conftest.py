@@ -7,6 +7,7 @@ any cluster whose kubeconfig NEST_KUBECONFIG names. It is never mocked.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,8 +65,29 @@ def namespace(api: client.ApiClient) -> Iterator[str]:
         lambda: core.read_namespaced_service_account("default", name).secrets,
         what=f"default ServiceAccount token in {name}",
     )
+    _wait_for_leftovers_to_leave(api, name)
     yield name
     core.delete_namespace(name, propagation_policy="Background")
+
+
+def _wait_for_leftovers_to_leave(api: client.ApiClient, ours: str, timeout: float = 60) -> None:
+    """Earlier tests' namespaces are deleted in the background; their namespace-mode sandboxes
+    may still hold the shared pool pods, where TenantIsolation lets no other namespace in.
+    Give them up to `timeout` to go (a test that needs the pool then still sees it busy)."""
+    custom = client.CustomObjectsApi(api)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            items = custom.list_cluster_custom_object("nest.sandbox.dev", "v1alpha1", "sandboxes")
+        except client.exceptions.ApiException:
+            return  # no CRDs yet: nothing can be left over
+        left = [
+            s for s in items["items"]
+            if s["metadata"]["namespace"].startswith("t-") and s["metadata"]["namespace"] != ours
+        ]  # fmt: skip
+        if not left:
+            return
+        time.sleep(0.5)  # polling the condition above, bounded by the deadline
 
 
 @pytest.fixture
