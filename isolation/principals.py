@@ -79,14 +79,15 @@ class Principals:
         self._uids = UidPool(config.uids)
         self._principals: dict[str, Principal] = {}
         self.cgroup_root = cgroups.discover() if config.cgroups else None
-        self.landlock = config.landlock and landlock_abi() > 0
+        self.landlock_abi = landlock_abi()  # asked once: every status event reports it
+        self.landlock = config.landlock and self.landlock_abi > 0
         os.makedirs(config.scratch_root, exist_ok=True)
         os.chmod(config.scratch_root, 0o711)  # sandboxes reach their own directory, list none
 
     def describe(self) -> dict[str, str]:
         """What is enforced here, for the runtime's info and the sandbox's status."""
         limits = self.cgroup_root.describe() if self.cgroup_root else "rlimits (no writable cgroup)"
-        abi = landlock_abi()
+        abi = self.landlock_abi
         first, last = self.config.uids.start, self.config.uids.stop - 1
         return {
             "identity": f"a uid per sandbox from {first}-{last}",
@@ -113,7 +114,7 @@ class Principals:
         parts = [f"uid {principal.uid}" if principal else "own uid", "no capabilities"]
         parts += [
             "seccomp" if self.config.seccomp else "no seccomp",
-            f"Landlock ABI {landlock_abi()}",
+            f"Landlock ABI {self.landlock_abi}",
         ]
         parts.append(f"cgroup v{self.cgroup_root.version}" if self.cgroup_root else "rlimits")
         return self.config.seccomp, ", ".join(parts)

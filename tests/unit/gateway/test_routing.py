@@ -27,7 +27,7 @@ def test_addresses_keep_only_routable_ready_entries() -> None:
             {"sandbox": "a", "uid": "uid-a", "podName": "p", "podIP": "127.0.0.2", "port": 8080},
             {"sandbox": "x", "uid": "uid-x", "podName": "p"},  # no IP yet
         ],
-        "notReady": [{"sandbox": "b", "uid": "uid-b", "podName": "p", "podIP": "1.2.3.4"}],
+        "notReady": [{"sandbox": "b", "uid": "uid-b", "podName": "p", "podIP": "127.9.9.9"}],
     }
     assert addresses(status) == (A,)
     assert addresses(None) == ()

@@ -298,7 +298,7 @@ def test_a_user_may_not_rebind_or_unbind_but_may_edit_other_fields() -> None:
 def test_unbound_sandboxes_deletes_and_status_writes_by_users_pass() -> None:
     assert verdict(request(ALICE, "CREATE", sandbox(pod=None, uid=None))).allowed
     assert verdict(request(ALICE, "DELETE", None, sandbox())).allowed
-    status = request(ALICE, "UPDATE", sandbox(podIP="1.2.3.4"), sandbox(), subresource="status")
+    status = request(ALICE, "UPDATE", sandbox(podIP="127.9.9.9"), sandbox(), subresource="status")
     assert verdict(status).allowed
 
 

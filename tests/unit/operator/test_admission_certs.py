@@ -101,7 +101,9 @@ def test_a_loopback_pod_routes_by_externalname_and_others_by_selector() -> None:
     local = certs.desired_service("svc", "nest-system", 8443, SELECTOR, "127.0.0.3", OWNER)
     assert local["spec"]["type"] == "ExternalName"
     assert local["spec"]["externalName"] == "127.0.0.3"
-    real = certs.desired_service("svc", "nest-system", 8443, SELECTOR, "10.1.2.3", OWNER)
+    real = certs.desired_service(
+        "svc", "nest-system", 8443, SELECTOR, "10.1.2.3", OWNER
+    )  # a routable pod IP (a value only: nothing is sent)
     assert real["spec"] == {
         "type": "ClusterIP",
         "selector": SELECTOR,
@@ -119,7 +121,7 @@ def test_the_service_is_created_patched_or_recreated_only_when_needed() -> None:
     clusterip = certs.desired_service("svc", "nest-system", 8443, SELECTOR, None, OWNER)
     assert (
         certs.service_change(
-            {**clusterip, "spec": {**clusterip["spec"], "clusterIP": "10.0.0.7"}}, want
+            {**clusterip, "spec": {**clusterip["spec"], "clusterIP": "127.0.9.7"}}, want
         )
         == "recreate"
     )

@@ -20,7 +20,7 @@ def test_defaults() -> None:
 
 
 def test_pod_ip_is_the_default_host() -> None:
-    assert parse_config([], {**KEYED, "POD_IP": "10.1.2.3"}).host == "10.1.2.3"
+    assert parse_config([], {**KEYED, "POD_IP": "127.0.9.3"}).host == "127.0.9.3"
 
 
 def test_env_overrides_defaults() -> None:
@@ -28,7 +28,7 @@ def test_env_overrides_defaults() -> None:
         "NEST_RUNTIME_SOCKET": "/run/rt.sock",
         "NEST_RUNTIME_HOST": "0.0.0.0",
         "NEST_RUNTIME_PORT": "9000",
-        "POD_IP": "10.1.2.3",
+        "POD_IP": "127.0.9.3",
         "NEST_RUNTIME_PRELOAD": "json, decimal",
         "NEST_RUNTIME_LAYERS": "a:B",
         **KEYED,
