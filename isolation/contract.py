@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -60,21 +60,38 @@ on_close = _mark(HookKind.CLOSE)
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """The HTTP request that triggered an invocation, as the handler sees it."""
+    """The HTTP request that triggered an invocation, as the handler sees it.
+
+    `query` and `headers` keep one value per name (the `nest` contract); `raw_query` and
+    `header_items` keep every value in order, for the interfaces that expose repeats
+    (API Gateway's multiValue fields, ASGI, WSGI). `root_path` is the prefix the function is
+    mounted under (`/fn/{namespace}/{name}`); `path` is what follows it.
+    """
 
     method: str = "POST"
     path: str = "/"
     query: Mapping[str, str] = field(default_factory=dict)
     headers: Mapping[str, str] = field(default_factory=dict)
     body: bytes = b""
+    raw_query: str = ""
+    header_items: tuple[tuple[str, str], ...] = ()
+    root_path: str = ""
+    client: str = ""
+
+
+Headers = Mapping[str, str] | Sequence[tuple[str, str]]
 
 
 @dataclass(frozen=True, slots=True)
 class Response:
-    """An explicit HTTP response. `body` may be bytes, str or any JSON-able value."""
+    """An explicit HTTP response. `body` may be bytes, str or any JSON-able value.
+
+    `headers` is a mapping, or a sequence of (name, value) pairs when a name repeats
+    (Set-Cookie).
+    """
 
     status: int = 200
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Headers = field(default_factory=dict)
     body: Any = b""
 
 
@@ -182,15 +199,24 @@ def bad_request(message: str) -> Response:
     return Response(400, headers, json.dumps(detail).encode())
 
 
-def _encode_body(body: Any, headers: dict[str, str]) -> bytes:
+def _encode_body(body: Any) -> tuple[bytes, str]:
+    """The body as bytes, and the Content-Type it implies when the handler named none."""
     if isinstance(body, bytes | bytearray | memoryview):
-        headers.setdefault("Content-Type", "application/octet-stream")
-        return bytes(body)
+        return bytes(body), "application/octet-stream"
     if isinstance(body, str):
-        headers.setdefault("Content-Type", "text/plain; charset=utf-8")
-        return body.encode()
-    headers.setdefault("Content-Type", JSON_TYPE)
-    return json.dumps(body, separators=(",", ":")).encode()
+        return body.encode(), "text/plain; charset=utf-8"
+    return json.dumps(body, separators=(",", ":")).encode(), JSON_TYPE
+
+
+def _with_type(headers: Headers, content_type: str) -> Headers:
+    if isinstance(headers, Mapping):
+        out = dict(headers)
+        out.setdefault("Content-Type", content_type)
+        return out
+    pairs = [(str(name), str(value)) for name, value in headers]
+    if not any(name.lower() == "content-type" for name, _ in pairs):
+        pairs.append(("Content-Type", content_type))
+    return pairs
 
 
 def to_response(value: Any) -> Response:
@@ -199,10 +225,10 @@ def to_response(value: Any) -> Response:
     Raises TypeError/ValueError when the value is not JSON-able; callers turn that into a 500.
     """
     if isinstance(value, Response):
-        headers = dict(value.headers)
-        return Response(value.status, headers, _encode_body(value.body, headers))
-    headers = {}
-    return Response(200, headers, _encode_body(value, headers))
+        body, content_type = _encode_body(value.body)
+        return Response(value.status, _with_type(value.headers, content_type), body)
+    body, content_type = _encode_body(value)
+    return Response(200, {"Content-Type": content_type}, body)
 
 
 def error_response(exc: BaseException, status: int = 500) -> Response:
