@@ -33,7 +33,19 @@ SHA256_PATTERN = r"^[0-9a-f]{64}$"
 # A C identifier, as POSIX shells and Lambda allow; stricter than Kubernetes' own env names
 # ([-._a-zA-Z][-._a-zA-Z0-9]*), whose `-` and `.` no shell or os.environ user can spell.
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
-CODE_SOURCES = ("inline", "configMap", "url", "path")
+CODE_SOURCES = ("inline", "configMap", "url", "path", "oci")
+# A function package in an OCI registry, by digest only (a tag could be moved under a running
+# function): `registry/repository@sha256:<hex>`, distribution's reference grammar with the
+# registry always explicit and, as Docker reads references, recognisable as one (a dot, a port,
+# localhost or an IPv6 address). Valid in RE2 (the API server's), ECMA-262 (OpenAPI's) and
+# Python alike, hence no named groups; sandbox.layers parses references with this same pattern.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+OCI_REF_PATTERN = (
+    rf"^(?:{_LABEL}(?:\.{_LABEL})+(?::[0-9]{{1,5}})?|{_LABEL}:[0-9]{{1,5}}|localhost"
+    r"|\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?)"
+    rf"/{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*@sha256:[0-9a-f]{{64}}$"
+)
 _ENV_NAME_RE = re.compile(ENV_NAME_PATTERN)
 
 # Inline code is stored in the object itself, and a SandboxDeployment's template is copied into
@@ -181,8 +193,29 @@ class ConfigMapSource(NestModel):
     )
 
 
+class OciSource(NestModel):
+    """A function package (code and dependency layers) in an OCI registry, pulled by digest.
+
+    `nest deploy DIR` builds and pushes one; the artifact format is sandbox.layers'.
+    """
+
+    ref: str = Field(
+        max_length=1024,
+        pattern=OCI_REF_PATTERN,
+        description="registry/repository@sha256:<digest> of the package's manifest; the pull "
+        "is verified against the digest.",
+    )
+    pull_secret: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        description="A kubernetes.io/dockerconfigjson Secret of the Sandbox's namespace with the "
+        "registry's credentials, as a Pod's imagePullSecrets.",
+    )
+
+
 class CodeSource(NestModel):
-    """Where the function's code comes from; exactly one of inline, configMap, url, path."""
+    """Where the function's code comes from; exactly one of inline, configMap, url, path, oci."""
 
     model_config = NestModel.model_config | {
         # Structural schemas allow oneOf of `required` lists: the API server rejects zero or
@@ -193,6 +226,7 @@ class CodeSource(NestModel):
                 {"required": ["configMap"]},
                 {"required": ["url", "sha256"]},
                 {"required": ["path"]},
+                {"required": ["oci"]},
             ]
         }
     }
@@ -223,6 +257,9 @@ class CodeSource(NestModel):
         pattern=r"^/",
         description="Absolute path of code already present in the pool image.",
     )
+    oci: OciSource | None = Field(
+        default=None, description="A function package in an OCI registry, by digest."
+    )
 
     @field_validator("inline")
     @classmethod
@@ -237,7 +274,9 @@ class CodeSource(NestModel):
         given = [
             wire
             for wire, value in zip(
-                CODE_SOURCES, (self.inline, self.config_map, self.url, self.path), strict=True
+                CODE_SOURCES,
+                (self.inline, self.config_map, self.url, self.path, self.oci),
+                strict=True,
             )
             if value is not None
         ]
@@ -354,12 +393,15 @@ _TRANSITIONS: dict[SandboxPhase, frozenset[SandboxPhase]] = {
 }
 
 
+# A namespace-mode sandbox that crashed its pod's shared runtime (os._exit, a segfault): it would
+# crash the next shared runtime too, so it is final; subprocess isolation is the fix.
+RUNTIME_CRASH_REASON = "RuntimeCrash"
 # Failure reasons that would recur identically in any pod: the code or its pin is wrong. A sandbox
 # Failed for one of these is neither restarted by its sidecar nor replaced by its replica set
 # (replacing would only churn); the fix is a new revision. Every other Failed is replaced.
 PERMANENT_FAILURE_REASONS: frozenset[str] = frozenset(
     {"SyntaxError", "ImportError", "HandlerNotFound", "ChecksumMismatch", "InvalidCodeArchive",
-     "CodePathNotFound", "InvalidSpec"}
+     "CodePathNotFound", "InvalidSpec", RUNTIME_CRASH_REASON}
 )  # fmt: skip
 # The reason of a sandbox whose pod went away (deleted, NotReady too long, Lease expired).
 EVICTED_REASON = "Evicted"

@@ -4,11 +4,15 @@ They mirror apps/v1 ReplicaSet and Deployment field for field where the meaning 
 that anyone who knows Kubernetes can read them and `kubectl scale`/rollout habits apply; the
 additions are Nest's (autoscaling with reserved instances and scale to zero). Checks that the
 API server cannot express without CEL (unavailable on Kubernetes 1.20) are enforced here and
-therefore by every Nest component that parses these objects.
+therefore by every Nest component that parses these objects; the cross-field ones (selector and
+template labels, binding fields in templates) are plain functions the admission webhook applies
+too, so the API server refuses what the models refuse.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -22,8 +26,55 @@ from crds.common import (
     TemplateMetadata,
     conditions_field,
 )
-from crds.constants import API_VERSION, DEPLOYMENT_KIND, REPLICASET_KIND
+from crds.constants import (
+    API_VERSION,
+    DEPLOYMENT_KIND,
+    POD_UID_LABEL,
+    POOL_LABEL,
+    REPLICASET_KIND,
+)
 from crds.sandbox import SandboxSpec
+
+# The labels the scheduler sets when it binds; a template carrying them would bind every replica.
+BINDING_LABELS = (POD_UID_LABEL, POOL_LABEL)
+TEMPLATE_BINDS = "a template may not bind its Sandboxes: only the scheduler binds"
+
+
+def unusable_selector(selector: LabelSelector) -> str | None:
+    """Why `selector` can be no workload's, whatever its template: empty, or by binding labels."""
+    if selector.is_empty():
+        return "must not be empty: it would select every Sandbox of the namespace"
+    keys = set(selector.match_labels) | {r.key for r in selector.match_expressions}
+    bound = sorted(keys.intersection(BINDING_LABELS))
+    if bound:
+        return (
+            f"must not select by {', '.join(bound)}: the scheduler sets it when it binds a "
+            "Sandbox, after creation"
+        )
+    return None
+
+
+def selector_problem(selector: LabelSelector, labels: Mapping[str, str]) -> str | None:
+    """Why `selector` cannot select Sandboxes labelled `labels`, or None: the one rule the models,
+    the admission webhook (for template labels) and the replica set controller (for the labels
+    it actually stamps) apply. A replica set whose Sandboxes its selector does not select
+    releases each one it creates and creates another, without end."""
+    unusable = unusable_selector(selector)
+    if unusable is not None:
+        return unusable
+    if not selector.matches(labels):
+        shown = json.dumps(dict(labels), sort_keys=True)
+        return (
+            f'"{selector.to_selector_string()}" does not match the template\'s labels {shown}: '
+            "the Sandboxes it creates would not be its own"
+        )
+    return None
+
+
+def template_binding_fields(labels: Mapping[str, str], spec: Mapping[str, object]) -> list[str]:
+    """The binding fields a template sets, as paths under the template (`spec.podName`, ...)."""
+    fields = [f"spec.{name}" for name in ("podName", "podNamespace") if spec.get(name)]
+    return fields + [f"metadata.labels[{label}]" for label in BINDING_LABELS if labels.get(label)]
 
 
 class SandboxTemplate(NestModel):
@@ -36,8 +87,10 @@ class SandboxTemplate(NestModel):
 
     @model_validator(mode="after")
     def _unbound(self) -> SandboxTemplate:
-        if self.spec.pod_name is not None or self.spec.pod_namespace is not None:
-            raise ValueError("a template must not set podName/podNamespace: the scheduler binds")
+        spec = {"podName": self.spec.pod_name, "podNamespace": self.spec.pod_namespace}
+        bound = template_binding_fields(self.metadata.labels, spec)
+        if bound:
+            raise ValueError("; ".join(f"{path}: {TEMPLATE_BINDS}" for path in bound))
         return self
 
 
@@ -52,10 +105,9 @@ class _WorkloadSpec(NestModel):
 
     @model_validator(mode="after")
     def _selector_matches_template(self) -> _WorkloadSpec:
-        if self.selector.is_empty():
-            raise ValueError("selector must not be empty: it would adopt every Sandbox")
-        if not self.selector.matches(self.template.metadata.labels):
-            raise ValueError("selector does not match template.metadata.labels")
+        why = selector_problem(self.selector, self.template.metadata.labels)
+        if why is not None:
+            raise ValueError(f"selector: {why}")
         return self
 
 

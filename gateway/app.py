@@ -4,11 +4,13 @@ Each operation is `authorize → parse → call the API server → convert`, wit
 in `gateway.convert`, `gateway.auth` and `gateway.invoke`; this module only moves bytes. Every
 failure leaves as an RFC 7807 problem (the middleware maps typed errors, aiohttp's own 404/405/
 413, and — as a bug report — anything unexpected), so clients never have to parse HTML errors.
+Every body, management or invocation, passes `sandbox.limits` first (size and JSON nesting,
+the same limits and the same problem documents as the runtime's data plane), so no body can
+make a handler fail with a 500.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
@@ -17,12 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from kubernetes import client
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ValidationError
 
 from crds import LabelSelector
-from crds.constants import DEPLOYMENT_PLURAL, ENDPOINTS_PLURAL
 from gateway import convert, openapi
 from gateway import models as m
 from gateway.auth import Authorizer
@@ -33,15 +33,17 @@ from gateway.errors import (
     MethodNotAllowed,
     NotFound,
     NotReady,
-    PayloadTooLarge,
     UnsupportedMediaType,
     invalid,
     problem,
 )
 from gateway.invoke import Invoker, Metrics, invoke_call, trigger_call
-from gateway.kube import Informer, Kube, Obj
+from gateway.kube import Kube, Obj
 from gateway.routes import ROUTES, Route
-from sandbox import dataplane_auth
+from nest_kube import Api, Informer
+from nest_kube.resources import SANDBOX_DEPLOYMENTS, SANDBOX_ENDPOINTS
+from sandbox import dataplane_auth, limits
+from sandbox.limits import DEFAULT_LIMITS, BodyLimits
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request, str, str, Any], Awaitable[web.Response]]
@@ -56,7 +58,7 @@ class Options:
     queue_size: int = 100
     activation_timeout: float = 30.0
     auth_cache_seconds: float = 10.0
-    max_body_bytes: int = 6 * 1024 * 1024
+    limits: BodyLimits = DEFAULT_LIMITS  # the runtimes' must be the same (flags of both)
     dataplane_key_file: str | None = None  # None: forward unsigned (insecure runtimes only)
 
 
@@ -78,6 +80,8 @@ async def problems(
         return await handler(request)
     except GatewayError as exc:
         return problem_response(exc, request.path)
+    except limits.BodyRefused as exc:
+        return limits.problem_response(exc, request.path)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -86,8 +90,9 @@ async def problems(
             mapped = NotFound(f"no operation at {request.path}; see /openapi.json")
         elif exc.status == 405:
             mapped = MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
-        elif exc.status == 413:
-            mapped = PayloadTooLarge(f"body larger than {request.app[OPTIONS_KEY].max_body_bytes}")
+        elif exc.status == 413:  # a handler that read the body without limits.read_body
+            too_large = limits.too_large(request.app[OPTIONS_KEY].limits)
+            return limits.problem_response(too_large, request.path)
         else:
             mapped = BadRequest(exc.text or exc.reason)
         return problem_response(mapped, request.path)
@@ -113,16 +118,14 @@ def _param(request: web.Request, name: str) -> str:
     return value
 
 
-async def _body(request: web.Request, model: type[BaseModel]) -> BaseModel:
+async def _body(request: web.Request, model: type[BaseModel], body: BodyLimits) -> BaseModel:
+    """The validated body; too large 413, too deep or not JSON 400 (`sandbox.limits`)."""
     if request.content_type not in ("application/json", "application/octet-stream") and (
         request.headers.get("Content-Type")
     ):
         raise UnsupportedMediaType(f"send application/json, not {request.content_type}")
-    raw = await request.read()
-    try:
-        data = json.loads(raw) if raw else None
-    except ValueError as exc:
-        raise BadRequest(f"body is not JSON: {exc}") from exc
+    raw = await limits.read_body(request, body)
+    data = await limits.decode_json_async(raw, body) if raw else None
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -136,10 +139,17 @@ def _selector(deployment: Obj) -> str:
 class Gateway:
     """The handlers, bound to one cluster connection and one routing state."""
 
-    def __init__(self, kube: Kube, invoker: Invoker, authorizer: Authorizer | None) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        invoker: Invoker,
+        authorizer: Authorizer | None,
+        body_limits: BodyLimits = DEFAULT_LIMITS,
+    ) -> None:
         self.kube = kube
         self.invoker = invoker
         self.authorizer = authorizer
+        self.limits = body_limits
         self.handlers: dict[str, Handler] = {
             "createFunction": self.create_function,
             "listFunctions": self.list_functions,
@@ -165,7 +175,7 @@ class Gateway:
             if self.authorizer is not None:
                 header = request.headers.get("Authorization")
                 await self.authorizer.authorize(header, route.access, ns, name or None)
-            body = await _body(request, route.body) if route.body is not None else None
+            body = None if route.body is None else await _body(request, route.body, self.limits)
             return await impl(request, ns, name, body)
 
         return handle
@@ -232,14 +242,20 @@ class Gateway:
         view = {"name": name, "namespace": ns, "status": found.get("status") or {}}
         return _json(convert.parse(m.Endpoints, view, "SandboxEndpoints"))
 
+    async def _event(self, request: web.Request) -> bytes:
+        """The body to forward, refused here as the runtime would refuse it (no round trip)."""
+        body = await limits.read_body(request, self.limits)
+        await limits.check_body_async(body, self.limits)
+        return body
+
     async def invoke(self, request: web.Request, ns: str, name: str, _: Any) -> web.Response:
-        call = invoke_call(request.headers, await request.read())
+        call = invoke_call(request.headers, await self._event(request))
         return await self.invoker.invoke((ns, name), call)
 
     async def http_trigger(self, request: web.Request, ns: str, name: str, _: Any) -> web.Response:
         call = trigger_call(
             request.method, request.match_info.get("path", ""), request.rel_url.raw_query_string,
-            request.headers, await request.read(), strip_auth=self.authorizer is not None,
+            request.headers, await self._event(request), strip_auth=self.authorizer is not None,
         )  # fmt: skip
         return await self.invoker.invoke((ns, name), call)
 
@@ -279,37 +295,48 @@ async def _metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def create_app(api: client.ApiClient, options: Options) -> web.Application:
-    """The gateway application; its watches and data-plane client live as long as it runs."""
-    app = web.Application(middlewares=[problems], client_max_size=options.max_body_bytes)
+def api_app(gateway: Gateway, options: Options) -> web.Application:
+    """The operations of the route table behind the problem middleware, without the watches
+    (tests serve it in-process with a routing state of their own)."""
+    # aiohttp refuses bodies longer than client_max_size: a body of exactly the limit passes.
+    app = web.Application(middlewares=[problems], client_max_size=options.limits.max_bytes)
+    app[OPTIONS_KEY] = options
+    app[GATEWAY_KEY] = gateway
+    add_routes(app, gateway)
+    return app
+
+
+def create_app(api: Api, options: Options) -> web.Application:
+    """The gateway application on `api` (`nest_kube.HttpApi`, or a fake in tests); its watches,
+    its API session and its data-plane client live as long as it runs."""
     registry = CollectorRegistry()
     kube = Kube(api)
     key_file = options.dataplane_key_file
     keys = dataplane_auth.KeySource(key_file) if key_file else None  # raises: no key, no gateway
     invoker = Invoker(kube, Metrics(registry), options.queue_size, options.activation_timeout, keys)
     authorizer = Authorizer(kube, options.auth_cache_seconds) if options.auth else None
-    gateway = Gateway(kube, invoker, authorizer)
-    app[OPTIONS_KEY] = options
+    gateway = Gateway(kube, invoker, authorizer, options.limits)
+    app = api_app(gateway, options)
     app[REGISTRY_KEY] = registry
-    app[GATEWAY_KEY] = gateway
     app[INFORMERS_KEY] = []
     document = openapi.document()
     docs = openapi.docs_html(document)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await invoker.open()
-        loop = asyncio.get_running_loop()
-        informers = [
-            Informer(api, DEPLOYMENT_PLURAL, loop, invoker.on_deployment),
-            Informer(api, ENDPOINTS_PLURAL, loop, invoker.on_endpoints),
-        ]
+        deployments = Informer(api, SANDBOX_DEPLOYMENTS)  # cluster-wide: every function
+        deployments.add_handler(lambda d: invoker.on_deployment(d.type, d.obj))
+        endpoints = Informer(api, SANDBOX_ENDPOINTS)
+        endpoints.add_handler(lambda d: invoker.on_endpoints(d.type, d.obj))
+        informers = [deployments, endpoints]
         app[INFORMERS_KEY].extend(informers)
         for informer in informers:
             informer.start()
         yield
         for informer in informers:
-            informer.stop()
+            await informer.stop()
         await invoker.close()
+        await api.close()
 
     async def serve_openapi(request: web.Request) -> web.Response:
         return web.json_response(document)
@@ -318,7 +345,6 @@ def create_app(api: client.ApiClient, options: Options) -> web.Application:
         return web.Response(text=docs, content_type="text/html")
 
     app.cleanup_ctx.append(lifecycle)
-    add_routes(app, gateway)
     app.router.add_get("/openapi.json", serve_openapi)
     app.router.add_get("/docs", serve_docs)
     app.router.add_get("/healthz", _healthz)

@@ -1,33 +1,17 @@
-"""The gateway's calls to the API server, and the watches that feed its routing state.
+"""The gateway's calls to the API server, as typed async methods that raise gateway errors.
 
-Thin I/O shell: the kubernetes client is synchronous, so each call runs in a thread and every
-ApiException becomes one of the gateway's typed errors (the API server's own message and field
-causes kept, so a problem names what the cluster rejected). Two cluster-wide list+watch loops
-(SandboxDeployments, SandboxEndpoints) run in threads and hand events to the event loop; they
-resume from the last resourceVersion and relist on 410 Gone, reporting vanished objects as
-deletions, so the routing table never keeps an address the cluster has dropped.
+Thin I/O shell over the shared layer (`nest_kube.Api`: aiohttp on the gateway's own loop, no
+threads): each method names what it asks for, and every `ApiError` becomes one of the gateway's
+typed errors with the API server's own message and field causes kept, so a problem names what
+the cluster rejected. The watches that feed routing are `nest_kube.Informer`s (see gateway.app);
+this module holds no loop of its own.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import logging
-import threading
-from collections.abc import Callable
-from typing import Any, cast
+from collections.abc import Mapping
+from typing import Any
 
-from kubernetes import client, watch
-from kubernetes.client.exceptions import ApiException
-
-from crds.constants import (
-    DEPLOYMENT_PLURAL,
-    ENDPOINTS_PLURAL,
-    GROUP,
-    REPLICASET_PLURAL,
-    SANDBOX_PLURAL,
-    VERSION,
-)
 from gateway.errors import (
     BadRequest,
     Conflict,
@@ -38,22 +22,26 @@ from gateway.errors import (
     NotFound,
     Upstream,
 )
+from nest_kube import Api, ApiError
+from nest_kube.resources import (
+    SANDBOX_DEPLOYMENTS,
+    SANDBOX_ENDPOINTS,
+    SANDBOX_REPLICASETS,
+    SANDBOXES,
+    SUBJECT_ACCESS_REVIEWS,
+    TOKEN_REVIEWS,
+    Resource,
+)
 
-log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 
 
-def api_error(exc: ApiException, what: str) -> GatewayError:
+def api_error(exc: ApiError, what: str) -> GatewayError:
     """The gateway error for an API server failure on `what` (e.g. "function ns/name")."""
-    try:
-        status = json.loads(exc.body or "{}")
-    except ValueError:
-        status = {}
-    message = str(status.get("message") or exc.reason or "no message")
-    causes = [
-        FieldError(str(c.get("field", "")), str(c.get("message", "")))
-        for c in (status.get("details") or {}).get("causes") or []
-    ]
+    message = exc.message
+    causes = [FieldError(str(c.get("field", "")), str(c.get("message", ""))) for c in exc.causes]
+    if exc.status == 0:  # no answer: the API server is away
+        return Upstream(f"API server unreachable for {what}: {message}")
     if exc.status == 404:
         return NotFound(f"{what} not found")
     if exc.status == 409:
@@ -71,61 +59,53 @@ def api_error(exc: ApiException, what: str) -> GatewayError:
 
 
 class Kube:
-    """Typed async wrappers of the API calls the gateway makes with its own identity."""
+    """The API calls the gateway makes with its own identity."""
 
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(self, api: Api) -> None:
         self.api = api
-        self.custom = client.CustomObjectsApi(api)
-        self.auth = client.AuthenticationV1Api(api)
-        self.authz = client.AuthorizationV1Api(api)
 
-    async def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+    async def _get(self, resource: Resource, ns: str, name: str, what: str) -> Obj:
         try:
-            return await asyncio.to_thread(fn, *args, **kw)
-        except ApiException as exc:
+            return await self.api.get(resource, ns, name)
+        except ApiError as exc:
             raise api_error(exc, what) from exc
-        except OSError as exc:  # connection refused/reset: the API server is away
-            raise Upstream(f"API server unreachable for {what}: {exc}") from exc
 
-    async def _get(self, plural: str, ns: str, name: str, what: str) -> Obj:
-        fn = self.custom.get_namespaced_custom_object
-        return cast(Obj, await self._call(what, fn, GROUP, VERSION, ns, plural, name))
-
-    async def _list(self, plural: str, ns: str, what: str, selector: str = "") -> list[Obj]:
-        fn = self.custom.list_namespaced_custom_object
-        found = await self._call(what, fn, GROUP, VERSION, ns, plural, label_selector=selector)
-        return cast(list[Obj], found.get("items", []))
+    async def _list(self, resource: Resource, ns: str, what: str, selector: str = "") -> list[Obj]:
+        try:
+            found = await self.api.list(resource, ns, label_selector=selector)
+        except ApiError as exc:
+            raise api_error(exc, what) from exc
+        return list(found.get("items") or [])
 
     async def get_deployment(self, ns: str, name: str) -> Obj:
-        return await self._get(DEPLOYMENT_PLURAL, ns, name, f"function {ns}/{name}")
+        return await self._get(SANDBOX_DEPLOYMENTS, ns, name, f"function {ns}/{name}")
 
     async def list_deployments(self, ns: str) -> list[Obj]:
-        return await self._list(DEPLOYMENT_PLURAL, ns, f"functions of {ns}")
+        return await self._list(SANDBOX_DEPLOYMENTS, ns, f"functions of {ns}")
 
     async def create_deployment(self, ns: str, body: Obj) -> Obj:
-        fn = self.custom.create_namespaced_custom_object
-        name = body["metadata"]["name"]
-        what = f"function {ns}/{name}"
-        return cast(Obj, await self._call(what, fn, GROUP, VERSION, ns, DEPLOYMENT_PLURAL, body))
+        try:
+            return await self.api.create(SANDBOX_DEPLOYMENTS, ns, body)
+        except ApiError as exc:
+            raise api_error(exc, f"function {ns}/{body['metadata']['name']}") from exc
 
     async def replace_deployment(self, ns: str, name: str, body: Obj) -> Obj:
-        fn = self.custom.replace_namespaced_custom_object
-        what = f"function {ns}/{name}"
-        args = (GROUP, VERSION, ns, DEPLOYMENT_PLURAL, name, body)
-        return cast(Obj, await self._call(what, fn, *args))
+        try:
+            return await self.api.replace(SANDBOX_DEPLOYMENTS, ns, name, body)
+        except ApiError as exc:
+            raise api_error(exc, f"function {ns}/{name}") from exc
 
     async def delete_deployment(self, ns: str, name: str) -> None:
-        fn = self.custom.delete_namespaced_custom_object
-        what = f"function {ns}/{name}"
-        await self._call(
-            what, fn, GROUP, VERSION, ns, DEPLOYMENT_PLURAL, name,
-            propagation_policy="Background",
-        )  # fmt: skip
+        try:
+            await self.api.delete(SANDBOX_DEPLOYMENTS, ns, name, propagation="Background")
+        except ApiError as exc:
+            raise api_error(exc, f"function {ns}/{name}") from exc
 
     async def get_scale(self, ns: str, name: str) -> Obj:
-        fn = self.custom.get_namespaced_custom_object_scale
-        what = f"function {ns}/{name}"
-        return cast(Obj, await self._call(what, fn, GROUP, VERSION, ns, DEPLOYMENT_PLURAL, name))
+        try:
+            return await self.api.get(SANDBOX_DEPLOYMENTS, ns, name, subresource="scale")
+        except ApiError as exc:
+            raise api_error(exc, f"function {ns}/{name}") from exc
 
     async def patch_scale(
         self, ns: str, name: str, replicas: int, resource_version: str | None = None
@@ -134,124 +114,35 @@ class Kube:
         body: Obj = {"spec": {"replicas": replicas}}
         if resource_version:
             body["metadata"] = {"resourceVersion": resource_version}
-        fn = self.custom.patch_namespaced_custom_object_scale
-        what = f"scale of function {ns}/{name}"
-        args = (GROUP, VERSION, ns, DEPLOYMENT_PLURAL, name, body)
-        return cast(Obj, await self._call(what, fn, *args))
+        try:
+            return await self.api.patch(SANDBOX_DEPLOYMENTS, ns, name, body, subresource="scale")
+        except ApiError as exc:
+            raise api_error(exc, f"scale of function {ns}/{name}") from exc
 
     async def get_endpoints(self, ns: str, name: str) -> Obj | None:
         try:
-            return await self._get(ENDPOINTS_PLURAL, ns, name, f"endpoints {ns}/{name}")
+            return await self._get(SANDBOX_ENDPOINTS, ns, name, f"endpoints {ns}/{name}")
         except NotFound:
             return None
 
     async def list_endpoints(self, ns: str) -> list[Obj]:
-        return await self._list(ENDPOINTS_PLURAL, ns, f"endpoints of {ns}")
+        return await self._list(SANDBOX_ENDPOINTS, ns, f"endpoints of {ns}")
 
     async def list_replicasets(self, ns: str, selector: str) -> list[Obj]:
-        return await self._list(REPLICASET_PLURAL, ns, f"revisions in {ns}", selector)
+        return await self._list(SANDBOX_REPLICASETS, ns, f"revisions in {ns}", selector)
 
     async def list_sandboxes(self, ns: str, selector: str) -> list[Obj]:
-        return await self._list(SANDBOX_PLURAL, ns, f"sandboxes in {ns}", selector)
+        return await self._list(SANDBOXES, ns, f"sandboxes in {ns}", selector)
+
+    async def _review(self, resource: Resource, spec: Mapping[str, Any], what: str) -> Obj:
+        body: Obj = {"apiVersion": resource.api_version, "kind": resource.kind, "spec": spec}
+        try:
+            return await self.api.create(resource, None, body)
+        except ApiError as exc:
+            raise api_error(exc, what) from exc
 
     async def token_review(self, token: str) -> Obj:
-        body: Obj = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview"}
-        body["spec"] = {"token": token}
-        fn = self.auth.create_token_review
-        result = await self._call("token review", fn, body)
-        return cast(Obj, self.api.sanitize_for_serialization(result))
+        return await self._review(TOKEN_REVIEWS, {"token": token}, "token review")
 
     async def access_review(self, spec: Obj) -> Obj:
-        body: Obj = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview"}
-        body["spec"] = spec
-        fn = self.authz.create_subject_access_review
-        result = await self._call("access review", fn, body)
-        return cast(Obj, self.api.sanitize_for_serialization(result))
-
-
-class Informer:
-    """A cluster-wide list+watch of one plural in a thread; `handle(type, obj)` on the loop."""
-
-    def __init__(
-        self,
-        api: client.ApiClient,
-        plural: str,
-        loop: asyncio.AbstractEventLoop,
-        handle: Callable[[str, Obj], None],
-        watch_timeout: int = 300,
-    ) -> None:
-        self.custom = client.CustomObjectsApi(api)
-        self.plural = plural
-        self.loop = loop
-        self.handle = handle
-        self.watch_timeout = watch_timeout
-        self.synced = asyncio.Event()
-        self._known: dict[str, Obj] = {}
-        self._stop = threading.Event()
-        self._watch: watch.Watch | None = None
-        self._thread = threading.Thread(target=self._run, name=f"watch-{plural}", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._watch is not None:
-            self._watch.stop()
-
-    def _emit(self, kind: str, obj: Obj) -> None:
-        self.loop.call_soon_threadsafe(self.handle, kind, obj)
-
-    def _list(self) -> str:
-        listed = cast(Obj, self.custom.list_cluster_custom_object(GROUP, VERSION, self.plural))
-        current = {str(o["metadata"]["uid"]): o for o in listed.get("items", [])}
-        for uid, obj in self._known.items():
-            if uid not in current:
-                self._emit("DELETED", obj)
-        for obj in current.values():
-            self._emit("MODIFIED", obj)
-        self._known = current
-        self.loop.call_soon_threadsafe(self.synced.set)
-        return str(listed["metadata"]["resourceVersion"])
-
-    def _run(self) -> None:
-        version: str | None = None
-        while not self._stop.is_set():
-            try:
-                if version is None:
-                    version = self._list()
-                version = self._watch_from(version)
-            except ApiException as exc:
-                if exc.status == 410:
-                    version = None
-                    continue
-                log.warning("%s watch failed: %s %s", self.plural, exc.status, exc.reason)
-                self._stop.wait(1.0)
-            except Exception as exc:  # API server restarting, connection reset
-                log.warning("%s watch interrupted: %s", self.plural, exc)
-                self._stop.wait(1.0)
-
-    def _watch_from(self, version: str) -> str:
-        self._watch = watch.Watch()
-        stream = self._watch.stream(
-            self.custom.list_cluster_custom_object, GROUP, VERSION, self.plural,
-            resource_version=version, allow_watch_bookmarks=True,
-            timeout_seconds=self.watch_timeout,
-        )  # fmt: skip
-        raw: Obj
-        for raw in stream:
-            if self._stop.is_set():
-                break
-            kind, obj = raw["type"], raw["object"]
-            if kind == "ERROR":
-                raise ApiException(status=obj.get("code", 500), reason=obj.get("message"))
-            version = str(obj["metadata"]["resourceVersion"])
-            if kind == "BOOKMARK":
-                continue
-            uid = str(obj["metadata"]["uid"])
-            if kind == "DELETED":
-                self._known.pop(uid, None)
-            else:
-                self._known[uid] = obj
-            self._emit(kind, obj)
-        return version
+        return await self._review(SUBJECT_ACCESS_REVIEWS, spec, "access review")

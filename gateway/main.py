@@ -21,16 +21,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from aiohttp import web
-from kubernetes import client, config
 
 from gateway import openapi
 from gateway.app import Options, create_app
-from sandbox import dataplane_auth
+from nest_kube import Api, ConfigError, HttpApi, connect
+from sandbox import dataplane_auth, limits
 
 EPILOG = """\
 environment: NEST_GATEWAY_HOST (or POD_IP), NEST_GATEWAY_PORT, NEST_GATEWAY_AUTH=off,
              NEST_GATEWAY_QUEUE_SIZE, NEST_GATEWAY_ACTIVATION_TIMEOUT, KUBECONFIG,
-             NEST_DATAPLANE_KEY_FILE, NEST_DATAPLANE_INSECURE=1
+             NEST_DATAPLANE_KEY_FILE, NEST_DATAPLANE_INSECURE=1,
+             NEST_MAX_BODY_BYTES, NEST_MAX_JSON_DEPTH (the runtime reads the same two)
 examples:
   nest-gateway --no-auth --insecure-dataplane --port 8090   # local development
   nest-gateway openapi > openapi.json       # print the document
@@ -83,6 +84,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         default=env.get("NEST_DATAPLANE_INSECURE", "") == "1",
         help="forward requests unsigned (only runtimes run with --insecure-dataplane take them)",
     )
+    limits.add_flags(parser, env)  # the same flags as the runtime's: their limits must agree
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     doc = sub.add_parser(
@@ -99,13 +101,9 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     return parser
 
 
-def _api(kubeconfig: str | None) -> client.ApiClient:
-    if kubeconfig:
-        api: client.ApiClient = config.new_client_from_config(config_file=kubeconfig)
-        return api
-    configuration = client.Configuration()
-    config.load_incluster_config(client_configuration=configuration)
-    return client.ApiClient(configuration)
+def _api(kubeconfig: str | None) -> Api:
+    """The kubeconfig named, else the pod's service account (`nest_kube.connect`'s rule)."""
+    return HttpApi(connect(kubeconfig))
 
 
 def run_openapi(args: argparse.Namespace) -> int:
@@ -148,10 +146,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         activation_timeout=args.activation_timeout,
         auth_cache_seconds=args.auth_cache_seconds,
         dataplane_key_file=args.dataplane_key_file,
+        limits=limits.from_args(args),
     )
     try:
         app = create_app(_api(args.kubeconfig), options)
-    except dataplane_auth.DataplaneKeyError as exc:
+    except (ConfigError, dataplane_auth.DataplaneKeyError) as exc:
         print(f"nest-gateway: {exc}", file=sys.stderr)
         return 1
     logging.getLogger("nest.gateway").info(

@@ -23,6 +23,7 @@ from gateway import models as m
 from gateway.errors import PROBLEM_JSON
 from gateway.models import DNS_LABEL_MAX, DNS_LABEL_PATTERN
 from gateway.routes import ROUTES, Route
+from sandbox import limits
 
 TITLE = "Nest gateway"
 VERSION = "v1"
@@ -41,6 +42,39 @@ STATUS_TEXT = {
     502: "The API server or the sandbox failed", 503: "Activation queue full (function scaling up)",
     504: "Timed out waiting for a sandbox or for the function",
 }  # fmt: skip
+# Every operation that reads a body holds it to `sandbox.limits` (the runtimes' too): the
+# document says so on those operations, with the defaults (flags --max-body-bytes and
+# --max-json-depth change them, on the gateway and the runtimes alike).
+_DEPTH = limits.DEFAULT_MAX_JSON_DEPTH
+_BYTES = limits.DEFAULT_MAX_BODY_BYTES
+BODY_STATUS_TEXT = {
+    400: "Bad request: a bad path parameter, a body that is not JSON, or JSON nested more than "
+    f"{_DEPTH} levels deep (problem types `invalid-json`, `json-too-deep`)",
+    413: f"Body larger than {_BYTES} bytes ({_BYTES // limits.MIB} MiB; "
+    "problem type `payload-too-large`)",
+}
+PASSTHROUGH_STATUS_TEXT = {
+    400: "Bad request: a bad path parameter, or a JSON body (one starting with `[` or `{`) "
+    f"nested more than {_DEPTH} levels deep (problem type `json-too-deep`); other bodies pass "
+    "to the function untouched",
+    413: BODY_STATUS_TEXT[413],
+}
+
+
+def _error_text(route: Route, code: int) -> str:
+    if route.passthrough:
+        return PASSTHROUGH_STATUS_TEXT.get(code, STATUS_TEXT[code])
+    if route.body is not None:
+        return BODY_STATUS_TEXT.get(code, STATUS_TEXT[code])
+    return STATUS_TEXT[code]
+
+
+def _error_codes(route: Route) -> list[int]:
+    """The route's errors, plus the body limits' 400 and 413 where a body is read."""
+    codes = set(route.errors)
+    if route.body is not None or route.passthrough:
+        codes |= {400, 413}
+    return sorted(codes)
 
 
 def _schemas() -> tuple[dict[Any, Any], dict[str, Any]]:
@@ -115,9 +149,9 @@ def _operation(route: Route, method: str, refs: dict[Any, Any]) -> dict[str, Any
         success["content"] = {"*/*": {"schema": {}}}
     problem = {"schema": refs[(m.ProblemDetails, "serialization")]}
     responses: dict[str, Any] = {str(route.status): success}
-    for code in route.errors:
+    for code in _error_codes(route):
         responses[str(code)] = {
-            "description": STATUS_TEXT[code],
+            "description": _error_text(route, code),
             "content": {PROBLEM_JSON: problem},
         }
     op["responses"] = responses

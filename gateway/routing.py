@@ -85,7 +85,7 @@ def runtime_refusal(status: int, body: bytes) -> str | None:
         return None
     try:
         parsed = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # a function's own 404 may be any body at all
         return None
     if isinstance(parsed, dict) and parsed.get("error") == word and set(parsed) <= _ERROR_BODY_KEYS:
         return word

@@ -50,6 +50,9 @@ class Reason(StrEnum):
     HANDLER_NOT_FOUND = "HandlerNotFound"
     OOM_KILLED = "OOMKilled"
     TIMEOUT = "Timeout"
+    IMPORT_TIMEOUT = "ImportTimeout"  # namespace: the import overran the function's timeout
+    UNHEALTHY = "Unhealthy"  # namespace: calls past their timeout still hold its threads
+    RUNTIME_CRASH = "RuntimeCrash"  # namespace: named as the one that ended the shared runtime
     CRASHED = "Crashed"
     ERROR = "Error"
     COMPLETED = "Completed"

@@ -51,3 +51,7 @@ class InvokeTimeout(IsolationError):
 
 class SandboxCrashed(IsolationError):
     """The sandbox process died while the invocation was in flight."""
+
+
+class ThreadsExhausted(NotRunning):
+    """Every thread the sandbox may occupy is taken (held by calls that overran their timeout)."""

@@ -38,7 +38,7 @@ from isolation.contract import (
     error_response,
     to_response,
 )
-from isolation.errors import LoadError
+from isolation.errors import LoadError, ThreadsExhausted
 
 RunSync = Callable[[Callable[[], Any]], Awaitable[Any]]
 BlockOn = Callable[[Awaitable[Any]], Any]
@@ -187,6 +187,8 @@ class FunctionHost:
             return bad_request(str(exc))
         try:
             response = await self._before_and_handler(event, ctx)
+        except ThreadsExhausted:
+            raise  # the call did not run: the runtime's 503, not the function's 500
         except (Exception, SystemExit) as exc:  # sys.exit() in a handler must not end the host
             self.logger.exception("invocation %s failed", request_id)
             response = error_response(exc)

@@ -124,16 +124,21 @@ class NamespaceFinder(importlib.abc.MetaPathFinder):
         """Drop every module and cache entry of the sandbox so its memory can be freed."""
         self._namespaces.pop(ns.package, None)
         inside = ns.package + "."
-        for name in [n for n in sys.modules if n == ns.package or n.startswith(inside)]:
-            module = sys.modules.pop(name)
+        # Snapshots (list() is atomic under the GIL): a thread of the sandbox's may still be
+        # importing while it is unloaded (an import that overran its timeout).
+        for name in [n for n in list(sys.modules) if n == ns.package or n.startswith(inside)]:
+            module = sys.modules.pop(name, None)
+            if module is None:
+                continue
             # Break the module <-> function-globals cycles now rather than at the next GC.
             if name != ns.package:
                 module.__dict__.clear()
         below = ns.code_dir + os.sep
-        for key in [k for k in sys.path_importer_cache if k == ns.code_dir or k.startswith(below)]:
-            del sys.path_importer_cache[key]
-        for key in [k for k in linecache.cache if k.startswith(below)]:
-            del linecache.cache[key]
+        cached = list(sys.path_importer_cache)
+        for key in [k for k in cached if k == ns.code_dir or k.startswith(below)]:
+            sys.path_importer_cache.pop(key, None)
+        for key in [k for k in list(linecache.cache) if k.startswith(below)]:
+            linecache.cache.pop(key, None)
 
 
 _finder: NamespaceFinder | None = None

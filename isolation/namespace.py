@@ -4,23 +4,33 @@ Why: it is the density end of the trade-off. A sandbox costs one synthetic packa
 function's own modules — no process, no interpreter — so a pod can host thousands and hot-plug
 one in well under a millisecond. The price is a weak trust boundary (shared process, env, cwd,
 threads and third-party module state; see docs/isolation.md): namespace mode is for trusted code.
-Sync handlers run on a thread pool so they never block the event loop; timeouts are best-effort
-because a thread cannot be killed (the caller gets its 504, the thread runs to completion).
+
+What it contains anyway (docs/isolation.md, "What namespace mode contains"):
+- Imports and sync handlers run on threads (isolation.threads), never on the event loop, each
+  under the function's timeout: a 40 s import fails the sandbox with `ImportTimeout` and the
+  runtime keeps answering. A thread cannot be killed, so an overrun call keeps its thread: each
+  sandbox may hold at most its quota of threads (concurrency, capped), leaked ones included,
+  and a sandbox whose calls still run past their timeout is reported Failed/`Unhealthy` (its
+  sidecar restarts it; the restart waits until its leaked threads have returned).
+- Which sandbox runs code is kept in a crash record (isolation.crashlog) with a store per call,
+  so when one of them ends the process (os._exit, a segfault) the next runtime names it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import logging
 import os
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from isolation import loader
 from isolation.base import (
     TERMINAL,
     Admission,
+    Reason,
     SandboxSpec,
     SandboxState,
     SandboxStatus,
@@ -29,7 +39,15 @@ from isolation.base import (
     Usage,
 )
 from isolation.contract import FunctionInfo, Request, Response, new_request_id
-from isolation.errors import InvokeTimeout, NotRunning, SandboxExists, SandboxNotFound
+from isolation.crashlog import Crash, Record
+from isolation.errors import (
+    InvokeTimeout,
+    LoadError,
+    NotRunning,
+    SandboxExists,
+    SandboxNotFound,
+    ThreadsExhausted,
+)
 from isolation.host import (
     FunctionHost,
     Suspended,
@@ -38,10 +56,44 @@ from isolation.host import (
     parse_handler,
     start_eagerly,
 )
+from isolation.threads import Account, QuotaPool
+
+log = logging.getLogger("nest.namespace")
+UNHEALTHY = Reason.UNHEALTHY.value
+IMPORT_TIMEOUT = Reason.IMPORT_TIMEOUT.value
+RUNTIME_CRASH = Reason.RUNTIME_CRASH.value
+HUNG_GRACE_S = (1.0, 30.0)  # an overrun call still running this long past its timeout: hung
 
 
 def _ignore(status: SandboxStatus) -> None:
     pass
+
+
+class _NoRecord:
+    """Stands in for the crash record when the runtime keeps none (tests, benchmarks)."""
+
+    def __init__(self) -> None:
+        self.probation: frozenset[str] = frozenset()
+        self.quarantine: dict[str, str] = {}
+        self.last_crash: Crash | None = None
+
+    def claim(self, key: str) -> int:
+        return -1
+
+    def release(self, slot: int) -> None:
+        pass
+
+    def set_loop(self, slot: int, count: int) -> None:
+        pass
+
+    def set_threads(self, slot: int, running: int, importing: int) -> None:
+        pass
+
+    def beat(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def function_info(spec: SandboxSpec) -> FunctionInfo:
@@ -64,6 +116,8 @@ class _Sandbox:
         self.done = asyncio.Event()
         self.host: FunctionHost | None = None
         self.ns: loader.Namespace | None = None
+        self.account: Account | None = None
+        self.hung_check: asyncio.TimerHandle | None = None
         self.invocations = 0
         self.errors = 0
         self.timeouts = 0
@@ -72,14 +126,32 @@ class _Sandbox:
 class NamespaceBackend:
     name = "namespace"
 
-    def __init__(self, on_change: StatusListener = _ignore, threads: int = 64) -> None:
+    def __init__(
+        self, on_change: StatusListener = _ignore, threads: int = 128, state_dir: str | None = None
+    ) -> None:
+        """`state_dir`: where the crash record lives (one runtime per directory); None: none."""
         self._on_change = on_change
         self._sandboxes: dict[str, _Sandbox] = {}
-        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="nest-ns")
+        self._accounts: dict[str, Account] = {}
+        self._record: Record | _NoRecord = _NoRecord()
+        if state_dir is not None:
+            try:
+                self._record = Record(state_dir)
+            except OSError as exc:  # another runtime holds it, or it is not writable
+                log.error("no crash record in %s: %s", state_dir, exc)
+        self._pool = QuotaPool(threads, record=self._record)
+        self._pool.ended_late = self._ended_late
+        self._probation = asyncio.Lock()  # suspects of an unjudged crash import one at a time
+        self._beat: asyncio.TimerHandle | None = None
         self._finder = loader.install()
 
-    async def _run_sync(self, fn: Callable[[], Any]) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+    @property
+    def last_crash(self) -> Crash | None:
+        """How the previous runtime of this state directory died, if it did not exit cleanly."""
+        return self._record.last_crash
+
+    def threads(self) -> dict[str, int]:
+        return self._pool.stats()
 
     def _get(self, sandbox_id: str) -> _Sandbox:
         try:
@@ -87,19 +159,89 @@ class NamespaceBackend:
         except KeyError:
             raise SandboxNotFound(sandbox_id) from None
 
+    # ---- accounts: a sandbox id's threads and crash-record slot, across its restarts ---------
+
+    def _account(self, spec: SandboxSpec) -> Account:
+        quota = self._pool.quota_for(spec.limits.concurrency)
+        account = self._accounts.get(spec.id)
+        if account is None:
+            account = Account(spec.id, quota, self._record.claim(spec.id))
+            self._accounts[spec.id] = account
+        else:
+            account.quota = quota
+        return account
+
+    def _drop_account(self, key: str) -> None:
+        """Forget an id's account once it has no sandbox and no thread left."""
+        account = self._accounts.get(key)
+        if account is None or key in self._sandboxes or account.busy or account.loop:
+            return
+        del self._accounts[key]
+        self._record.release(account.slot)
+
+    def _ended_late(self, account: Account) -> None:
+        self._drop_account(account.key)
+
+    def _refusal(self, spec: SandboxSpec) -> LoadError | None:
+        """Why this id may not load now: a crash named it, or its leaked threads fill its quota."""
+        crashed = self._record.quarantine.get(spec.id)
+        if crashed is not None:
+            return LoadError(RUNTIME_CRASH, crashed)
+        account = self._accounts.get(spec.id)
+        quota = self._pool.quota_for(spec.limits.concurrency)
+        if account is None or account.busy < quota:
+            return None
+        what = "its import" if account.importing else f"{account.busy} call(s)"
+        return LoadError(
+            IMPORT_TIMEOUT if account.importing else UNHEALTHY,
+            f"{what} from an earlier start still run(s) past the timeout and hold(s) all "
+            f"{quota} of its threads (threads cannot be stopped); it can start once they return",
+        )
+
+    def _enter(self, account: Account) -> None:
+        account.loop += 1
+        self._record.set_loop(account.slot, account.loop)
+
+    def _leave(self, account: Account) -> None:
+        account.loop -= 1
+        self._record.set_loop(account.slot, account.loop)
+
+    def _ensure_beat(self) -> None:
+        if self._beat is None and not isinstance(self._record, _NoRecord):
+            self._beat = asyncio.get_running_loop().call_later(1.0, self._tick)
+
+    def _tick(self) -> None:
+        self._record.beat()  # when it died, to within a second
+        self._beat = asyncio.get_running_loop().call_later(1.0, self._tick)
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
     async def create(self, spec: SandboxSpec) -> SandboxStatus:
         if spec.id in self._sandboxes:
             raise SandboxExists(spec.id)
         sb = _Sandbox(spec, StatusCell(spec, self.name, self._on_change))
         self._sandboxes[spec.id] = sb
         try:
+            refused = self._refusal(spec)
+            if refused is not None:
+                raise refused
             module_name, attr = parse_handler(spec.handler)
+            account = sb.account = self._account(spec)
+            self._ensure_beat()
             sb.ns = self._finder.load(spec.code_dir)
-            module = sb.ns.import_module(module_name)
+            module = await self._import(sb, account, sb.ns, module_name)
+            run_sync = functools.partial(self._pool.run, account)
             host = FunctionHost(
-                function_info(spec), module, attr, load_layers(spec.layers), self._run_sync
+                function_info(spec), module, attr, load_layers(spec.layers), run_sync
             )
-            await host.start()
+            if not host.handler_is_async and account.quota < spec.limits.concurrency:
+                # Sync calls need a thread each: admit no more than may have one.
+                sb.admission = Admission(account.quota, spec.limits.queue)
+            self._enter(account)
+            try:
+                await host.start()
+            finally:
+                self._leave(account)
         except (Exception, SystemExit) as exc:  # broken function code must not end the runtime
             err = classify_load_error(exc, spec.handler)
             self._unload(sb)
@@ -109,18 +251,45 @@ class NamespaceBackend:
         sb.host = host
         return sb.cell.move(SandboxState.RUNNING, pid=os.getpid())
 
+    async def _import(
+        self, sb: _Sandbox, account: Account, ns: loader.Namespace, module_name: str
+    ) -> Any:
+        """Import the handler's module on a thread, under the function's timeout."""
+        timeout = sb.spec.limits.timeout_s
+        gate = self._probation if sb.spec.id in self._record.probation else None
+        async with gate or contextlib.nullcontext():
+            job = self._pool.submit(account, functools.partial(ns.import_module, module_name),
+                                    importing=True)  # fmt: skip
+            # If it overruns, whatever it imports after we gave up is dropped when it ends.
+            job.late = functools.partial(self._finder.unload, ns)
+            try:
+                async with asyncio.timeout(timeout):
+                    return await job.future
+            except TimeoutError:
+                self._pool.abandon(job)
+                raise LoadError(
+                    IMPORT_TIMEOUT,
+                    f"importing {module_name!r} did not finish within the function's "
+                    f"{timeout:g}s timeout; its thread cannot be stopped and keeps 1 of the "
+                    f"sandbox's {account.quota} thread(s) until the import returns",
+                ) from None
+
     async def invoke(self, sandbox_id: str, request: Request) -> Response:
         sb = self._get(sandbox_id)
         if sb.cell.current.state is not SandboxState.RUNNING:
-            raise NotRunning(f"{sandbox_id} is {sb.cell.current.state}")
+            raise NotRunning(self._not_running(sb))
         async with sb.admission:
             host = sb.host
-            if host is None or sb.cell.current.state is not SandboxState.RUNNING:
-                raise NotRunning(f"{sandbox_id} is {sb.cell.current.state}")
+            account = sb.account
+            if host is None or account is None or sb.cell.current.state is not SandboxState.RUNNING:
+                raise NotRunning(self._not_running(sb))
+            if account.busy >= account.quota and not host.handler_is_async:
+                raise ThreadsExhausted(self._pool.describe_full(account))
             sb.idle.clear()
             sb.invocations += 1
             timeout = sb.spec.limits.timeout_s
             deadline = time.monotonic() + timeout  # the loop's clock: asyncio.timeout_at below
+            self._enter(account)
             try:
                 started = start_eagerly(host.invoke(request, new_request_id(), deadline))
                 if isinstance(started, Suspended):
@@ -130,13 +299,55 @@ class NamespaceBackend:
                     response = started
             except TimeoutError:
                 sb.timeouts += 1
+                if account.overdue:
+                    self._overran(sb, account)
                 raise InvokeTimeout(f"{sandbox_id} did not answer within {timeout:g}s") from None
             finally:
+                self._leave(account)
                 if sb.admission.in_flight == 1:
                     sb.idle.set()
+                if self._sandboxes.get(sandbox_id) is not sb:
+                    self._drop_account(sandbox_id)  # removed meanwhile: the last call out
             if response.status >= 500:
                 sb.errors += 1
             return response
+
+    def _not_running(self, sb: _Sandbox) -> str:
+        status = sb.cell.current
+        why = f" ({status.reason}: {status.message})" if status.reason == UNHEALTHY else ""
+        return f"{sb.spec.id} is {status.state}{why}"
+
+    def _overran(self, sb: _Sandbox, account: Account) -> None:
+        """A call timed out and its thread runs on: Unhealthy now if no thread is left to the
+        sandbox, else if one is still running a grace period later."""
+        if sb.cell.current.state is not SandboxState.RUNNING:
+            return
+        if account.overdue >= account.quota:
+            self._unhealthy(sb, account)
+        elif sb.hung_check is None:
+            low, high = HUNG_GRACE_S
+            grace = min(max(sb.spec.limits.timeout_s, low), high)
+            sb.hung_check = asyncio.get_running_loop().call_later(
+                grace, self._check_hung, sb, account
+            )
+
+    def _check_hung(self, sb: _Sandbox, account: Account) -> None:
+        sb.hung_check = None
+        if account.overdue and self._sandboxes.get(sb.spec.id) is sb:
+            self._unhealthy(sb, account)
+
+    def _unhealthy(self, sb: _Sandbox, account: Account) -> None:
+        if sb.cell.current.state is not SandboxState.RUNNING:
+            return
+        timeout = sb.spec.limits.timeout_s
+        sb.cell.move(
+            SandboxState.FAILED,
+            reason=UNHEALTHY,
+            message=f"{account.overdue} call(s) still running past the {timeout:g}s timeout "
+            f"hold {account.overdue} of its {account.quota} thread(s) (threads cannot be "
+            "stopped); restart it",
+        )
+        log.warning("namespace sandbox %s is unhealthy: calls hang past their timeout", sb.spec.id)
 
     async def stop(self, sandbox_id: str, grace_s: float = 5.0) -> SandboxStatus:
         sb = self._get(sandbox_id)
@@ -153,18 +364,24 @@ class NamespaceBackend:
                 await sb.idle.wait()
         except TimeoutError:
             pass  # in-flight invocations overran the grace period; unload anyway
-        if sb.host is not None:
+        if sb.host is not None and sb.account is not None:
+            self._enter(sb.account)
             try:
                 async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                     await sb.host.close()
             except TimeoutError:
                 pass
+            finally:
+                self._leave(sb.account)
         self._unload(sb)
         sb.done.set()
         return sb.cell.move(SandboxState.STOPPED, reason="Completed")
 
     def _unload(self, sb: _Sandbox) -> None:
         sb.host = None
+        if sb.hung_check is not None:
+            sb.hung_check.cancel()
+            sb.hung_check = None
         if sb.ns is not None:
             self._finder.unload(sb.ns)
             sb.ns = None
@@ -173,7 +390,11 @@ class NamespaceBackend:
         if sandbox_id not in self._sandboxes:
             return  # idempotent, like stop
         await self.stop(sandbox_id, grace_s=0.0)
-        self._sandboxes.pop(sandbox_id, None)
+        sb = self._sandboxes.pop(sandbox_id, None)
+        if sb is not None:
+            self._unload(sb)  # an Unhealthy sandbox failed with its modules still loaded
+            sb.done.set()
+        self._drop_account(sandbox_id)
 
     def status(self, sandbox_id: str) -> SandboxStatus:
         return self._get(sandbox_id).cell.current
@@ -195,4 +416,8 @@ class NamespaceBackend:
     async def close(self) -> None:
         for sandbox_id in list(self._sandboxes):
             await self.remove(sandbox_id)
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._beat is not None:
+            self._beat.cancel()
+            self._beat = None
+        self._pool.close()
+        self._record.close()  # a clean exit: nothing to blame next time

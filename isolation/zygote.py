@@ -14,7 +14,8 @@ Protocol over a `multiprocess` duplex pipe (JSON; file descriptors via SCM_RIGHT
                         | {"t": "exit", "pid": p, "status": waitstatus}
 The zygote reaps its children (no zombies) and reports each exit status, so the runtime learns
 exit codes and signals. If the runtime dies, the zygote dies (PR_SET_PDEATHSIG), and so do the
-sandboxes: a restarted runtime really runs nothing.
+sandboxes: a restarted runtime really runs nothing. The bytecode cache a dead runtime leaves in
+the temporary directory is swept by the next one to start (`make_pycache`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import fcntl
 import gc
 import importlib
 import itertools
@@ -34,6 +36,7 @@ import signal
 import socket
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,6 +48,10 @@ from multiprocess.util import spawnv_passfds
 from isolation.confine import die_with_parent
 
 _PR_SET_CHILD_SUBREAPER = 36
+PYCACHE_PREFIX = "nest-pycache-"
+_STAGING_PREFIX = ".nest-pycache-new-"
+_OWNER = ".owner"  # flock()ed by the runtime that uses the cache, for as long as it runs
+_UNOWNED_AFTER_S = 600.0  # a cache without an owner file (older runtimes) is stale after this
 
 
 def exec_entry(fd: int, preload: Sequence[str], pycache: str, confined: bool = False) -> None:
@@ -157,6 +164,66 @@ def compile_tree(code_dir: str, prefix: str) -> None:
         parent = os.path.dirname(parent)
 
 
+def make_pycache(root: str | None = None) -> tuple[str, int]:
+    """A fresh bytecode cache directory, and the fd of the lock that marks it in use.
+
+    Why the lock: a runtime that crashes never removes its cache, so every start sweeps the
+    caches whose owner is gone (`sweep_pycaches`). The directory gets its final name only once
+    its lock is held, so a sweep can never take a cache that is being set up.
+    """
+    root = root or tempfile.gettempdir()
+    sweep_pycaches(root)
+    staging = tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=root)
+    fd = os.open(os.path.join(staging, _OWNER), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    final = os.path.join(root, PYCACHE_PREFIX + os.path.basename(staging)[len(_STAGING_PREFIX) :])
+    os.rename(staging, final)
+    return final, fd
+
+
+def sweep_pycaches(root: str) -> list[str]:
+    """Remove the bytecode caches in `root` that no running runtime owns; the paths removed."""
+    removed: list[str] = []
+    now = time.time()
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return removed
+    for entry in entries:
+        try:
+            info = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if not entry.is_dir(follow_symlinks=False) or info.st_uid != os.geteuid():
+            continue  # never follow a link, never touch another user's directory
+        if entry.name.startswith(PYCACHE_PREFIX):
+            stale = _unowned(entry.path, now - info.st_mtime)
+        elif entry.name.startswith(_STAGING_PREFIX):
+            stale = now - info.st_mtime > _UNOWNED_AFTER_S  # died while setting it up
+        else:
+            continue
+        if stale:
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(entry.path)
+    return removed
+
+
+def _unowned(path: str, age_s: float) -> bool:
+    try:
+        fd = os.open(os.path.join(path, _OWNER), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return age_s > _UNOWNED_AFTER_S
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False  # its runtime holds the lock: in use
+    finally:
+        os.close(fd)  # (a lock we got goes with the fd)
+    return True
+
+
 def _reap(conn: Connection, children: set[int]) -> None:
     """Reap every exited process: our sandboxes (reported) and adopted orphans (not)."""
     while True:
@@ -179,6 +246,7 @@ class Zygote:
         self._confined = confined
         self._compiled: set[str] = set()  # code directories already in the bytecode cache
         self._pycache: str | None = None
+        self._pycache_lock = -1
         self._keys = itertools.count(1)
         self._forks: dict[int, asyncio.Future[int]] = {}
         self._exits: dict[int, asyncio.Future[int]] = {}
@@ -190,7 +258,7 @@ class Zygote:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._conn, theirs = multiprocess.Pipe(duplex=True)
-        self._pycache = tempfile.mkdtemp(prefix="nest-pycache-")
+        self._pycache, self._pycache_lock = make_pycache()
         code = (
             "import gc; gc.disable(); "  # no collections in the zygote: see zygote_main
             f"import sys; sys.path[:] = {sys.path!r}; from isolation.zygote import exec_entry; "
@@ -296,3 +364,6 @@ class Zygote:
         if self._pycache is not None:
             shutil.rmtree(self._pycache, ignore_errors=True)
             self._pycache = None
+        if self._pycache_lock >= 0:
+            os.close(self._pycache_lock)
+            self._pycache_lock = -1

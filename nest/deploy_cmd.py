@@ -2,13 +2,17 @@
 
 Deploy is create-or-update of one SandboxDeployment and, by default, a wait that ends in an exit
 code a script can trust: 0 ready, 1 failed for good (the sandboxes' reason, e.g. ImportError,
-is printed), 3 timed out. Invoke prefers the gateway (the path production traffic takes, with
+is printed), 3 timed out. A directory that declares dependencies (requirements.txt, or
+pyproject.toml's [project].dependencies) is built into a function package instead of being sent
+inline: layers pushed to the cluster's registry, the function's source their digest
+(nest.package). Invoke prefers the gateway (the path production traffic takes, with
 its authorisation and scale-from-zero) and falls back to a ready sandbox's own address.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import os
@@ -22,8 +26,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from crds import SandboxDeployment
 from crds.constants import DEPLOYMENT_PLURAL
 from nest import functions
+from nest.cluster.paths import ClusterPaths
+from nest.cluster.registry import RegistryHosting
 from nest.errors import (
     FunctionFailedError,
     InvokeFailedError,
@@ -41,6 +48,13 @@ examples:
   nest deploy app/ --name api --isolation namespace --memory 32Mi
   nest deploy app/ --min 0 --max 10                    # autoscaled, scales to zero when idle
   nest deploy app/ --no-wait && nest rollout status app
+  nest deploy api/                                     # api/requirements.txt: built and pushed
+  nest deploy api/ --python-version 3.12 --platform manylinux_2_28_x86_64   # another pool's
+
+A directory with requirements.txt (or pyproject.toml [project].dependencies) becomes a function
+package: a dependency layer (pip, wheels for the pool's Python and platform) and a code layer,
+pushed to the cluster's registry (--registry, $NEST_REGISTRY, else the one the cluster announces
+in kube-public/local-registry-hosting, as `nest cluster up` does) and deployed by digest.
 
 exit codes: 0 ready, 1 error or failed for good (reason printed), 2 usage, 3 timed out
 """
@@ -82,8 +96,9 @@ def register(sub: Any) -> None:
         "deploy",
         help="create or update a function from a .py file or a directory",
         description="Create or update a function (a SandboxDeployment of the same name) from a "
-        f".py file or a directory (up to {functions.MAX_INLINE_BYTES // 1024} KiB, sent inline), "
-        "then wait until it is ready.",
+        f".py file or a directory (up to {functions.MAX_INLINE_BYTES // 1024} KiB, sent inline; "
+        "a directory with requirements.txt or pyproject.toml dependencies is built into a "
+        "function package pushed to a registry), then wait until it is ready.",
         epilog=DEPLOY_EPILOG,
         formatter_class=fmt,
     )
@@ -118,6 +133,36 @@ def register(sub: Any) -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="wait until the function is ready (default: wait)",
+    )
+    pkg = deploy.add_argument_group("function packages (a directory with dependencies)")
+    pkg.add_argument(
+        "--package",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="build the directory into layers pushed to a registry (default: when it declares "
+        "dependencies); --no-package sends it inline",
+    )
+    pkg.add_argument(
+        "--registry",
+        default=os.environ.get("NEST_REGISTRY"),
+        metavar="HOST:PORT",
+        help="registry to push to and pull from (default: $NEST_REGISTRY, else the cluster's)",
+    )
+    pkg.add_argument("--pull-secret", help="dockerconfigjson Secret the pool pulls with")
+    pkg.add_argument(
+        "--python-version",
+        metavar="3.N",
+        help="the pool's Python (default: this interpreter's, the local cluster's pool's)",
+    )
+    pkg.add_argument(
+        "--platform",
+        action="append",
+        metavar="TAG",
+        help="the pool's wheel platform, e.g. manylinux_2_28_x86_64; repeatable "
+        "(default: this machine's)",
+    )
+    pkg.add_argument(
+        "--rebuild", action="store_true", help="resolve the dependencies again (no cache)"
     )
     add_wait(deploy, 120.0)
     add_namespace(deploy)
@@ -161,7 +206,62 @@ def register(sub: Any) -> None:
     doc.set_defaults(func=openapi_cmd)
 
 
+def packaged(path: Path, wanted: bool | None) -> bool:
+    """Whether `nest deploy PATH` builds a package: --package/--no-package, else a directory that
+    declares dependencies (a plain directory stays inline, as before packages existed)."""
+    if wanted is not None:
+        return wanted
+    from nest.package.requirements import find_requirements
+
+    return path.is_dir() and find_requirements(path) is not None
+
+
+def with_package(deployment: dict[str, Any], ref: str, pull_secret: str | None) -> dict[str, Any]:
+    """`deployment` with its template's code source replaced by the package `ref`."""
+    out = copy.deepcopy(deployment)
+    oci: dict[str, str] = {"ref": ref}
+    if pull_secret:
+        oci["pullSecret"] = pull_secret
+    out["spec"]["template"]["spec"]["function"]["source"] = {"oci": oci}
+    SandboxDeployment.model_validate(out)  # still a valid object (the ref's pattern included)
+    return out
+
+
+def _hosting(args: argparse.Namespace, cluster: Cluster) -> RegistryHosting:
+    from nest.package.push import hosting_from_cluster
+
+    if args.registry:
+        return RegistryHosting(args.registry, args.registry)
+    found = hosting_from_cluster(cluster.core)
+    if found is None:
+        raise NestError(
+            "no registry for the function package: this cluster announces none (ConfigMap "
+            "kube-public/local-registry-hosting; `nest cluster up` runs one); pass --registry "
+            "HOST:PORT or set NEST_REGISTRY"
+        )
+    return found
+
+
+def build_and_push(args: argparse.Namespace, cluster: Cluster, name: str) -> str:
+    """Build the directory's package, push it, and return the reference pods pull by digest."""
+    from nest.package.build import Builder
+    from nest.package.push import push, repository_for
+    from nest.package.target import host_target, target_for
+
+    hosting = _hosting(args, cluster)
+    target = target_for(host_target(), args.python_version, args.platform)
+
+    def say(message: str) -> None:
+        print(f"package: {message}", file=sys.stderr, flush=True)
+
+    builder = Builder(ClusterPaths.default().cache / "packages", say, rebuild=args.rebuild)
+    package = builder.build(args.path, target)
+    return push(package, hosting, repository_for(cluster.namespace), name, say)
+
+
 def deploy_cmd(args: argparse.Namespace) -> int:
+    if packaged(args.path, args.package):
+        return deploy_package(args)
     code = functions.read_code(args.path)
     opts = functions.DeployOptions(
         name=args.name,
@@ -183,6 +283,44 @@ def deploy_cmd(args: argparse.Namespace) -> int:
         # A replace carrying the read resourceVersion: a concurrent change fails loudly (409).
         cluster.replace(DEPLOYMENT_PLURAL, functions.updated(stored, request))
         print(f"function {cluster.namespace}/{request.name} updated", file=sys.stderr)
+    if args.wait:
+        wait_ready(cluster, request.name, args.timeout)
+    return 0
+
+
+def deploy_package(args: argparse.Namespace) -> int:
+    """`nest deploy DIR` for a package: build, push, then the same create-or-update and wait."""
+    if not args.path.is_dir():
+        raise NestError(f"{args.path}: --package needs a directory")
+    # The request is built as for inline code, whose stand-in file is then replaced by the
+    # package: the gateway's conversions (labels, autoscaling, updates) stay the one path.
+    stand_in = functions.Code(
+        files={"main.py": ""},
+        default_name=functions.default_name(args.path),
+        default_handler=functions.default_handler(args.path),
+    )
+    opts = functions.DeployOptions(
+        name=args.name,
+        handler=args.handler,
+        isolation=args.isolation,
+        replicas=args.replicas,
+        min_replicas=args.min_replicas,
+        max_replicas=args.max_replicas,
+        memory=args.memory,
+        env=functions.parse_env(args.env),
+    )
+    request = functions.function_request(stand_in, opts)
+    cluster = Cluster.from_args(args.namespace)
+    ref = build_and_push(args, cluster, request.name)
+    stored = cluster.find(DEPLOYMENT_PLURAL, request.name)
+    if stored is None:
+        body = with_package(functions.manifest(cluster.namespace, request), ref, args.pull_secret)
+        cluster.create(DEPLOYMENT_PLURAL, body)
+        print(f"function {cluster.namespace}/{request.name} created ({ref})", file=sys.stderr)
+    else:
+        body = with_package(functions.updated(stored, request), ref, args.pull_secret)
+        cluster.replace(DEPLOYMENT_PLURAL, body)
+        print(f"function {cluster.namespace}/{request.name} updated ({ref})", file=sys.stderr)
     if args.wait:
         wait_ready(cluster, request.name, args.timeout)
     return 0

@@ -26,6 +26,7 @@ from crds.constants import (
     SIDECAR_FINALIZER,
     VERSION,
 )
+from nest_sidecar.status import brief
 
 log = logging.getLogger(__name__)
 EVENT_THREADS = 4
@@ -126,7 +127,7 @@ class KubeShell:
                 resource_version=meta.get("resourceVersion"),
             ),
             reason=reason,
-            message=message[:1024],
+            message=brief(message),
             type=type_,
             first_timestamp=now,
             last_timestamp=now,

@@ -16,16 +16,18 @@ import os
 import signal
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 from kubernetes import client, config
+from kubernetes.utils.quantity import parse_quantity
 
 from crds.constants import POD_UID_LABEL
-from nest_sidecar.fetcher import CodeCache, CodeFetcher
+from nest_sidecar.code_cache import DEFAULT_IDLE_SECONDS, CodeCache
+from nest_sidecar.fetcher import CodeFetcher, FetchTimeouts
 from nest_sidecar.informer import Event, SandboxInformer, on_events
 from nest_sidecar.kube import KubeShell
 from nest_sidecar.lease import Capacity, Heartbeat, PodRef, Usage, capacity_from_env
@@ -57,6 +59,9 @@ class Settings:
     grace_seconds: float
     pool: str
     capacity: Capacity
+    fetch_timeouts: FetchTimeouts = field(default_factory=FetchTimeouts)
+    code_cache_bytes: int = 1 << 30
+    code_cache_idle: float = DEFAULT_IDLE_SECONDS
 
 
 def parse_settings(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settings:
@@ -90,13 +95,40 @@ def parse_settings(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settin
     )
     p.add_argument("--grace", type=float, default=5.0, help="grace period when stopping, s")
     p.add_argument("--pool", default=env.get("NEST_POOL") or "default", help="env NEST_POOL")
+    p.add_argument(
+        "--fetch-connect-timeout", type=float, default=30.0,
+        help="seconds to connect to a url code source's server",
+    )  # fmt: skip
+    p.add_argument(
+        "--fetch-read-timeout", type=float, default=30.0,
+        help="seconds a url code source's server may send nothing (headers or body)",
+    )  # fmt: skip
+    p.add_argument(
+        "--fetch-timeout", type=float, default=300.0, help="seconds for a whole code download"
+    )
+    p.add_argument(
+        "--code-cache-bytes", default="1Gi",
+        help="size budget of the code cache (a quantity: 512Mi, 2Gi); entries in use stay "
+        "even beyond it",
+    )  # fmt: skip
+    p.add_argument(
+        "--code-cache-idle", type=float, default=DEFAULT_IDLE_SECONDS,
+        help="seconds code no sandbox uses stays cached (less when over the budget)",
+    )  # fmt: skip
     a = p.parse_args(argv)
     if not a.pod_name or not a.pod_uid:
         p.error("--pod-name and --pod-uid (or POD_NAME and POD_UID) are required")
+    try:
+        cache_bytes = int(parse_quantity(a.code_cache_bytes))
+    except ValueError:
+        p.error(f"--code-cache-bytes: {a.code_cache_bytes!r} is not a quantity")
+    timeouts = (a.fetch_connect_timeout, a.fetch_read_timeout, a.fetch_timeout)
+    if cache_bytes < 0 or a.code_cache_idle < 0 or min(timeouts) <= 0:
+        p.error("timeouts must be positive, the code cache's budget and idle time not negative")
     return Settings(
         a.pod_name, a.pod_namespace, a.pod_uid, a.pod_ip, a.runtime_socket, a.runtime_port,
         Path(a.code_cache), a.health_port, a.lease_interval, a.backoff, a.grace, a.pool,
-        capacity_from_env(env),
+        capacity_from_env(env), FetchTimeouts(*timeouts), cache_bytes, a.code_cache_idle,
     )  # fmt: skip
 
 
@@ -118,13 +150,18 @@ class Sidecar:
         self.kube = KubeShell(api, settings.pod_name)
         self.metrics = SidecarMetrics()
         self.status = StatusManager(self._patch_status)
-        self.pump = RuntimePump(runtime, self._runtime_changed)
+        self.pump = RuntimePump(runtime, self._runtime_changed, name_of=self._name_of)
         self.workers: dict[str, SandboxWorker] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.pending_runtime: dict[str, SandboxInfo | None] = {}
         self.started = False
         self.heartbeat: Heartbeat | None = None
         self.pod = PodIdentity(settings.pod_name, settings.pod_ip, settings.runtime_port)
+        self.cache = CodeCache(
+            settings.code_cache,
+            budget_bytes=settings.code_cache_bytes,
+            idle_seconds=settings.code_cache_idle,
+        )
 
     async def _patch_status(self, obj: Mapping[str, Any], patch: Mapping[str, Any]) -> None:
         await self.kube.patch_status(obj, patch)
@@ -132,6 +169,15 @@ class Sidecar:
 
     def _report(self, obj: Mapping[str, Any], observed: Observed) -> None:
         self.status.report(obj, observed)
+
+    def _name_of(self, sandbox_id: str) -> str:
+        """`namespace/name` of one of our sandboxes (ids are UIDs), for crash messages."""
+        worker = self.workers.get(sandbox_id)  # else (its worker is being replaced): the watch's
+        obj = worker.obj if worker is not None else self.informer.known.get(sandbox_id)
+        if obj is None:
+            return sandbox_id
+        meta = obj["metadata"]
+        return f"{meta['namespace']}/{meta['name']}"
 
     def _runtime_changed(self, sandbox_id: str, info: SandboxInfo | None) -> None:
         worker = self.workers.get(sandbox_id)
@@ -161,6 +207,7 @@ class Sidecar:
             task = self.tasks.pop(uid, None)
             self.workers.pop(uid, None)
             self.status.forget(uid)
+            self.cache.release(uid)
             if task is not None:
                 task.cancel()
                 asyncio.get_running_loop().create_task(self._remove_quietly(uid))
@@ -196,10 +243,14 @@ class Sidecar:
             self.tasks.pop(uid, None)
             self.workers.pop(uid, None)
             self.status.forget(uid)
-            if not task.cancelled() and task.exception() is not None:
+            if task.cancelled():
+                return  # shutting down: the pin outlives us, for the next sidecar's adoption
+            if task.exception() is not None:
                 # A worker's own bug: start a fresh one on the latest object after a pause,
                 # rather than leave the sandbox without anyone looking after it.
                 asyncio.get_running_loop().call_later(WORKER_RETRY, self._restart_worker, uid)
+            else:  # it stopped the sandbox and released the finalizer: the code is unused
+                self.cache.release(uid)
 
         task = asyncio.get_running_loop().create_task(worker.run(), name=f"sandbox-{uid}")
         task.add_done_callback(finished)
@@ -222,8 +273,12 @@ class Sidecar:
         runner = web.AppRunner(health_app(self.ready, self.metrics), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, s.pod_ip, s.health_port).start()
+        try:
+            await asyncio.to_thread(self.cache.recover)
+        except OSError as exc:  # fetches will fail naming the cache; the sidecar still reports
+            log.error("code cache %s unusable: %s", s.code_cache, exc)
         async with aiohttp.ClientSession() as http:
-            self.fetcher = CodeFetcher(CodeCache(s.code_cache), self.kube.read_configmap, http)
+            self.fetcher = CodeFetcher(self.cache, self.kube.read_configmap, http, s.fetch_timeouts)
             background = [
                 loop.create_task(self.pump.run(), name="runtime-pump"),
                 loop.create_task(self.status.run(), name="status-manager"),
@@ -233,6 +288,10 @@ class Sidecar:
             background.append(on_events(self.informer, self._on_event))
             try:
                 await self._start_workers(stop)
+                if self.started:
+                    # Pins of Sandboxes deleted while no sidecar watched go; then collect.
+                    self.cache.retain({str(uid) for uid in self.informer.known})
+                    background.append(loop.create_task(self.cache.run(), name="code-cache"))
                 await stop.wait()
             finally:
                 self.informer.stop()

@@ -15,6 +15,11 @@ from typing import Any
 
 from crds.sandbox import SandboxConditionType, SandboxPhase
 
+# The one limit on a message the sidecar writes (status, conditions, Events): a user reads it in
+# `kubectl get/describe`, and a runtime's message can be a whole traceback.
+MESSAGE_LIMIT = 1024
+ELLIPSIS = "…"
+
 
 @dataclass(frozen=True)
 class Observed:
@@ -37,6 +42,14 @@ class Observed:
     isolation_message: str | None = None
 
 
+def brief(message: str, limit: int = MESSAGE_LIMIT) -> str:
+    """`message` cut to `limit` characters, its start kept (where the cause is named), with an
+    ellipsis saying that something was cut."""
+    if len(message) <= limit:
+        return message
+    return message[: limit - len(ELLIPSIS)].rstrip() + ELLIPSIS
+
+
 def rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -47,7 +60,7 @@ def _condition(
     status = "Unknown" if ok is None else ("True" if ok else "False")
     cond: dict[str, Any] = {"type": type_.value, "status": status, "reason": reason}
     if message:
-        cond["message"] = message
+        cond["message"] = brief(message)
     return cond
 
 
@@ -108,7 +121,7 @@ def desired_status(current: Mapping[str, Any], observed: Observed, now: datetime
         "podIP": observed.pod_ip,
         "port": observed.port,
         "reason": observed.reason,
-        "message": observed.message,
+        "message": brief(observed.message) if observed.message else None,
         "startTime": rfc3339(observed.start_time) if observed.start_time else None,
     }
     status.update({k: v for k, v in optional.items() if v is not None})

@@ -21,18 +21,22 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from kubernetes.utils.quantity import parse_quantity
+from pydantic import ValidationError
 
 from crds import SandboxPhase, can_transition
 from crds.constants import FUNCTION_LABEL, REVISION_ANNOTATION
-from crds.sandbox import PERMANENT_FAILURE_REASONS, RestartPolicy, Sandbox
+from crds.sandbox import PERMANENT_FAILURE_REASONS, CodeSource, RestartPolicy, Sandbox
 from nest_sidecar.errors import (
+    CodeFetchFailed,
     SidecarError,
+    describe_exception,
+    describe_validation,
 )
 from nest_sidecar.fetcher import CodeFetcher, CodeRef
 from nest_sidecar.runtime import RuntimeAPI
 from nest_sidecar.status import Observed
 from sandbox.api import CreateSandbox, LimitsModel, SandboxInfo
-from sandbox.errors import CreateFailed, SandboxNotFoundError
+from sandbox.errors import CreateFailed, RuntimeAPIError, SandboxNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +214,11 @@ class SandboxWorker:
             if info is not None and info.state == "Running":
                 log.info("adopted running sandbox %s (pid %s)", self.uid, info.pid)
                 self._running(started=self.observed.start_time)
+            elif info is not None and info.state in RUNTIME_FAILED and info.reason:
+                # It failed while no sidecar watched (Unhealthy, say), or the pump reported
+                # the runtime's crash with the culprit named (RuntimeCrash, RuntimeRestarted).
+                self._event("Warning", "Failed", f"{info.reason}: {info.message}")
+                self._stopped(info.reason, info.message or info.reason, ran=True)
             else:  # it ran, and the runtime no longer has it: the runtime restarted
                 self._stopped("RuntimeRestarted", "the pod's runtime restarted", ran=True)
         while not self.deleting:
@@ -225,20 +234,61 @@ class SandboxWorker:
     async def _start(self) -> None:
         try:
             spec = Sandbox.model_validate(self.obj).spec
+        except ValidationError as exc:
+            self._stopped("InvalidSpec", describe_validation(exc), ran=False)
+            return
         except ValueError as exc:
-            self._stopped("InvalidSpec", str(exc).splitlines()[0], ran=False)
+            self._stopped("InvalidSpec", describe_exception(exc), ran=False)
             return
         self._move(SandboxPhase.STARTING)
         try:
-            namespace = self.obj["metadata"]["namespace"]
-            code = await self.fetcher.fetch(spec.function.source, namespace)
+            code = await self._fetch(spec.function.source)
         except SidecarError as exc:
-            self._event("Warning", exc.reason, str(exc))
-            self.observed = replace(self.observed, code_ready=False, code_message=str(exc))
-            self._stopped(exc.reason, str(exc), ran=False)
+            self._fetch_failed(exc)
+            return
+        except Exception as exc:  # a fetcher bug, or an error nobody typed: name it all the same
+            log.exception("fetching the code of sandbox %s failed", self.uid)
+            self._fetch_failed(CodeFetchFailed(describe_exception(exc)))
+            return
+        if code is None:  # deleted while fetching
             return
         self.observed = replace(self.observed, code_ready=True, code_message=None)
         await self._create(spec, code)
+
+    async def _fetch(self, source: CodeSource) -> CodeRef | None:
+        """The fetched code, or None when the Sandbox was deleted first (the fetch is dropped:
+        a download that hangs must not hold the deletion up for its deadline)."""
+        namespace = self.obj["metadata"]["namespace"]
+        fetch = asyncio.ensure_future(self.fetcher.fetch(source, namespace, user=self.uid))
+        woken = False
+        wake: asyncio.Future[Any] | None = None
+        try:
+            while not fetch.done() and not self.deleting:
+                wake = asyncio.ensure_future(self._wake.wait())
+                await asyncio.wait({fetch, wake}, return_when=asyncio.FIRST_COMPLETED)
+                wake.cancel()
+                if self._wake.is_set():
+                    self._wake.clear()
+                    woken = True
+        finally:
+            if wake is not None:
+                wake.cancel()
+            if woken:  # level-triggered: what woke us here still ends the next wait at once
+                self._wake.set()
+            if not fetch.done():
+                fetch.cancel()
+                with contextlib.suppress(BaseException):
+                    await fetch
+        if fetch.cancelled():
+            return None
+        code = fetch.result()
+        return None if self.deleting else code
+
+    def _fetch_failed(self, exc: SidecarError) -> None:
+        message = str(exc) or exc.reason
+        self._event("Warning", exc.reason, message)
+        self.observed = replace(self.observed, code_ready=False, code_message=message)
+        self._stopped(exc.reason, message, ran=False)
 
     async def _create(self, spec: Any, code: CodeRef) -> None:
         fn = spec.function
@@ -267,6 +317,16 @@ class SandboxWorker:
         except CreateFailed as exc:
             self._event("Warning", "Failed", f"{exc.error}: {exc.message}")
             self._stopped(exc.error, exc.message, ran=True)
+            return
+        except (RuntimeAPIError, ValueError) as exc:  # an error the runtime did not type (a 500)
+            detail = (
+                f"{exc.status} {exc.error}: {exc.message}"
+                if isinstance(exc, RuntimeAPIError)
+                else describe_exception(exc)
+            )
+            message = f"the runtime could not create it: {detail}"
+            self._event("Warning", "CreateFailed", message)
+            self._stopped("CreateFailed", message, ran=False)
             return
         if self._runtime_events == events_before:  # else an event already told us more
             self.runtime_info = info

@@ -131,6 +131,7 @@ def replicaset_info(rs: Obj) -> ReplicaSetInfo:
         status_replicas=int(status.get("replicas", 0)),
         ready_replicas=int(status.get("readyReplicas", 0)),
         available_replicas=int(status.get("availableReplicas", 0)),
+        conditions=conditions_from(status),
     )
 
 

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from crds import constants as c
-from crds.sandbox import env_problems, inline_problems
+from crds.workloads import TEMPLATE_BINDS
+from nest_operator import admission_specs as specs
 
 Obj = Mapping[str, Any]
 
@@ -40,7 +41,6 @@ TEMPLATED = frozenset({c.REPLICASET_PLURAL, c.DEPLOYMENT_PLURAL})
 CREATE, UPDATE, DELETE = "CREATE", "UPDATE", "DELETE"
 LABEL_FIELDS = {label: f"metadata.labels[{label}]" for label in (c.POD_UID_LABEL, c.POOL_LABEL)}
 NOT_BINDER = "only the scheduler may bind a Sandbox"
-TEMPLATE_BINDS = "a template may not bind its Sandboxes: only the scheduler binds"
 
 
 def service_account_user(namespace_and_name: str) -> str:
@@ -275,7 +275,7 @@ def decide(request: Request, config: Config, answers: Answers) -> Verdict:
     for verdict in (
         binding_verdict(request, binder),
         template_verdict(request),
-        function_verdict(request),
+        spec_verdict(request),
         tenancy_verdict(pool_use(request, config), answers.pool),
     ):
         if not verdict.allowed:
@@ -312,33 +312,20 @@ def template_verdict(request: Request) -> Verdict:
     return deny(*((path, TEMPLATE_BINDS) for path in bad)) if bad else ALLOW
 
 
-def _function(obj: Obj | None, resource: str) -> Obj:
-    spec = _spec(_template(obj)) if resource in TEMPLATED else _spec(obj)
-    return spec.get("function") or {}
-
-
-def function_verdict(request: Request) -> Verdict:
-    """What the schema cannot say about a function (Kubernetes 1.20 validates no map keys and
-    no byte sizes): inline file names, contents and sizes, and env names, by the models' rules.
-
-    On update only a changed `source` or `env` is checked, so an object stored before these
-    rules can still be scaled, bound, finalized and deleted.
-    """
+def spec_verdict(request: Request) -> Verdict:
+    """What the schema cannot say about a spec, every problem at once (admission_specs): a
+    workload's selector against its template's labels, and the function's inline files, env
+    names and quantities."""
     if request.resource not in TEMPLATED | {SANDBOXES} or request.subresource:
         return ALLOW
-    if request.operation not in (CREATE, UPDATE):
+    if request.operation not in (CREATE, UPDATE) or request.obj is None:
         return ALLOW
-    prefix = "spec.template.spec.function" if request.resource in TEMPLATED else "spec.function"
-    new = _function(request.obj, request.resource)
-    old = _function(request.old, request.resource) if request.old is not None else {}
-    problems: list[tuple[str, str]] = []
-    source, env = new.get("source") or {}, new.get("env") or {}
-    inline = source.get("inline")
-    if isinstance(inline, Mapping) and source != (old.get("source") or {}):
-        where = f"{prefix}.source.inline"
-        problems += [(f"{where}[{n}]" if n else where, why) for n, why in inline_problems(inline)]
-    if isinstance(env, Mapping) and env != (old.get("env") or {}):
-        problems += [(f"{prefix}.env[{n}]", why) for n, why in env_problems(env)]
+    templated = request.resource in TEMPLATED
+    problems = specs.selector_problems(request.obj, request.old) if templated else []
+    prefix = "spec.template.spec.function" if templated else "spec.function"
+    new = specs.function_of(request.obj, templated)
+    old = specs.function_of(request.old, templated) if request.old is not None else {}
+    problems += specs.function_problems(new, old, prefix)
     return deny(*problems) if problems else ALLOW
 
 

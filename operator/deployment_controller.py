@@ -3,14 +3,19 @@
 `deployment_logic.sync` decides (which set is new, how far to scale each during a rolling update
 or a recreate, which old sets to prune, the status); this module only applies the plan in its
 order — create, revisions, scale, delete, status — and handles a name collision the way the
-Deployment controller does, by bumping `collisionCount` so the next hash differs.
+Deployment controller does, by bumping `collisionCount` so the next hash differs. When the API
+server refuses the new replica set, `deployment_failures` says what the deployment shows
+(ReplicaFailure/FailedCreate with the server's message, and a Warning Event) and when to try
+again; this module remembers the failure per deployment and requeues it then.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
+from enum import Enum
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
@@ -18,12 +23,21 @@ from kubernetes.client.exceptions import ApiException
 from crds import constants as c
 from crds.common import LabelSelector
 from nest_operator import adapters
-from nest_operator.deployment_logic import DeploymentPlan, DeploymentStatus, sync
+from nest_operator import deployment_failures as failures
+from nest_operator.deployment_logic import DeploymentInfo, DeploymentPlan, DeploymentStatus
 from nest_operator.kube import Kube
-from nest_operator.replicaset_controller import owner_reference
+from nest_operator.replicaset_controller import api_message, owner_reference
 from nest_operator.store import Kind, Obj, Store, controller_uid, key_of
 
 log = logging.getLogger(__name__)
+
+
+class Created(Enum):
+    """How creating the new replica set went."""
+
+    YES = "created"  # or it exists already and is ours
+    COLLISION = "collision"  # a replica set of that name and another template exists
+    UNSEEN = "unseen"  # it exists, but the store has not seen it yet: look again
 
 
 def status_body(status: DeploymentStatus, selector: str) -> dict[str, Any]:
@@ -43,9 +57,15 @@ def status_body(status: DeploymentStatus, selector: str) -> dict[str, Any]:
 class DeploymentController:
     """Reconciles one SandboxDeployment key ("namespace/name") at a time."""
 
-    def __init__(self, store: Store, kube: Kube) -> None:
+    def __init__(self, store: Store, kube: Kube, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.kube = kube
+        self.clock = clock
+        self.failures: dict[str, failures.CreateFailure] = {}  # by deployment key
+        self._timers: dict[str, float] = {}  # by deployment key: when it is requeued for
+        # Reconcile a key again after a delay (the work queue's add_after; the manager sets
+        # it): a back-off ends without any event announcing it.
+        self.requeue: Callable[[str, float], None] | None = None
 
     def key_for_replicaset(self, rs: Obj) -> str | None:
         owner = controller_uid(rs)
@@ -55,17 +75,35 @@ class DeploymentController:
     async def reconcile(self, key: str) -> None:
         d = self.store.get(Kind.DEPLOYMENT, key)
         if d is None or d["metadata"].get("deletionTimestamp"):
+            self.failures.pop(key, None)
+            self._timers.pop(key, None)
             return
+        now = self.clock()
         selector = LabelSelector.model_validate(d["spec"].get("selector") or {})
         owned = self.store.owned(Kind.REPLICASET, d["metadata"]["uid"])
         info = adapters.deployment_info(d, adapters.conditions_from(d.get("status") or {}))
-        plan = sync(info, [adapters.replicaset_info(rs) for rs in owned], time.time())
+        infos = [adapters.replicaset_info(rs) for rs in owned]
+        plan, wait = failures.plan(info, infos, now, self.failures.get(key))
+        if wait:
+            self._requeue(key, now + wait)  # held back: only the status is written
+        elif plan.create is None:
+            self.failures.pop(key, None)  # the template changed back, or the set appeared
         namespace = d["metadata"]["namespace"]
-        if plan.create is not None and not await self._create(d, selector, plan):
-            collided = replace(plan.status, collision_count=plan.status.collision_count + 1)
-            body = status_body(collided, selector.to_selector_string())
-            await self.kube.patch_status(Kind.DEPLOYMENT, namespace, d["metadata"]["name"], body)
-            return  # the status change brings us back with a new hash
+        if plan.create is not None:
+            try:
+                created = await self._create(d, selector, plan)
+            except ApiException as exc:
+                await self._refused(key, d, info, plan, api_message(exc), now)
+                return
+            self.failures.pop(key, None)
+            if created is Created.UNSEEN:
+                raise RuntimeError(f"{key}: replica set {plan.create.name} exists but is unseen")
+            if created is Created.COLLISION:
+                collided = replace(plan.status, collision_count=plan.status.collision_count + 1)
+                body = status_body(collided, selector.to_selector_string())
+                name = d["metadata"]["name"]
+                await self.kube.patch_status(Kind.DEPLOYMENT, namespace, name, body)
+                return  # the status change brings us back with a new hash
         for name, revision in plan.revisions:
             patch = {"metadata": {"annotations": {c.REVISION_ANNOTATION: str(revision)}}}
             await self.kube.patch(Kind.REPLICASET, namespace, name, patch)
@@ -84,8 +122,40 @@ class DeploymentController:
         if any(current.get(k) != v for k, v in body.items()):
             await self.kube.patch_status(Kind.DEPLOYMENT, namespace, d["metadata"]["name"], body)
 
-    async def _create(self, d: Obj, selector: LabelSelector, plan: DeploymentPlan) -> bool:
-        """Create the new replica set; False on a name collision with another template."""
+    def _requeue(self, key: str, at: float) -> None:
+        """One timer per retry time, however many events arrive while a creation is held."""
+        if self.requeue is not None and self._timers.get(key) != at:
+            self._timers[key] = at
+            self.requeue(key, max(0.0, at - self.clock()))
+
+    async def _refused(
+        self,
+        key: str,
+        d: Obj,
+        info: DeploymentInfo,
+        plan: DeploymentPlan,
+        message: str,
+        now: float,
+    ) -> None:
+        """The API server refused the new replica set: say so on the deployment, retry later."""
+        assert plan.create is not None
+        failure = failures.refused(self.failures.get(key), plan.create.name, message, now)
+        self.failures[key] = failure
+        self.kube.event(
+            d, "Warning", failures.FAILED_CREATE, failures.create_error_message(failure)
+        )
+        log.warning("%s: %s", key, failures.create_error_message(failure))
+        status = failures.failed_status(info, plan.status, failure, now)
+        selector = LabelSelector.model_validate(d["spec"].get("selector") or {})
+        body = status_body(status, selector.to_selector_string())
+        current = d.get("status") or {}
+        if any(current.get(k) != v for k, v in body.items()):
+            namespace, name = d["metadata"]["namespace"], d["metadata"]["name"]
+            await self.kube.patch_status(Kind.DEPLOYMENT, namespace, name, body)
+        self._requeue(key, failure.retry_at)
+
+    async def _create(self, d: Obj, selector: LabelSelector, plan: DeploymentPlan) -> Created:
+        """Create the new replica set; how that went (an ApiException: the server refused)."""
         new = plan.create
         assert new is not None
         labels = dict((new.template.get("metadata") or {}).get("labels") or {})
@@ -111,11 +181,15 @@ class DeploymentController:
             if exc.status != 409:
                 raise
             existing = self.store.get(Kind.REPLICASET, f"{d['metadata']['namespace']}/{new.name}")
-            # Ours from before a restart (the next sync sees it), or a genuine collision.
-            return existing is not None and controller_uid(existing) == d["metadata"]["uid"]
+            # Ours from before a restart (the next sync sees it), or a genuine collision; if
+            # the store has not seen it yet, neither is known (kube's lister miss: retry).
+            if existing is None:
+                return Created.UNSEEN
+            ours = controller_uid(existing) == d["metadata"]["uid"]
+            return Created.YES if ours else Created.COLLISION
         message = f"Scaled up replica set {new.name} to {new.replicas}"
         self.kube.event(d, "Normal", "ScalingReplicaSet", message)
         log.info(
             "%s: created %s (revision %s)", key_of(d), created["metadata"]["name"], new.revision
         )
-        return True
+        return Created.YES

@@ -39,6 +39,7 @@ class ReplicaSetInfo:
     status_replicas: int = 0
     ready_replicas: int = 0
     available_replicas: int = 0
+    conditions: tuple[Condition, ...] = ()  # status.conditions (its ReplicaFailure shows above)
 
 
 @dataclass(frozen=True, slots=True)

@@ -91,6 +91,9 @@ class ControllerManager:
             "lifecycle": WorkQueue("lifecycle"),
             "pools": WorkQueue("pools"),
         }
+        # Expectations that expire and back-offs that end announce themselves by no event.
+        self.replicasets.requeue = self.queues["replicasets"].add_after
+        self.deployments.requeue = self.queues["deployments"].add_after
         self.synced = False
         self._tasks: list[asyncio.Task[None]] = []
         self._ready: set[str] = set()  # sandbox UIDs last seen Ready: flips skip the throttle

@@ -3,29 +3,51 @@
 Decisions come from `replicaset_logic`; this module reads the store, adopts and releases
 sandboxes by selector (as the ReplicaSet controller adopts pods), creates and deletes through
 `Kube`, and writes status only when it changed. Creations go out in doubling batches (kube's
-slow start), so a broken template fails on one sandbox, not on five hundred.
+slow start), so a broken template fails on one sandbox, not on five hundred; none go out while
+creations it made are still expected, or when its selector would not select what it creates.
+Then, and for sandboxes kept Failed because they crashed a shared runtime, `ReplicaFailure`
+and a Warning Event say why.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
 
 from crds import constants as c
 from crds.common import LabelSelector
+from crds.workloads import unusable_selector
 from nest_operator import adapters
 from nest_operator.kube import Kube
-from nest_operator.replicaset_logic import ReplicaSetStatus, reconcile, status
+from nest_operator.replicaset_logic import (
+    FAILED_CREATE,
+    REPLICA_FAILURE,
+    Expectations,
+    Failure,
+    ReplicaSetStatus,
+    is_stamped,
+    reconcile,
+    runtime_crash_failure,
+    selector_failure,
+    status,
+)
 from nest_operator.scheduler import SchedulerCache
 from nest_operator.store import Kind, Obj, Store, controller_uid, key_of
 
 log = logging.getLogger(__name__)
 SLOW_START_INITIAL = 4
+FAILED_DELETE = "FailedDelete"
+# Failures the next attempt may not repeat (quota, a conflict, an outage): retried with the
+# work queue's back-off. The others last until the replica set or its sandboxes change.
+RETRIED = frozenset({FAILED_CREATE, FAILED_DELETE})
 
 
 def owner_reference(owner: Obj) -> dict[str, Any]:
@@ -77,13 +99,42 @@ def status_body(result: ReplicaSetStatus, selector: str) -> dict[str, Any]:
     }
 
 
+def api_message(exc: Exception) -> str:
+    """What the API server said, for conditions and Events: its Status message if it sent one."""
+    if isinstance(exc, ApiException):
+        try:
+            message = json.loads(exc.body or "").get("message")
+        except (ValueError, AttributeError):
+            message = None
+        return f"{exc.status} {exc.reason}: {message or (exc.body or '')[:200]}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def outcome_unknown(exc: Exception) -> bool:
+    """Whether a failed create may still have been stored: no answer, or the server's timeout."""
+    if not isinstance(exc, ApiException) or not exc.status:
+        return True
+    return exc.status == 504 or (exc.status == 500 and "timed out" in (exc.body or ""))
+
+
 class ReplicaSetController:
     """Reconciles one SandboxReplicaSet key ("namespace/name") at a time."""
 
-    def __init__(self, store: Store, kube: Kube, cache: SchedulerCache) -> None:
+    def __init__(
+        self,
+        store: Store,
+        kube: Kube,
+        cache: SchedulerCache,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.store = store
         self.kube = kube
         self.cache = cache
+        self.clock = clock
+        self.expectations = Expectations()
+        # Reconcile a key again after a delay (the work queue's add_after; the manager sets
+        # it): when expectations expire nothing else announces it.
+        self.requeue: Callable[[str, float], None] | None = None
 
     def keys_for_sandbox(self, sandbox: Obj) -> list[str]:
         owner = controller_uid(sandbox)
@@ -96,30 +147,77 @@ class ReplicaSetController:
     async def reconcile(self, key: str) -> None:
         rs = self.store.get(Kind.REPLICASET, key)
         if rs is None or rs["metadata"].get("deletionTimestamp"):
+            self.expectations.forget(key)
             return  # the garbage collector removes what it owned
-        selector = LabelSelector.model_validate(rs["spec"].get("selector") or {})
-        owned = await self._claim(rs, selector)
+        now = self.clock()
+        body = sandbox_from_template(rs)
+        selector, blocked = _selector(rs, body["metadata"]["labels"])
+        owned, collect = await self._claim(rs, selector, body["metadata"]["labels"])
+        self.expectations.observe(key, self._controlled(rs["metadata"]["uid"]))
+        waiting = self.expectations.pending(key, now)
+        failure = blocked
+        if waiting:  # creations still unseen: decide again once they are, or have expired
+            if self.requeue is not None:
+                self.requeue(key, waiting)
+        else:
+            failed = await self._manage(rs, body, owned, collect, blocked is None, now)
+            failure = failure or failed
+        snapshots = [adapters.owned_sandbox(s) for s in owned]
+        failure = failure or runtime_crash_failure(snapshots)
+        await self._write_status(rs, selector, failure)
+        if failure is not None and failure.reason in RETRIED:
+            raise RuntimeError(failure.message)  # the work queue retries with back-off
+
+    async def _manage(
+        self,
+        rs: Obj,
+        body: Obj,
+        owned: list[Obj],
+        collect: list[Obj],
+        may_create: bool,
+        now: float,
+    ) -> Failure | None:
+        """Create or delete towards spec.replicas (kube's manageReplicas); what failed, if any."""
         snapshots = [adapters.owned_sandbox(s) for s in owned]
         load = {info.pod.uid: info.count for info in self.cache.pods()}
-        decision = reconcile(int(rs["spec"].get("replicas", 1)), snapshots, load)
+        desired = int(rs["spec"].get("replicas", 1))
+        decision = reconcile(desired, snapshots, load, may_create=may_create)
         failure = None
-        try:
-            await self._create(rs, decision.create)
-            by_name = {s["metadata"]["name"]: s for s in owned}
-            finished = [s for s, snap in zip(owned, snapshots, strict=True) if snap.finished]
-            doomed = [by_name[name] for name in decision.delete] + finished
-            await asyncio.gather(*(self.kube.delete(Kind.SANDBOX, s) for s in doomed))
-        except ApiException as exc:
-            failure = f"{exc.status} {exc.reason}: {(exc.body or '')[:200]}"
-            self.kube.event(rs, "Warning", "FailedCreate", failure)
-        await self._write_status(rs, selector, failure)
+        error = await self._create(rs, body, decision.create, now)
+        if error is not None:
+            failure = Failure(FAILED_CREATE, api_message(error))
+        by_name = {s["metadata"]["name"]: s for s in owned}
+        finished = [s for s, snap in zip(owned, snapshots, strict=True) if snap.finished]
+        doomed = [by_name[name] for name in decision.delete] + finished + collect
+        results = await asyncio.gather(
+            *(self.kube.delete(Kind.SANDBOX, s) for s in doomed), return_exceptions=True
+        )
+        error = next((r for r in results if isinstance(r, Exception)), None)
+        if error is not None and failure is None:
+            failure = Failure(FAILED_DELETE, api_message(error))
         if failure is not None:
-            raise RuntimeError(failure)
+            self.kube.event(rs, "Warning", failure.reason, failure.message)
+        return failure
 
-    async def _claim(self, rs: Obj, selector: LabelSelector) -> list[Obj]:
-        """Owned sandboxes after adopting matching orphans and releasing non-matching ones."""
+    def _controlled(self, uid: str) -> list[str]:
+        return [s["metadata"]["uid"] for s in self.store.owned(Kind.SANDBOX, uid)]
+
+    async def _claim(
+        self, rs: Obj, selector: LabelSelector | None, stamped: dict[str, str]
+    ) -> tuple[list[Obj], list[Obj]]:
+        """Owned sandboxes after adopting matching orphans and releasing non-matching ones, and
+        the ones to collect: it controls them, its selector does not select them, and they carry
+        just the labels it created them with, so nobody relabelled them out of the set — it made
+        them and can never own them, and released they would be left behind forever.
+
+        Without a usable selector (`unusable_selector`: empty, or by the labels binding sets)
+        nothing is adopted, released or collected: what it selects says nothing about what it
+        owns, and the operator never deletes what it does not understand.
+        """
         uid = rs["metadata"]["uid"]
-        owned = []
+        if selector is None or unusable_selector(selector) is not None:
+            return self.store.owned(Kind.SANDBOX, uid), []
+        owned, collect = [], []
         for sandbox in self.store.in_namespace(Kind.SANDBOX, rs["metadata"]["namespace"]):
             owner = controller_uid(sandbox)
             labels = sandbox["metadata"].get("labels") or {}
@@ -127,30 +225,61 @@ class ReplicaSetController:
             deleting = bool(sandbox["metadata"].get("deletionTimestamp"))
             if owner == uid and matches:
                 owned.append(sandbox)
+            elif owner == uid and not deleting and is_stamped(labels, stamped):
+                collect.append(sandbox)
             elif owner == uid and not deleting:
                 patch: dict[str, Any] = {"metadata": {"ownerReferences": None}}
                 await self.kube.patch(Kind.SANDBOX, *_ns_name(sandbox), patch)
             elif owner is None and matches and not deleting:
                 patch = {"metadata": {"ownerReferences": [owner_reference(rs)]}}
                 owned.append(await self.kube.patch(Kind.SANDBOX, *_ns_name(sandbox), patch))
-        return owned
+        if collect:
+            names = ", ".join(sorted(s["metadata"]["name"] for s in collect))
+            message = (
+                f"Deleting Sandboxes its selector does not match, made from its template: {names}"
+            )
+            self.kube.event(rs, "Normal", "SandboxesCollected", message[:1024])
+        return owned, collect
 
-    async def _create(self, rs: Obj, count: int) -> None:
-        body = sandbox_from_template(rs)
+    async def _create(self, rs: Obj, body: Obj, count: int, now: float) -> Exception | None:
+        """Create `count` sandboxes in doubling batches, stopping after a batch with a failure
+        (kube's slowStartBatch); the first error, if any.
+
+        Expectations are raised by `count` first and lowered for every creation refused or never
+        attempted; the ones made are seen in the store (write-through), and one whose outcome is
+        unknown is waited for until the watch shows it or the expectation expires.
+        """
+        if count <= 0:
+            return None
+        key, uid = key_of(rs), rs["metadata"]["uid"]
         namespace = rs["metadata"]["namespace"]
-        batch = SLOW_START_INITIAL
-        while count > 0:
-            size = min(batch, count)
-            await asyncio.gather(
+        self.expectations.expect(key, count, self._controlled(uid), now)
+        batch, remaining, error = SLOW_START_INITIAL, count, None
+        while remaining > 0 and error is None:
+            size = min(batch, remaining)
+            results = await asyncio.gather(
                 *(
                     self.kube.create(Kind.SANDBOX, namespace, copy.deepcopy(body))
                     for _ in range(size)
-                )
+                ),
+                return_exceptions=True,
             )
-            count -= size
+            for result in results:
+                if isinstance(result, Exception):
+                    error = error or result
+                    if not outcome_unknown(result):
+                        self.expectations.lower(key)
+                elif isinstance(result, BaseException):
+                    raise result
+            remaining -= size
             batch *= 2
+        self.expectations.lower(key, remaining)
+        self.expectations.observe(key, self._controlled(uid))
+        return error
 
-    async def _write_status(self, rs: Obj, selector: LabelSelector, failure: str | None) -> None:
+    async def _write_status(
+        self, rs: Obj, selector: LabelSelector | None, failure: Failure | None
+    ) -> None:
         current = rs.get("status") or {}
         owned = self.store.owned(Kind.SANDBOX, rs["metadata"]["uid"])
         template_labels = ((rs["spec"].get("template") or {}).get("metadata") or {}).get("labels")
@@ -159,12 +288,35 @@ class ReplicaSetController:
             template_labels or {},
             int(rs["metadata"].get("generation", 1)),
             adapters.conditions_from(current),
-            time.time(),
-            failure,
+            self.clock(),
+            failure.message if failure is not None else None,
+            failure.reason if failure is not None else FAILED_CREATE,
         )
-        body = status_body(result, selector.to_selector_string())
+        announced = _replica_failure(current)
+        if failure is not None and failure.reason not in RETRIED and announced != failure:
+            self.kube.event(rs, "Warning", failure.reason, failure.message)  # once per change
+        selector_string = selector.to_selector_string() if selector is not None else ""
+        body = status_body(result, selector_string)
         if any(current.get(k) != v for k, v in body.items()):
             await self.kube.patch_status(Kind.REPLICASET, *_ns_name(rs), body)
+
+
+def _selector(rs: Obj, stamped: dict[str, str]) -> tuple[LabelSelector | None, Failure | None]:
+    """The replica set's selector (None if it does not parse) and whether it may create."""
+    template_labels = ((rs["spec"].get("template") or {}).get("metadata") or {}).get("labels")
+    try:
+        selector = LabelSelector.model_validate(rs["spec"].get("selector") or {})
+    except ValidationError as exc:
+        why = "; ".join(e["msg"] for e in exc.errors())
+        return None, selector_failure(None, why, stamped, template_labels or {})
+    return selector, selector_failure(selector, None, stamped, template_labels or {})
+
+
+def _replica_failure(status_: Obj) -> Failure | None:
+    for cond in status_.get("conditions") or []:
+        if cond.get("type") == REPLICA_FAILURE and cond.get("status") == "True":
+            return Failure(cond.get("reason") or "", cond.get("message") or "")
+    return None
 
 
 def _ns_name(obj: Obj) -> tuple[str, str]:

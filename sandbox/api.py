@@ -90,6 +90,31 @@ class SandboxEvent(_Model):
     sandbox: SandboxInfo
 
 
+class LastCrash(_Model):
+    """How the previous runtime of this pod died, as this one found it (isolation.crashlog)."""
+
+    at: float = Field(description="the dead runtime's last heartbeat: it died within ~1 s of it")
+    detected_at: float
+    pid: int
+    exit_status: str = Field(description="the fatal signal faulthandler saw, or why none is known")
+    sandboxes: list[str] = Field(description="namespace sandboxes running code when it died")
+    importing: list[str] = Field(default_factory=list, description="of those, the importing")
+    culprits: list[str] = Field(
+        default_factory=list, description="named as the cause: failed, never loaded here again"
+    )
+    rule: str = Field(default="", description="why these culprits (or none)")
+
+
+class ThreadsInfo(_Model):
+    """The namespace sandboxes' threads: `overdue` ones run calls that overran their timeout."""
+
+    limit: int
+    started: int
+    busy: int
+    overdue: int
+    quota_cap: int
+
+
 class RuntimeInfo(_Model):
     pid: int
     started_at: float
@@ -100,6 +125,8 @@ class RuntimeInfo(_Model):
     # What confines subprocess sandboxes here (None: nothing), and what this pod cannot enforce.
     boundary: dict[str, str] | None = None
     boundary_reduced: list[str] = Field(default_factory=list)
+    last_crash: LastCrash | None = None
+    threads: ThreadsInfo | None = None
 
 
 class ErrorBody(_Model):

@@ -6,7 +6,7 @@ and env, the control API on a unix socket, the data plane on TCP, signal handlin
 `sandbox.service.Runtime`, where the decisions live.
 
 Control API (unix socket, JSON, models in `sandbox.api`):
-    GET    /v1/runtime                      RuntimeInfo
+    GET    /v1/runtime                      RuntimeInfo (+ last_crash: who crashed the last runtime)
     POST   /v1/sandboxes                    CreateSandbox -> 201 SandboxInfo | 409 | 422
     GET    /v1/sandboxes                    SandboxList (with usage)
     GET    /v1/sandboxes/{id}               SandboxInfo | 404
@@ -17,6 +17,8 @@ Data plane (TCP):
     POST   /v1/sandboxes/{id}/invoke        body = event
     ANY    /v1/sandboxes/{id}/http/{path}   HTTP trigger: method, path, query, headers pass through
     GET    /healthz, /metrics
+Bodies of both are held to `sandbox.limits` (--max-body-bytes, --max-json-depth: the gateway's
+flags): the data plane answers 413/400 problem+json, the control API 413/400 ErrorBody.
 
 Who may call what: the control socket is created 0600 in a 0700 directory, so only the runtime's
 own user (the sidecar runs as it, sandboxes never do) can connect. The data plane answers only
@@ -47,6 +49,7 @@ from isolation.boundary import BoundaryConfig, parse_uid_range
 from isolation.contract import Request
 from isolation.errors import IsolationError, LoadError
 from sandbox import dataplane_auth as auth
+from sandbox import limits
 from sandbox.api import (
     CreateSandbox,
     ErrorBody,
@@ -56,6 +59,7 @@ from sandbox.api import (
     StopSandbox,
 )
 from sandbox.errors import http_error
+from sandbox.limits import DEFAULT_LIMITS, BodyLimits
 from sandbox.service import Runtime
 
 log = logging.getLogger("nest.runtime")
@@ -63,6 +67,7 @@ JSON = "application/json"
 RUNTIME_KEY = web.AppKey("runtime", Runtime)
 ADDRESS_KEY = web.AppKey("address", list)
 KEYS_KEY: web.AppKey[auth.KeySource | None] = web.AppKey("dataplane_keys")
+LIMITS_KEY = web.AppKey("body_limits", BodyLimits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +81,15 @@ class Config:
     boundary: BoundaryConfig | None = None  # None: subprocess sandboxes run unconfined
     dataplane_keys: str | None = None  # a key file or directory; None only when insecure
     insecure_dataplane: bool = False
+    limits: BodyLimits = DEFAULT_LIMITS
+    state_dir: str | None = None  # the crash record's directory; None: beside the socket
+
+
+def state_dir_for(socket_path: str) -> str:
+    """The default state directory: beside the control socket (`runtime.sock` ->
+    `runtime.state`), so one runtime per socket has one record, and in a pod it sits in the
+    same emptyDir, which outlives a crash of the runtime's container."""
+    return os.path.splitext(os.path.abspath(socket_path))[0] + ".state"
 
 
 def _split(value: str) -> tuple[str, ...]:
@@ -149,6 +163,14 @@ def parse_config(argv: Sequence[str] | None, env: Mapping[str, str]) -> Config:
         help="serve unsigned data-plane requests: local benchmarks and tests only "
         "(env NEST_DATAPLANE_INSECURE=1)",
     )
+    parser.add_argument(
+        "--state-dir",
+        default=env.get("NEST_RUNTIME_STATE_DIR") or None,
+        help="where the runtime records which namespace sandbox runs code, so the next runtime "
+        "can name the one that crashed it (env NEST_RUNTIME_STATE_DIR; default: beside the "
+        "socket, <socket without .sock>.state)",
+    )
+    limits.add_flags(parser, env)
     args = parser.parse_args(argv)
     if not args.dataplane_key_file and not args.insecure_dataplane:
         parser.error(
@@ -161,7 +183,8 @@ def parse_config(argv: Sequence[str] | None, env: Mapping[str, str]) -> Config:
         boundary = BoundaryConfig(uids=args.sandbox_uids, scratch_root=args.scratch_dir)
     return Config(
         args.socket, args.host, args.port, _split(args.preload), layers, args.log_level, boundary,
-        args.dataplane_key_file, args.insecure_dataplane,
+        args.dataplane_key_file, args.insecure_dataplane, limits.from_args(args),
+        args.state_dir or state_dir_for(args.socket),
     )  # fmt: skip
 
 
@@ -183,6 +206,17 @@ async def isolation_errors(
         return _error(status, word, message)
     except ValidationError as exc:
         return _error(400, "InvalidRequest", str(exc))
+    except limits.BodyRefused as exc:
+        word = "PayloadTooLarge" if exc.status == 413 else "InvalidRequest"
+        return _error(exc.status, word, exc.detail)
+
+
+async def _control_body(request: web.Request) -> bytes:
+    """The body of a control call, held to the same limits as the data plane's."""
+    body_limits = request.app[LIMITS_KEY]
+    raw = await limits.read_body(request, body_limits)
+    limits.check_body(raw, body_limits)
+    return raw
 
 
 def _json(model: BaseModel, status: int = 200) -> web.Response:
@@ -200,7 +234,7 @@ async def runtime_info(request: web.Request) -> web.Response:
 
 async def create_sandbox(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME_KEY]
-    body = CreateSandbox.model_validate_json(await request.read())
+    body = CreateSandbox.model_validate_json(await _control_body(request))
     try:
         info = await runtime.create(body)
     except LoadError as exc:
@@ -217,7 +251,7 @@ async def get_sandbox(request: web.Request) -> web.Response:
 
 
 async def stop_sandbox(request: web.Request) -> web.Response:
-    raw = await request.read()
+    raw = await _control_body(request)
     body = StopSandbox.model_validate_json(raw) if raw else StopSandbox()
     info = await request.app[RUNTIME_KEY].stop(request.match_info["id"], body.grace_seconds)
     return _json(info)
@@ -239,9 +273,12 @@ async def watch_events(request: web.Request) -> web.StreamResponse:
     return response
 
 
-def control_app(runtime: Runtime, address: list[object]) -> web.Application:
-    app = web.Application(middlewares=[isolation_errors])
+def control_app(
+    runtime: Runtime, address: list[object], body_limits: BodyLimits = DEFAULT_LIMITS
+) -> web.Application:
+    app = web.Application(middlewares=[isolation_errors], client_max_size=body_limits.max_bytes)
     app[RUNTIME_KEY] = runtime
+    app[LIMITS_KEY] = body_limits
     app[ADDRESS_KEY] = address
     app.router.add_get("/v1/runtime", runtime_info)
     app.router.add_post("/v1/sandboxes", create_sandbox)
@@ -265,17 +302,23 @@ def _unauthorized(reason: str) -> web.Response:
 async def _invoke(request: web.Request, path: str) -> web.Response:
     runtime = request.app[RUNTIME_KEY]
     keys = request.app[KEYS_KEY]
+    body_limits = request.app[LIMITS_KEY]
     sandbox_id = request.match_info["id"]
-    # Inline, not a middleware (see data_app); the header is checked before the body is read.
-    if keys is not None:
-        signed = keys.parse(request.headers.get(auth.HEADER))
-        if isinstance(signed, str):
-            return _unauthorized(signed)
-        body = await request.read()
-        if not keys.check(signed, request.method, request.raw_path, sandbox_id, body):
-            return _unauthorized(auth.BAD_SIGNATURE)
-    else:
-        body = await request.read()
+    # Inline, not a middleware (see data_app); the header is checked before the body is read,
+    # the body's nesting only once the signature holds (a deep scan costs CPU).
+    try:
+        if keys is not None:
+            signed = keys.parse(request.headers.get(auth.HEADER))
+            if isinstance(signed, str):
+                return _unauthorized(signed)
+            body = await limits.read_body(request, body_limits)
+            if not keys.check(signed, request.method, request.raw_path, sandbox_id, body):
+                return _unauthorized(auth.BAD_SIGNATURE)
+        else:
+            body = await limits.read_body(request, body_limits)
+        await limits.check_body_async(body, body_limits)
+    except limits.BodyRefused as exc:  # never reaches the sandbox, which lives on
+        return limits.problem_response(exc, request.path)
     # aiohttp's read-only multidict views are Mappings already (case-insensitive headers, even):
     # copying them into dicts would cost more than the rest of the runtime's work per call.
     call = Request(request.method, path, request.query, request.headers, body)
@@ -313,12 +356,16 @@ async def metrics(request: web.Request) -> web.Response:
     )
 
 
-def data_app(runtime: Runtime, keys: auth.KeySource | None) -> web.Application:
+def data_app(
+    runtime: Runtime, keys: auth.KeySource | None, body_limits: BodyLimits = DEFAULT_LIMITS
+) -> web.Application:
     """`keys` None: unsigned requests are served (--insecure-dataplane)."""
     # No middleware on the hot path: aiohttp rebuilds the handler chain for every request.
-    app = web.Application()
+    # aiohttp refuses bodies longer than client_max_size: a body of exactly the limit passes.
+    app = web.Application(client_max_size=body_limits.max_bytes)
     app[RUNTIME_KEY] = runtime
     app[KEYS_KEY] = keys
+    app[LIMITS_KEY] = body_limits
     app.router.add_post("/v1/sandboxes/{id}/invoke", invoke)
     app.router.add_route("*", "/v1/sandboxes/{id}/http/{path:.*}", http_trigger)
     app.router.add_get("/healthz", healthz)
@@ -381,11 +428,14 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     keys = load_keys(config)  # before anything starts: no key, no runtime
     if config.boundary is None:
         log.warning("subprocess sandboxes are NOT confined (--unconfined): one tenant only")
-    runtime = Runtime(preload=config.preload, layers=config.layers, boundary=config.boundary)
+    runtime = Runtime(
+        preload=config.preload, layers=config.layers, boundary=config.boundary,
+        state_dir=config.state_dir,
+    )  # fmt: skip
     await runtime.start()
     address: list[object] = [config.host, config.port]
-    data = web.AppRunner(data_app(runtime, keys), access_log=None)
-    control = web.AppRunner(control_app(runtime, address), access_log=None)
+    data = web.AppRunner(data_app(runtime, keys, config.limits), access_log=None)
+    control = web.AppRunner(control_app(runtime, address, config.limits), access_log=None)
     await data.setup()
     await control.setup()
     bound = False

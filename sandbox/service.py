@@ -4,7 +4,8 @@ Why separate from the HTTP layer: the daemon's decisions (route to a backend, ac
 invocation, publish an event, refuse a duplicate) are ordinary async methods that tests and
 benchmarks can drive without sockets; `sandbox.runtime` only translates HTTP to these calls.
 Namespace sandboxes live in this process; subprocess sandboxes are supervised children (through
-the zygote). Nothing is persisted: a restarted runtime reports exactly what it runs — nothing.
+the zygote). Nothing is persisted but the namespace backend's crash record
+(isolation.crashlog): a restarted runtime runs nothing, and says who crashed the last one.
 """
 
 from __future__ import annotations
@@ -68,13 +69,14 @@ class Runtime:
         layers: Sequence[str] = (),
         memory_poll_s: float = 0.2,
         boundary: BoundaryConfig | None = None,
+        state_dir: str | None = None,  # the namespace backend's crash record; None: none
     ) -> None:
         self.started_at = time.time()
         self.pid = os.getpid()
         self.layers = tuple(layers)
         self.events = EventBroker()
         self.metrics = Metrics(self._usages)
-        self.namespace = NamespaceBackend(on_change=self._changed)
+        self.namespace = NamespaceBackend(on_change=self._changed, state_dir=state_dir)
         self.subprocess = SubprocessBackend(
             on_change=self._changed,
             preload=preload,
@@ -165,6 +167,8 @@ class Runtime:
             "boundary_reduced": principals.reduced
             if principals
             else ["subprocess sandboxes are not confined"],
+            "last_crash": crash.as_report() if (crash := self.namespace.last_crash) else None,
+            "threads": self.namespace.threads(),
         }
 
     async def close(self) -> None:

@@ -66,3 +66,42 @@ ENV_NAMES: list[tuple[str, bool]] = [
     ("a.b", False),
     ("", False),
 ]
+
+# (spec.selector, spec.template.metadata.labels, accepted) for SandboxReplicaSets and
+# SandboxDeployments: the selector must be valid, not empty, and match the template's labels.
+SELECTORS: list[tuple[dict[str, Any], dict[str, str], bool]] = [
+    ({"matchLabels": {"app": "a"}}, {"app": "a"}, True),
+    ({"matchLabels": {"app": "a"}}, {"app": "a", "tier": "web"}, True),
+    ({"matchExpressions": [{"key": "app", "operator": "In", "values": ["a", "b"]}]}, {"app": "b"},
+     True),
+    ({"matchExpressions": [{"key": "app", "operator": "Exists"}]}, {"app": "a"}, True),
+    ({"matchLabels": {"app": "a"},
+      "matchExpressions": [{"key": "canary", "operator": "DoesNotExist"}]}, {"app": "a"}, True),
+    ({"matchLabels": {"app": "a"}}, {"app": "b"}, False),
+    ({"matchLabels": {"app": "a"}}, {}, False),
+    ({"matchLabels": {"app": "a", "tier": "web"}}, {"app": "a"}, False),
+    ({"matchExpressions": [{"key": "app", "operator": "NotIn", "values": ["a"]}]}, {"app": "a"},
+     False),
+    ({"matchLabels": {"app": "a"},
+      "matchExpressions": [{"key": "canary", "operator": "DoesNotExist"}]},
+     {"app": "a", "canary": "1"}, False),
+    ({}, {"app": "a"}, False),  # empty: it would select every Sandbox of the namespace
+    # Binding labels are set after creation: this matches the template and no bound Sandbox.
+    ({"matchLabels": {"app": "a"},
+      "matchExpressions": [{"key": "nest.sandbox.dev/pool", "operator": "DoesNotExist"}]},
+     {"app": "a"}, False),
+    ({"matchExpressions": [{"key": "app", "operator": "In", "values": []}]}, {"app": "a"}, False),
+    ({"matchExpressions": [{"key": "app", "operator": "Exists", "values": ["a"]}]}, {"app": "a"},
+     False),
+]  # fmt: skip
+
+# (template metadata.labels, template spec fields, the field refused): a template that binds
+# would bind every Sandbox it stamps out, so templates carry no binding, for anybody.
+TEMPLATE_BINDINGS: list[tuple[dict[str, str], dict[str, str], str]] = [
+    ({}, {"podName": "pool-0"}, "spec.template.spec.podName"),
+    ({}, {"podNamespace": "nest-system"}, "spec.template.spec.podNamespace"),
+    ({"nest.sandbox.dev/pod-uid": "u"}, {},
+     "spec.template.metadata.labels[nest.sandbox.dev/pod-uid]"),
+    ({"nest.sandbox.dev/pool": "default"}, {},
+     "spec.template.metadata.labels[nest.sandbox.dev/pool]"),
+]  # fmt: skip

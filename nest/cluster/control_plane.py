@@ -1,7 +1,8 @@
 """`nest cluster up | down | status`: a real control plane as local processes.
 
 etcd, kube-apiserver, kube-controller-manager and kube-scheduler run as detached processes under
-the state directory, plus the local node's process runner (our kubelet stand-in). `up` is
+the state directory, plus an OCI registry for function packages (nest.cluster.registry) and the
+local node's process runner (our kubelet stand-in). `up` is
 idempotent: running components are kept, dead ones restarted; ports are chosen free once and kept
 while they stay free so kubeconfigs remain valid across restarts. `up` and `down` hold a lock on
 the state directory: two `up`s at once (two test sessions, say) would otherwise both find a
@@ -26,6 +27,7 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -33,13 +35,24 @@ from nest.cluster.build import Builder
 from nest.cluster.paths import ClusterPaths, conventional_state
 from nest.cluster.pki import ensure_pki, write_kubeconfig
 from nest.cluster.procs import ProcessSpec, ProcessTable, wait_until
+from nest.cluster.registry import (
+    LocalRegistry,
+    RegistryHosting,
+    port_free,
+    publish,
+    recorded_port,
+)
 from nest.cluster.runner import cgroups
 from nest.cluster.runner.process import sweep
 from nest.errors import ClusterError
 
 NODE_NAME = "nest-local"
 SERVICE_CIDR = "10.0.0.0/24"
-COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "node")
+# Started in this order, stopped in the reverse: the registry before the node, so pods that
+# pull function packages at start find it.
+COMPONENTS = (
+    "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "registry", "node",
+)  # fmt: skip
 
 
 @dataclass
@@ -104,6 +117,7 @@ class ControlPlane:
     def __init__(self, paths: ClusterPaths | None = None) -> None:
         self.paths = paths or ClusterPaths.default()
         self.procs = ProcessTable(self.paths.run, self.paths.logs)
+        self.registry = LocalRegistry(self.paths.state)
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -116,6 +130,26 @@ class ControlPlane:
         if recorded is not None and (running or all(map(_port_free, asdict(recorded).values()))):
             return recorded
         return Ports(*(_free_port() for _ in range(5)))
+
+    def _recorded(self) -> dict[str, Any]:
+        try:
+            recorded = json.loads(self.paths.config.read_text())
+        except (OSError, ValueError):
+            return {}
+        return recorded if isinstance(recorded, dict) else {}
+
+    def _registry_port(self, running: bool) -> int:
+        """Like `_ports`, separately: a state recorded before the registry existed keeps its
+        control plane's ports and only gains a registry port."""
+        port = recorded_port(self._recorded())
+        if port is not None and (running or port_free(port)):
+            return port
+        return _free_port()
+
+    def registry_address(self) -> str | None:
+        """`127.0.0.1:PORT` of this cluster's registry as recorded, or None before any `up`."""
+        port = recorded_port(self._recorded())
+        return f"127.0.0.1:{port}" if port is not None else None
 
     def _server(self, ports: Ports) -> str:
         return f"https://127.0.0.1:{ports.apiserver}"
@@ -213,6 +247,8 @@ class ControlPlane:
     def _healthy(self, name: str, ports: Ports) -> tuple[bool, str]:
         if name == "node":
             return self._node_ready()
+        if name == "registry":
+            return self.registry.healthy(self._registry_port(True))
         token = (self.paths.pki / "admin.token").read_text().strip()
         verify = name == "kube-apiserver"  # the one served with our CA's certificate
         code, body = self._get(self._health_urls(ports)[name], token, verify)
@@ -249,16 +285,23 @@ class ControlPlane:
         Builder(self.paths).build()
         if shutil.which("etcd") is None:
             raise ClusterError("etcd not found: install Debian's etcd-server package")
+        if shutil.which("docker-registry") is None:
+            raise ClusterError(
+                "docker-registry not found: install Debian's docker-registry package "
+                "(scripts/bootstrap does)"
+            )
         running = self.procs.find("kube-apiserver") is not None
         ports = self._ports(running)
+        registry_port = self._registry_port(self.procs.find("registry") is not None)
         ensure_pki(self.paths.pki)
         server = self._server(ports)
         write_kubeconfig(self.paths.kubeconfig, server, self.paths.pki, "admin")
         for component in ("controller-manager", "scheduler"):
             path = self.paths.state / f"{component}.kubeconfig"
             write_kubeconfig(path, server, self.paths.pki, component)
-        self.paths.config.write_text(json.dumps({"ports": asdict(ports)}, indent=2))
-        specs = self._specs(ports)
+        recorded = {"ports": asdict(ports), "registry": {"port": registry_port}}
+        self.paths.config.write_text(json.dumps(recorded, indent=2))
+        specs = {**self._specs(ports), "registry": self.registry.spec(registry_port)}
         started = time.monotonic()
         for name in COMPONENTS:
             proc = self.procs.start(specs[name])
@@ -269,6 +312,19 @@ class ControlPlane:
                 alive=proc.is_running,
             )
             _say(f"{name:<24} ready  (+{time.monotonic() - started:.1f}s)")
+        # Pods share the host's loopback: the address clients push to is the one pods pull from.
+        where = f"127.0.0.1:{registry_port}"
+        complaint: list[str | None] = []
+
+        def published() -> bool:
+            hosting = RegistryHosting(where, where)
+            complaint[:] = [publish(self.kubectl_path(), self.paths.kubeconfig, hosting)]
+            return complaint[0] is None
+
+        try:
+            wait_until(published, timeout, "kube-public/local-registry-hosting")
+        except ClusterError as exc:
+            raise ClusterError(f"{exc}: cannot publish the registry ({complaint[-1]})") from exc
 
     def down(self, purge: bool = False) -> None:
         with self._locked():

@@ -66,15 +66,32 @@ def test_up_is_idempotent_env_works_and_down_leaves_nothing(private_plane: Contr
     assert ns.returncode == 0, ns.stderr
     assert "kube-system" in ns.stdout
 
+    # The registry is announced as kind and minikube announce theirs (KEP-1755).
+    registry = private_plane.registry_address()
+    assert registry is not None and registry.startswith("127.0.0.1:")
+    announced = subprocess.run(
+        [private_plane.kubectl_path(), f"--kubeconfig={kubeconfig}", "get", "configmap",
+         "-n", "kube-public", "local-registry-hosting", "-o", "jsonpath={.data}"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert f"host: {registry}" in announced.stdout, announced.stdout + announced.stderr
+
+    # A cluster that lost only its registry (or predates it) gets just the registry back.
+    private_plane.procs.stop("registry")
     again = _nest(private_plane, "cluster", "up")
     assert again.returncode == 0, again.stderr
     same = private_plane.procs.find("kube-apiserver")
     assert same is not None and same.pid == apiserver.pid
+    assert private_plane.procs.find("registry") is not None
+    assert private_plane.registry_address() == registry
 
     status = _nest(private_plane, "cluster", "status")
     assert status.returncode == 0, status.stdout + status.stderr
-    for component in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"):
+    for component in (
+        "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "registry",
+    ):  # fmt: skip
         assert component in status.stdout
+    assert registry in status.stdout
 
     down = _nest(private_plane, "cluster", "down")
     assert down.returncode == 0, down.stderr

@@ -21,7 +21,13 @@ from kubernetes.client.exceptions import ApiException
 from crds.sandbox import INLINE_FILE_MAX_BYTES, INLINE_MAX_BYTES
 from tests.integration.test_sidecar import invoke, running
 from tests.kube import Kubectl, wait_for
-from tests.validation_cases import ENV_NAMES, HANDLERS, QUANTITIES
+from tests.validation_cases import (
+    ENV_NAMES,
+    HANDLERS,
+    QUANTITIES,
+    SELECTORS,
+    TEMPLATE_BINDINGS,
+)
 
 GROUP, VERSION = "nest.sandbox.dev", "v1alpha1"
 FUNCTION: dict[str, Any] = {
@@ -64,7 +70,11 @@ def objects(api: client.ApiClient) -> client.CustomObjectsApi:
 def create(
     objects: client.CustomObjectsApi, namespace: str, body: dict[str, Any], dry_run: bool = True
 ) -> dict[str, Any]:
-    plural = {"Sandbox": "sandboxes", "SandboxDeployment": "sandboxdeployments"}[body["kind"]]
+    plural = {
+        "Sandbox": "sandboxes",
+        "SandboxDeployment": "sandboxdeployments",
+        "SandboxReplicaSet": "sandboxreplicasets",
+    }[body["kind"]]
     kwargs = {"dry_run": "All"} if dry_run else {}
     created: dict[str, Any] = objects.create_namespaced_custom_object(
         GROUP, VERSION, namespace, plural, body, **kwargs
@@ -151,6 +161,47 @@ def test_bad_file_names_are_refused_naming_the_file(
     prefix = "spec.function" if kind == "Sandbox" else "spec.template.spec.function"
     message = refusal(objects, namespace, body)
     assert f"{prefix}.source.inline[{bad}]: file name" in message
+
+
+def workload(
+    kind: str, selector: dict[str, Any], labels: dict[str, str], **template_spec: Any
+) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": kind,
+        "metadata": {"name": "w"},
+        "spec": {
+            "replicas": 0,
+            "selector": selector,
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"function": copy.deepcopy(FUNCTION), **template_spec},
+            },
+        },
+    }
+
+
+@pytest.mark.parametrize("kind", ["SandboxReplicaSet", "SandboxDeployment"])
+@pytest.mark.parametrize(("selector", "labels", "accepted"), SELECTORS)
+def test_a_selector_that_does_not_match_the_template_is_refused_naming_it(
+    nest_crds: list[str], objects: client.CustomObjectsApi, namespace: str, kind: str,
+    selector: dict[str, Any], labels: dict[str, str], accepted: bool,
+) -> None:  # fmt: skip
+    body = workload(kind, selector, labels)
+    if accepted:
+        create(objects, namespace, body)
+    else:
+        assert "denied the request: spec.selector: " in refusal(objects, namespace, body)
+
+
+@pytest.mark.parametrize("kind", ["SandboxReplicaSet", "SandboxDeployment"])
+@pytest.mark.parametrize(("labels", "spec", "field"), TEMPLATE_BINDINGS)
+def test_a_template_that_binds_is_refused_naming_the_field(
+    nest_crds: list[str], objects: client.CustomObjectsApi, namespace: str, kind: str,
+    labels: dict[str, str], spec: dict[str, str], field: str,
+) -> None:  # fmt: skip
+    body = workload(kind, {"matchLabels": {"app": "w"}}, {"app": "w", **labels}, **spec)
+    assert f"{field}: a template may not bind" in refusal(objects, namespace, body)
 
 
 def test_non_utf8_code_is_refused_naming_the_file(

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import json
-
-from kubernetes.client.exceptions import ApiException
-
 from gateway.errors import Forbidden, InvalidInput, NotFound, Upstream
 from gateway.kube import api_error
+from nest_kube import ApiError, Unreachable
 
 
-def _exc(status: int, message: str) -> ApiException:
-    exc = ApiException(status=status, reason="x")
-    exc.body = json.dumps({"kind": "Status", "message": message})
-    return exc
+def _exc(status: int, message: str) -> ApiError:
+    return ApiError(status, "x", {"kind": "Status", "message": message})
 
 
 def test_an_admission_refusal_is_the_callers_and_says_why() -> None:
@@ -31,3 +26,12 @@ def test_the_gateways_own_credentials_failing_is_upstream() -> None:
 def test_not_found_and_invalid_keep_their_meaning() -> None:
     assert isinstance(api_error(_exc(404, "gone"), "f"), NotFound)
     assert isinstance(api_error(_exc(422, "bad"), "f"), InvalidInput)
+
+
+def test_no_answer_is_upstream_and_field_causes_are_kept() -> None:
+    assert isinstance(api_error(Unreachable("connection refused"), "f"), Upstream)
+    status = {"kind": "Status", "message": "invalid", "details": {"causes": [
+        {"field": "spec.replicas", "message": "must be >= 0"}]}}  # fmt: skip
+    error = api_error(ApiError(422, "Invalid", status), "function ns/f")
+    assert isinstance(error, InvalidInput)
+    assert [(c.field, c.message) for c in error.errors] == [("spec.replicas", "must be >= 0")]

@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from kubernetes import client
 from prometheus_client import CollectorRegistry
 
 from gateway.errors import Upstream
 from gateway.invoke import Invoker, Metrics, invoke_call, trigger_call
 from gateway.kube import Kube
+from nest_kube.fake import FakeApi
 from sandbox import dataplane_auth as auth
 
 KEY = ("team-a", "echo")
@@ -66,7 +66,7 @@ async def pods(tmp_path: Path) -> AsyncIterator[tuple[list[TestServer], list[dic
 
 
 async def invoker(tmp_path: Path, servers: list[TestServer], name: str = "gateway") -> Invoker:
-    kube = Kube(client.ApiClient())  # never called: the function is known from the "watch"
+    kube = Kube(FakeApi())  # never called: the function is known from the "watch"
     keys = auth.KeySource(key_dir(tmp_path, name, b"g" * 32))
     inv = Invoker(kube, Metrics(CollectorRegistry()), 10, 1.0, keys)
     await inv.open()
@@ -121,7 +121,7 @@ async def test_without_keys_requests_go_unsigned(
     pods: tuple[list[TestServer], list[dict[str, Any]]],
 ) -> None:
     servers, seen = pods
-    kube = Kube(client.ApiClient())
+    kube = Kube(FakeApi())
     inv = Invoker(kube, Metrics(CollectorRegistry()), 10, 1.0)
     await inv.open()
     meta = {"namespace": KEY[0], "name": KEY[1], "resourceVersion": "1"}
@@ -146,6 +146,6 @@ def test_the_gateway_does_not_start_without_a_key_unless_told_it_is_insecure(
     assert main.main(["--kubeconfig", str(tmp_path / "unused")]) == 2
     assert "no data-plane key" in capsys.readouterr().err
     missing = str(tmp_path / "absent")
-    monkeypatch.setattr(main, "_api", lambda kubeconfig: client.ApiClient())
+    monkeypatch.setattr(main, "_api", lambda kubeconfig: FakeApi())
     assert main.main(["--dataplane-key-file", missing]) == 1
     assert "cannot read the data-plane key" in capsys.readouterr().err

@@ -121,7 +121,10 @@ async def test_timeout_is_reported_though_the_thread_runs_on(backend: NamespaceB
     with pytest.raises(InvokeTimeout):
         await backend.invoke("slow", Request(body=json.dumps({"seconds": 0.5}).encode()))
     assert backend.usage("slow").timeouts == 1
-    assert backend.status("slow").state.value == "Running"  # best effort: nothing to kill
+    # Nothing can stop the thread; it holds the sandbox's only thread, so it is Unhealthy.
+    status = backend.status("slow")
+    assert (status.state.value, status.reason) == ("Failed", "Unhealthy")
+    assert "0.2s timeout" in status.message
 
 
 async def test_handler_calling_sys_exit_is_a_500_not_a_dead_runtime(

@@ -5,12 +5,21 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from crds.common import LabelSelector
+from crds.constants import POD_UID_LABEL, POOL_LABEL
 from nest_operator.conditions import Condition
 from nest_operator.replicaset_logic import (
+    INVALID_SELECTOR,
     REPLICA_FAILURE,
+    RUNTIME_CRASH,
+    SELECTOR_MISMATCH,
+    Expectations,
     OwnedSandbox,
     ReplicaSetDecision,
+    is_stamped,
     reconcile,
+    runtime_crash_failure,
+    selector_failure,
     status,
 )
 
@@ -102,3 +111,70 @@ def test_broken_code_is_not_replaced_but_evicted_and_completed_are() -> None:
     assert evicted.finished and not evicted.active
     assert completed.finished
     assert reconcile(3, [broken, evicted, completed]) == ReplicaSetDecision(create=2)
+
+
+# -- never multiply (issue 10) -------------------------------------------------------------------
+
+
+def test_a_selector_that_would_not_select_what_it_creates_blocks_creation() -> None:
+    selector = LabelSelector(match_labels={"app": "a"})
+    assert selector_failure(selector, None, {"app": "a", "x": "1"}, {"app": "a"}) is None
+    mismatch = selector_failure(selector, None, {"app": "b"}, {"app": "b"})
+    assert mismatch is not None and mismatch.reason == SELECTOR_MISMATCH
+    assert '"app=a"' in mismatch.message and '{"app": "b"}' in mismatch.message
+    assert "set by the operator" not in mismatch.message
+    stamped = selector_failure(
+        LabelSelector(match_labels={"f": "bar"}), None, {"f": "foo"}, {"f": "bar"}
+    )
+    assert stamped is not None and "(f=foo set by the operator)" in stamped.message
+    for unusable in (LabelSelector(), LabelSelector(match_labels={POOL_LABEL: "x"})):
+        failure = selector_failure(unusable, None, {}, {})
+        assert failure is not None and failure.reason == INVALID_SELECTOR
+    invalid = selector_failure(None, "operator In needs at least one value", {}, {})
+    assert invalid is not None and invalid.reason == INVALID_SELECTOR
+    assert "operator In needs" in invalid.message
+    assert reconcile(3, [], may_create=False) == ReplicaSetDecision()
+    assert reconcile(0, [sbx("a")], may_create=False).delete == ("a",)
+
+
+def test_stamped_means_the_labels_it_was_created_with_plus_binding_labels() -> None:
+    stamped = {"app": "b"}
+    assert is_stamped({"app": "b"}, stamped)
+    assert is_stamped({"app": "b", POD_UID_LABEL: "u", POOL_LABEL: "p"}, stamped)
+    assert not is_stamped({"app": "debug"}, stamped)
+    assert not is_stamped({"app": "b", "debug": "1"}, stamped)
+    assert not is_stamped({}, stamped)
+
+
+def test_runtime_crashes_are_named_and_counted_as_not_ready() -> None:
+    crashed = [
+        OwnedSandbox(f"c{i}", "Failed", True, "p1", 1.0, reason=RUNTIME_CRASH) for i in range(5)
+    ]
+    assert all(s.active for s in crashed)  # kept: a replacement would crash the runtime again
+    failure = runtime_crash_failure([*crashed, sbx("ok")])
+    assert failure is not None and failure.reason == RUNTIME_CRASH
+    assert failure.message.startswith('Sandboxes "c0", "c1", "c2" and 2 more crashed')
+    one = runtime_crash_failure(crashed[:1])
+    assert one is not None and one.message.startswith('Sandbox "c0" crashed')
+    assert runtime_crash_failure([sbx("ok")]) is None
+    s = status([*crashed, sbx("ok")], {}, 1, (), 0.0)
+    assert (s.replicas, s.ready_replicas, s.available_replicas) == (6, 1, 1)
+    assert reconcile(6, [*crashed, sbx("ok")]) == ReplicaSetDecision()
+
+
+def test_expectations_wait_for_what_was_created_or_expire() -> None:
+    exp = Expectations(ttl=60)
+    assert exp.pending("k", 0) == 0
+    exp.expect("k", 3, known={"old"}, now=0)
+    exp.lower("k")  # one refused
+    exp.observe("k", {"old", "new1"})
+    assert exp.pending("k", 10) == 50
+    exp.observe("k", {"old"})  # a seen creation deleted since still counts as seen
+    exp.observe("k", {"old", "new2"})
+    assert exp.pending("k", 10) == 0
+    exp.expect("k", 1, known=(), now=0)
+    assert exp.pending("k", 59) == 1
+    assert exp.pending("k", 60) == 0  # expired: counted as not made
+    exp.expect("k", 1, known=(), now=0)
+    exp.forget("k")
+    assert exp.pending("k", 1) == 0
