@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import shutil
@@ -71,6 +72,39 @@ def _vm_data(pid: int) -> int:
     return 0
 
 
+_ROOT_OWNER = ".owner"  # flock()ed by the runtime whose sandboxes' scratch dirs live here
+
+
+def sweep_scratch(root: str) -> int:
+    """Take the scratch root for this runtime and remove what an earlier one left behind.
+
+    A runtime that crashed never removed its sandboxes' scratch directories; a new runtime runs
+    no sandbox yet, so everything under a root it holds is a leftover. The lock keeps two live
+    runtimes pointed at one root (a misconfiguration) from sweeping each other: the second one
+    sweeps nothing and says so. Returns the lock's fd (held for the runtime's life), or -1.
+    """
+    fd = os.open(os.path.join(root, _ROOT_OWNER), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        log.warning("scratch root %s is in use by another runtime: not swept", root)
+        return -1
+    with os.scandir(root) as entries:
+        leftovers = [e.path for e in entries if e.name != _ROOT_OWNER]
+    for path in leftovers:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+    if leftovers:
+        log.info(
+            "removed %d scratch directories an earlier runtime left in %s", len(leftovers), root
+        )
+    return fd
+
+
 class Principals:
     """Allocates and reclaims sandbox principals for one subprocess backend."""
 
@@ -83,6 +117,13 @@ class Principals:
         self.landlock = config.landlock and self.landlock_abi > 0
         os.makedirs(config.scratch_root, exist_ok=True)
         os.chmod(config.scratch_root, 0o711)  # sandboxes reach their own directory, list none
+        self._root_lock = sweep_scratch(config.scratch_root)
+
+    def close(self) -> None:
+        """Let the next runtime sweep this root (every sandbox is removed by now)."""
+        if self._root_lock >= 0:
+            os.close(self._root_lock)
+            self._root_lock = -1
 
     def describe(self) -> dict[str, str]:
         """What is enforced here, for the runtime's info and the sandbox's status."""
@@ -145,6 +186,7 @@ class Principals:
             inherited = _vm_data(zygote_pid) if zygote_pid else 0
             data_limit = inherited + spec.limits.memory_mb * 1024 * 1024
         code_dirs = [os.path.abspath(spec.code_dir)]
+        code_dirs += [os.path.abspath(path) for path in spec.dependency_paths]  # read-only
         if pycache:
             code_dirs.append(pycache)
         if spec.workdir:

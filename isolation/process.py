@@ -218,6 +218,7 @@ class SubprocessBackend:
             "env": dict(spec.env),
             "workdir": os.path.abspath(spec.workdir) if spec.workdir else None,
             "layers": list(spec.layers),
+            "dependency_paths": [os.path.abspath(d) for d in spec.dependency_paths],
         }
 
     async def _spawn(self, proc: _Proc) -> None:
@@ -230,6 +231,8 @@ class SubprocessBackend:
         try:
             if self.principals is not None:
                 await zygote.precompile(os.path.abspath(proc.spec.code_dir))
+                for path in proc.spec.dependency_paths:  # layers ship no bytecode
+                    await zygote.precompile(os.path.abspath(path))
             child_spec = self._child_spec(proc.spec)
         except (RuntimeError, OSError) as exc:  # no uid left, scratch or cgroup not writable
             raise LoadError(Reason.ERROR, f"sandbox boundary: {exc}") from None
@@ -468,3 +471,5 @@ class SubprocessBackend:
             self._watcher.cancel()
         await asyncio.gather(*(self.remove(sid) for sid in list(self._procs)))
         await self._zygote.close()
+        if self.principals is not None:
+            self.principals.close()

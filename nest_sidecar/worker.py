@@ -36,7 +36,12 @@ from nest_sidecar.fetcher import CodeFetcher, CodeRef
 from nest_sidecar.runtime import RuntimeAPI
 from nest_sidecar.status import Observed
 from sandbox.api import CreateSandbox, LimitsModel, SandboxInfo
-from sandbox.errors import CreateFailed, RuntimeAPIError, SandboxNotFoundError
+from sandbox.errors import (
+    CreateFailed,
+    RuntimeAPIError,
+    RuntimeUnavailable,
+    SandboxNotFoundError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -308,12 +313,17 @@ class SandboxWorker:
                 cpu_millis=cpu_millis(fn.resources.cpu),
             ),
         )
-        if self.runtime_info is not None:  # a failed leftover under our id blocks a create
-            with contextlib.suppress(SandboxNotFoundError):
-                await self.runtime.remove(self.uid, 0)
         events_before = self._runtime_events
         try:
+            if self.runtime_info is not None:  # a failed leftover under our id blocks a create
+                with contextlib.suppress(SandboxNotFoundError):
+                    await self.runtime.remove(self.uid, 0)
             info = await self.runtime.create(request)
+        except RuntimeUnavailable as exc:  # it died or restarts: try again after a back-off
+            message = f"the pod's runtime is not answering: {exc or type(exc).__name__}"
+            self._event("Warning", "RuntimeUnavailable", message)
+            self._stopped("RuntimeUnavailable", message, ran=False)
+            return
         except CreateFailed as exc:
             self._event("Warning", "Failed", f"{exc.error}: {exc.message}")
             self._stopped(exc.error, exc.message, ran=True)

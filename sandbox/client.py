@@ -35,6 +35,16 @@ from sandbox.errors import RuntimeUnavailable, client_error
 BASE = "http://nest-runtime"
 
 
+def _error_body(raw: bytes) -> dict[str, Any]:
+    """The runtime's ErrorBody; a body that is not one (a proxy's or a crash's plain text)
+    still becomes a typed error carrying that text, never a JSON decoding error."""
+    try:
+        error = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    return error if isinstance(error, dict) else {}
+
+
 class RuntimeClient:
     def __init__(self, socket_path: str, timeout_s: float = 60.0) -> None:
         self._session = aiohttp.ClientSession(
@@ -61,11 +71,11 @@ class RuntimeClient:
             ) as response:
                 raw = await response.read()
                 if response.status >= 400:
-                    error = json.loads(raw) if raw else {}
+                    error = _error_body(raw)
                     raise client_error(
                         response.status,
-                        error.get("error", "Error"),
-                        error.get("message", raw.decode(errors="replace")),
+                        str(error.get("error", "Error")),
+                        str(error.get("message", raw.decode(errors="replace"))),
                     )
                 return json.loads(raw) if raw else None
         except aiohttp.ClientConnectionError as exc:

@@ -6,6 +6,7 @@ import os
 import time
 from pathlib import Path
 
+from isolation.principals import sweep_scratch
 from isolation.zygote import PYCACHE_PREFIX, make_pycache, sweep_pycaches
 
 
@@ -47,3 +48,22 @@ def test_the_sweep_follows_no_link_and_leaves_other_users_alone(tmp_path: Path) 
         assert sweep_pycaches(str(tmp_path)) == []
         assert theirs.is_dir()
     assert (target / "keep").exists()
+
+
+def test_a_new_runtime_sweeps_the_scratch_dirs_an_earlier_one_left(tmp_path: Path) -> None:
+    root = tmp_path / "scratch"
+    (root / "sandbox-a" / "deep").mkdir(parents=True)
+    (root / "stray-file").write_text("x")
+    held = sweep_scratch(str(root))
+    try:
+        assert held >= 0
+        assert [p.name for p in root.iterdir()] == [".owner"]
+        (root / "sandbox-b").mkdir()  # a live runtime's sandbox: a second runtime must not take it
+        assert sweep_scratch(str(root)) == -1
+        assert (root / "sandbox-b").is_dir()
+    finally:
+        os.close(held)
+    again = sweep_scratch(str(root))  # its runtime gone, the root is swept again
+    os.close(again)
+    assert again >= 0
+    assert not (root / "sandbox-b").exists()

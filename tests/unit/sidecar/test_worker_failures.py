@@ -29,7 +29,7 @@ from nest_sidecar.fetcher import CodeFetcher, CodeRef, FetchTimeouts
 from nest_sidecar.status import Observed
 from nest_sidecar.worker import Backoff, PodIdentity, SandboxWorker
 from sandbox.api import CreateSandbox, RuntimeInfo, SandboxEvent, SandboxInfo
-from sandbox.errors import RuntimeAPIError
+from sandbox.errors import RuntimeAPIError, RuntimeUnavailable
 
 HANDLER = "def handler(e, c):\n    return 1\n"
 
@@ -285,6 +285,24 @@ async def test_an_untyped_runtime_error_at_create_is_named_and_retried(
         seen = await h.until(lambda r: r.reason == "CreateFailed")
         assert seen.phase == SandboxPhase.STARTING
         assert text in (seen.message or ""), seen.message
+        assert not h.task.done()
+    finally:
+        h.task.cancel()
+
+
+async def test_a_runtime_that_goes_away_during_create_is_retried_not_fatal(
+    http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    # A namespace-mode import that crashes the runtime ends the create call with no answer.
+    h = Harness(
+        sandbox({"inline": {"main.py": HANDLER}}), CodeFetcher(CodeCache(tmp_path), _none, http)
+    )
+    h.worker.runtime = RefusingRuntime(RuntimeUnavailable("Server disconnected"))
+    try:
+        seen = await h.until(lambda r: r.reason == "RuntimeUnavailable")
+        assert seen.phase == SandboxPhase.STARTING  # a back-off, then another try
+        assert "Server disconnected" in (seen.message or ""), seen.message
+        assert ("Warning", "RuntimeUnavailable") in [e[:2] for e in h.kube.events]
         assert not h.task.done()
     finally:
         h.task.cancel()
