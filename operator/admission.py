@@ -322,6 +322,8 @@ def spec_verdict(request: Request) -> Verdict:
         return ALLOW
     templated = request.resource in TEMPLATED
     problems = specs.selector_problems(request.obj, request.old) if templated else []
+    if request.resource == c.DEPLOYMENT_PLURAL:
+        problems += specs.function_label_problems(request.obj, request.old)
     prefix = "spec.template.spec.function" if templated else "spec.function"
     new = specs.function_of(request.obj, templated)
     old = specs.function_of(request.old, templated) if request.old is not None else {}

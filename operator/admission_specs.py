@@ -23,6 +23,7 @@ from kubernetes.utils.quantity import parse_quantity
 from pydantic import ValidationError
 
 from crds.common import LabelSelector
+from crds.constants import FUNCTION_LABEL
 from crds.sandbox import env_problems, inline_problems
 from crds.workloads import selector_problem
 
@@ -79,6 +80,22 @@ def selector_problems(new: Obj, old: Obj | None) -> Problems:
         return [(SELECTOR, why) for why in errors_of(exc)]
     why = selector_problem(selector, {str(k): str(v) for k, v in labels.items()})
     return [(SELECTOR, why)] if why is not None else []
+
+
+def function_label_problems(new: Obj, old: Obj | None) -> Problems:
+    """A SandboxDeployment's sandboxes are its function's: the operator labels every one
+    `nest.sandbox.dev/function: <deployment name>`, so a template that says another function
+    would make a selector on that label match none of them (its replica sets would create
+    sandboxes they cannot own). Checked when the template's labels change."""
+    labels = _template_labels(new)
+    if old is not None and _template_labels(old) == labels:
+        return []
+    name = str((new.get("metadata") or {}).get("name") or "")
+    value = labels.get(FUNCTION_LABEL)
+    if value is None or not name or str(value) == name:
+        return []
+    field = f'spec.template.metadata.labels["{FUNCTION_LABEL}"]'
+    return [(field, f"is {value!r}, but this deployment's sandboxes are function {name!r}")]
 
 
 def quantity_problems(resources: Obj) -> Problems:

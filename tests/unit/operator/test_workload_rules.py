@@ -148,3 +148,22 @@ def test_a_quantity_the_parser_refuses_is_refused_naming_the_field() -> None:
         "parser reads it; spec.function.resources.cpu: '-1' is not a positive quantity as "
         "Kubernetes' parser reads it"
     )
+
+
+@pytest.mark.parametrize(
+    ("labels", "refused"),
+    [
+        ({c.FUNCTION_LABEL: "bar"}, True),  # the operator labels foo's sandboxes function=foo
+        ({c.FUNCTION_LABEL: "foo"}, False),
+        ({"app": "x"}, False),
+    ],
+)
+def test_a_deployment_template_naming_another_function_is_refused(
+    labels: dict[str, str], refused: bool
+) -> None:
+    body = {"metadata": {"name": "foo"}, "spec": {"template": {"metadata": {"labels": labels}}}}
+    problems = specs.function_label_problems(body, None)
+    assert bool(problems) is refused
+    if refused:
+        assert problems[0][0] == f'spec.template.metadata.labels["{c.FUNCTION_LABEL}"]'
+    assert specs.function_label_problems(body, body) == []  # unchanged labels: never newly refused
