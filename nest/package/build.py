@@ -191,7 +191,7 @@ class Builder:
             req_file = work / "requirements.txt"
             req_file.write_text(requirements.pyproject_text)
         else:
-            req_file = directory / requirements.source
+            req_file = directory.resolve() / requirements.source  # pip runs with cwd=directory
         built: set[str] = set()
         while True:
             site = work / "site"

@@ -98,6 +98,24 @@ def test_a_pure_sdist_fits_any_pool(tmp_path: Path) -> None:
     assert package.distributions == (Distribution("foo", "1.0", native=False),)
 
 
+def test_a_relative_function_directory_gives_pip_a_requirements_file_it_can_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # pip runs with cwd= the function's directory: a relative -r would be looked up inside it.
+    class Checking(FakePip):
+        def _pip(self, argv: list[str], cwd: Path) -> tuple[bool, str]:
+            if "-r" in argv:
+                requirements = Path(argv[argv.index("-r") + 1])
+                assert (cwd / requirements).is_file(), (cwd, requirements)
+            return super()._pip(argv, cwd)
+
+    _function(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    builder = Checking(tmp_path / "cache", "foo-1.0-py3-none-any.whl", has_wheel=True)
+    package = builder.build(Path("fn"), HOST)
+    assert package.distributions == (Distribution("foo", "1.0", native=False),)
+
+
 def test_the_dependency_layer_is_cached_by_requirements_and_target(tmp_path: Path) -> None:
     fn = _function(tmp_path)
     builder = FakePip(tmp_path / "cache", "foo-1.0-py3-none-any.whl", has_wheel=True)
