@@ -9,7 +9,7 @@ import json
 
 NAMES = (
     "hotplug", "memory", "density", "invoke", "hotplug-e2e", "schedule", "e2e",
-    "coldstart", "gateway", "isolation-cost",
+    "coldstart", "coldstart-layer", "gateway", "isolation-cost",
 )  # fmt: skip
 
 

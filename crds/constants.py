@@ -67,6 +67,11 @@ CORDON_ANNOTATION: Final = f"{GROUP}/cordoned"
 # On a pool pod's Lease: JSON of its capacity and of its live usage, renewed with the heartbeat.
 CAPACITY_ANNOTATION: Final = f"{GROUP}/capacity"
 USAGE_ANNOTATION: Final = f"{GROUP}/usage"
+# Compiled distributions as JSON list of "name==version" (PEP 503 names). On a pool pod's Lease:
+# those its shared runtime has loaded (one version each per process). On a SandboxDeployment's
+# template (so on its Sandboxes), set by `nest deploy` from the package config: those the function
+# needs, so the scheduler can keep a namespace-mode sandbox off pods that loaded other versions.
+NATIVE_DISTRIBUTIONS_ANNOTATION: Final = f"{GROUP}/native-distributions"
 # On a Sandbox a SandboxDeployment made: the function (deployment) it is an instance of; the
 # sidecar reports it to the code as context.function_name.
 FUNCTION_LABEL: Final = f"{GROUP}/function"

@@ -163,6 +163,16 @@ class Isolation(StrEnum):
     NAMESPACE = "namespace"
 
 
+class Interface(StrEnum):
+    """How an HTTP request reaches the handler and its answer returns (isolation.interfaces)."""
+
+    NEST = "nest"
+    APIGATEWAY_V1 = "apigateway-v1"
+    APIGATEWAY_V2 = "apigateway-v2"
+    ASGI = "asgi"
+    WSGI = "wsgi"
+
+
 class RestartPolicy(StrEnum):
     """When the sidecar restarts a sandbox that stopped, as a Pod's restartPolicy."""
 
@@ -304,11 +314,28 @@ class Function(NestModel):
         description="subprocess (own process, strong isolation) or namespace (shared "
         "interpreter, highest density, trusted code only).",
     )
+    interface: Interface = Field(
+        default=Interface.NEST,
+        description="What the handler is: nest (Nest's contract), apigateway-v1 or "
+        "apigateway-v2 (a Lambda handler behind API Gateway's REST or HTTP API), asgi or wsgi "
+        "(the handler names an ASGI or WSGI app).",
+    )
     resources: Resources = Field(
         default_factory=Resources, description="Memory and CPU of one sandbox."
     )
     timeout_seconds: int = Field(
-        default=30, ge=1, le=900, description="Longest a single invocation may run."
+        default=30,
+        ge=1,
+        le=900,
+        description="Longest a single invocation may run; for a streamed answer, the longest "
+        "wait for its first byte and between two chunks.",
+    )
+    max_duration_seconds: int = Field(
+        default=300,
+        ge=1,
+        le=3600,
+        description="Longest a streamed answer may last in all (never less than "
+        "timeoutSeconds); then it is ended.",
     )
     concurrency: int = Field(
         default=1,
@@ -405,6 +432,11 @@ PERMANENT_FAILURE_REASONS: frozenset[str] = frozenset(
 )  # fmt: skip
 # The reason of a sandbox whose pod went away (deleted, NotReady too long, Lease expired).
 EVICTED_REASON = "Evicted"
+# A namespace-mode sandbox needs a native distribution at another version than the one its pod's
+# shared runtime already loaded: final on that pod (its sidecar does not restart it there), but
+# not in general, so its replica set replaces it and the scheduler places the new one elsewhere.
+DEPENDENCY_CONFLICT_REASON = "DependencyConflict"
+POD_FINAL_FAILURE_REASONS: frozenset[str] = frozenset({DEPENDENCY_CONFLICT_REASON})
 
 
 def can_transition(current: SandboxPhase, new: SandboxPhase) -> bool:

@@ -37,7 +37,7 @@ from gateway.errors import (
     invalid,
     problem,
 )
-from gateway.invoke import Invoker, Metrics, invoke_call, trigger_call
+from gateway.invoke import Invoker, Metrics, caller_of, invoke_call, mounted_path, trigger_call
 from gateway.kube import Kube, Obj
 from gateway.routes import ROUTES, Route
 from nest_kube import Api, Informer
@@ -46,7 +46,7 @@ from sandbox import dataplane_auth, limits
 from sandbox.limits import DEFAULT_LIMITS, BodyLimits
 
 log = logging.getLogger(__name__)
-Handler = Callable[[web.Request, str, str, Any], Awaitable[web.Response]]
+Handler = Callable[[web.Request, str, str, Any], Awaitable[web.StreamResponse]]
 _LABEL = re.compile(m.DNS_LABEL_PATTERN)
 # aiohttp's default `{name}` would also swallow ":invoke" and ":undo"; names never contain ':'.
 _AIOHTTP_VARS = {"{name}": "{name:[^/:]+}", "{path}": "{path:.*}"}
@@ -166,10 +166,10 @@ class Gateway:
             "httpTrigger": self.http_trigger,
         }
 
-    def handler(self, route: Route) -> Callable[[web.Request], Awaitable[web.Response]]:
+    def handler(self, route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         impl = self.handlers[route.operation_id]
 
-        async def handle(request: web.Request) -> web.Response:
+        async def handle(request: web.Request) -> web.StreamResponse:
             ns = _param(request, "namespace")
             name = _param(request, "name") if "{name}" in route.path else ""
             if self.authorizer is not None:
@@ -248,16 +248,20 @@ class Gateway:
         await limits.check_body_async(body, self.limits)
         return body
 
-    async def invoke(self, request: web.Request, ns: str, name: str, _: Any) -> web.Response:
-        call = invoke_call(request.headers, await self._event(request))
-        return await self.invoker.invoke((ns, name), call)
+    async def invoke(self, request: web.Request, ns: str, name: str, _: Any) -> web.StreamResponse:
+        call = invoke_call(request.headers, await self._event(request), caller_of(request))
+        return await self.invoker.invoke((ns, name), call, request)
 
-    async def http_trigger(self, request: web.Request, ns: str, name: str, _: Any) -> web.Response:
+    async def http_trigger(
+        self, request: web.Request, ns: str, name: str, _: Any
+    ) -> web.StreamResponse:
+        prefix = f"/fn/{ns}/{name}"
         call = trigger_call(
             request.method, request.match_info.get("path", ""), request.rel_url.raw_query_string,
             request.headers, await self._event(request), strip_auth=self.authorizer is not None,
+            caller=caller_of(request, prefix), raw_path=mounted_path(request.raw_path, prefix),
         )  # fmt: skip
-        return await self.invoker.invoke((ns, name), call)
+        return await self.invoker.invoke((ns, name), call, request)
 
 
 GATEWAY_KEY = web.AppKey("gateway", Gateway)

@@ -60,8 +60,10 @@ def template_for(name: str, req: m.FunctionUpdate) -> SandboxTemplate:
         handler=req.handler,
         source=_source(req),
         isolation=req.isolation,
+        interface=req.interface,
         resources=_build(Resources, "resources", "", **resources),
         timeout_seconds=req.timeout_seconds,
+        max_duration_seconds=req.max_duration_seconds,
         concurrency=req.concurrency,
         env=req.env,
     )  # fmt: skip

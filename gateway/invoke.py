@@ -25,6 +25,7 @@ from urllib.parse import quote
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from yarl import URL
 
@@ -95,19 +96,107 @@ class Call:
     body: bytes
 
 
-def invoke_call(headers: Mapping[str, str], body: bytes) -> Call:
+@dataclass(frozen=True)
+class Caller:
+    """How the caller reached the gateway: what the function is told in Host and X-Forwarded-*
+    (the runtime trusts those only under our signature, which covers them)."""
+
+    host: str  # the Host the caller sent (the gateway's own name as the caller knows it)
+    scheme: str = "http"
+    remote: str = ""  # the caller's address, appended to X-Forwarded-For
+    prefix: str = ""  # where the function is mounted: /fn/{namespace}/{name}
+
+
+def caller_of(request: web.Request, prefix: str = "") -> Caller:
+    """The Caller of an aiohttp request (its Host, else the address it reached us at)."""
+    return Caller(request.headers.get("Host") or request.host, request.scheme,
+                  request.remote or "", prefix)  # fmt: skip
+
+
+# Set by the gateway alone: a caller's own values would let it tell the function anything.
+_OURS = frozenset(name.lower() for name in auth.FORWARDING) - {"x-forwarded-for"}
+
+
+def forwarding(headers: Mapping[str, str], caller: Caller | None) -> dict[str, str]:
+    """Host and X-Forwarded-* for the call, as a proxy in front of an app sets them: the
+    caller's Host, its address appended to any X-Forwarded-For it sent, scheme and prefix."""
+    if caller is None:
+        return {}
+    hops = ", ".join(v for k, v in headers.items() if k.lower() == "x-forwarded-for")
+    out = {"Host": caller.host, "X-Forwarded-Host": caller.host}
+    out["X-Forwarded-For"] = f"{hops}, {caller.remote}" if hops else caller.remote
+    out["X-Forwarded-Proto"] = caller.scheme
+    if caller.prefix:
+        out["X-Forwarded-Prefix"] = caller.prefix
+    return out
+
+
+def invoke_call(headers: Mapping[str, str], body: bytes, caller: Caller | None = None) -> Call:
+    """`:invoke`: the event as a POST to the function's root (an HTTP request to a Lambda
+    interface), with the caller's content type and forwarding headers."""
     content_type = headers.get("Content-Type", "application/json")
-    return Call("POST", "invoke", "", {"Content-Type": content_type}, body)
+    return Call("POST", "invoke", "", {"Content-Type": content_type} | forwarding(headers, caller),
+                body)  # fmt: skip
+
+
+def mounted_path(raw_path: str, prefix: str) -> str | None:
+    """What follows the function's mount `prefix` in the request target as sent (escapes kept),
+    or None when the raw target does not spell the prefix plainly or has dot segments (then
+    the decoded, normalised path the router matched stands in)."""
+    raw = raw_path.split("?", 1)[0]
+    if not raw.startswith(prefix):
+        return None
+    rest = raw[len(prefix) :]
+    if rest and not rest.startswith("/"):
+        return None
+    if "/." in rest or "%2e" in rest.lower():
+        return None
+    return rest
 
 
 def trigger_call(
-    method: str, path: str, query: str, headers: Mapping[str, str], body: bytes, strip_auth: bool
-) -> Call:
+    method: str, path: str, query: str, headers: Mapping[str, str], body: bytes, strip_auth: bool,
+    caller: Caller | None = None, raw_path: str | None = None,
+) -> Call:  # fmt: skip
     """An HTTP-trigger call; the caller's Kubernetes token is not the function's business, and
-    a signature the caller sent is not passed on (ours is added per attempt)."""
+    a signature the caller sent is not passed on (ours is added per attempt). `path` is the
+    decoded path after the mount, `raw_path` the same as sent (`mounted_path`), preferred."""
     dropped = HOP_BY_HOP | {SIGNATURE} | ({"authorization"} if strip_auth else set())
+    if caller is not None:
+        dropped = dropped | _OURS | {"x-forwarded-for"}
     kept = {k: v for k, v in headers.items() if k.lower() not in dropped}
-    return Call(method, "http/" + quote(path, safe="/"), query, kept, body)
+    kept |= forwarding(headers, caller)
+    if raw_path is None:
+        raw_path = "/" + quote(path.lstrip("/"), safe="/")
+    return Call(method, "http/" + raw_path.lstrip("/"), query, kept, body)
+
+
+def _kept(headers: Mapping[str, str]) -> CIMultiDict[str]:
+    """An answer's headers to pass on: pairs, not a dict (a name may repeat: Set-Cookie)."""
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in HOP_BY_HOP)
+
+
+async def relay(
+    resp: aiohttp.ClientResponse, caller: web.Request, key: FunctionKey
+) -> web.StreamResponse:
+    """A streamed answer passed on chunk by chunk as it arrives, never buffered. Cut short
+    upstream (the runtime closed without the last chunk: the function failed or a bound ran
+    out), the caller's connection is closed the same way, so it sees an incomplete answer; a
+    caller that leaves closes the upstream connection, which stops the function's stream."""
+    out = web.StreamResponse(status=resp.status, headers=_kept(resp.headers))
+    try:
+        await out.prepare(caller)
+        async for chunk in resp.content.iter_any():
+            await out.write(chunk)
+    except ConnectionError:
+        return out  # the caller left; leaving `async with` drops the upstream connection
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        log.info("stream of %s/%s cut short upstream: %s", *key, exc or type(exc).__name__)
+        if caller.transport is not None:
+            caller.transport.close()
+        return out
+    await out.write_eof()
+    return out
 
 
 @dataclass(frozen=True)
@@ -180,11 +269,15 @@ class Invoker:
             info = self.functions.setdefault(key, function_info(obj))
         return info
 
-    async def invoke(self, key: FunctionKey, call: Call) -> web.Response:
+    async def invoke(
+        self, key: FunctionKey, call: Call, caller: web.Request | None = None
+    ) -> web.StreamResponse:
+        """The function's answer; a streamed one (chunked from the runtime) is relayed to
+        `caller` chunk by chunk as it comes, when given, else read whole."""
         started = time.perf_counter()
         code = 500
         try:
-            response = await self._route(key, call, started + self.activation_timeout)
+            response = await self._route(key, call, started + self.activation_timeout, caller)
             code = response.status
             return response
         except GatewayError as exc:
@@ -194,7 +287,9 @@ class Invoker:
             self.metrics.requests.labels(*key, str(code)).inc()
             self.metrics.latency.labels(*key).observe(time.perf_counter() - started)
 
-    async def _route(self, key: FunctionKey, call: Call, hold_until: float) -> web.Response:
+    async def _route(
+        self, key: FunctionKey, call: Call, hold_until: float, caller: web.Request | None
+    ) -> web.StreamResponse:
         tried: set[str] = set()
         overloaded: web.Response | None = None
         unauthorized = False
@@ -202,7 +297,7 @@ class Invoker:
             info = await self._info(key)
             address = self.table.pick(key, tried)
             if address is not None:
-                outcome = await self._try(key, address, call, info)
+                outcome = await self._try(key, address, call, info, caller)
                 if not isinstance(outcome, Refused):
                     return outcome
                 tried.add(address.uid)
@@ -263,19 +358,28 @@ class Invoker:
             return
 
     async def _try(
-        self, key: FunctionKey, address: Address, call: Call, info: FunctionInfo
-    ) -> web.Response | Refused:
+        self, key: FunctionKey, address: Address, call: Call, info: FunctionInfo,
+        caller: web.Request | None = None,
+    ) -> web.StreamResponse | Refused:  # fmt: skip
         """The sandbox's response, or Refused when it certainly did not run (retry elsewhere)."""
         target = f"{address.base}/{call.target}" + (f"?{call.query}" if call.query else "")
         url = URL(target, encoded=True)
-        timeout = aiohttp.ClientTimeout(total=info.timeout_seconds + TIMEOUT_GRACE_SECONDS)
+        # The function's timeout bounds every wait for bytes (a whole answer, or each gap of a
+        # streamed one); the maximum duration, a streamed answer in all. The runtime enforces
+        # both; these only keep the gateway from waiting on a runtime that does not.
+        longest = max(info.timeout_seconds, info.max_duration_seconds)
+        timeout = aiohttp.ClientTimeout(
+            total=longest + TIMEOUT_GRACE_SECONDS,
+            sock_read=info.timeout_seconds + TIMEOUT_GRACE_SECONDS,
+        )
         gauge = self.metrics.in_flight.labels(*key)
         assert self._session is not None, "Invoker.open() first"
         headers = dict(call.headers)
         if self.keys is not None:  # signed per attempt: the path names this sandbox
             method = call.method.upper()
+            fwd = auth.forwarded(CIMultiDict(headers), headers.items())
             headers[auth.HEADER] = self.keys.ring.sign(
-                method, url.raw_path_qs, call.body, address.uid
+                method, url.raw_path_qs, call.body, address.uid, fwd=fwd
             )
         self.table.acquire(address)
         gauge.inc()
@@ -283,9 +387,10 @@ class Invoker:
             async with self._session.request(
                 call.method, url, data=call.body, headers=headers, timeout=timeout
             ) as resp:
+                if caller is not None and resp.headers.get("Transfer-Encoding") == "chunked":
+                    return await relay(resp, caller, key)
                 body = await resp.read()
-                headers = {k: v for k, v in resp.headers.items() if k.lower() not in HOP_BY_HOP}
-                response = web.Response(status=resp.status, body=body, headers=headers)
+                response = web.Response(status=resp.status, body=body, headers=_kept(resp.headers))
                 word = runtime_refusal(resp.status, body)
                 if word == "Unauthorized" and time.monotonic() >= self._refusal_logged + 10:
                     self._refusal_logged = time.monotonic()  # a key mismatch floods otherwise

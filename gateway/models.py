@@ -13,6 +13,7 @@ from pydantic.config import JsonDict
 
 from crds import (
     ConfigMapSource,
+    Interface,
     Isolation,
     NestModel,
     SandboxDeploymentSpec,
@@ -22,7 +23,7 @@ from crds import (
     SandboxStatus,
 )
 from crds.common import LABEL_VALUE_PATTERN, Quantity
-from crds.sandbox import HANDLER_PATTERN, SHA256_PATTERN
+from crds.sandbox import HANDLER_PATTERN, SHA256_PATTERN, OciSource
 
 # RFC 1123 label: what Kubernetes accepts as a namespace name, and Nest as a function name (it
 # also becomes a label value and part of generated object names).
@@ -31,7 +32,8 @@ DNS_LABEL_MAX = 63
 
 
 class CodeReference(NestModel):
-    """Code that is not uploaded: a ConfigMap, a pinned URL, or a path in the pool image."""
+    """Code that is not uploaded: a ConfigMap, a pinned URL, a path in the pool image, or a
+    function package (code and dependency layers) in an OCI registry, by digest."""
 
     model_config = NestModel.model_config | {
         "json_schema_extra": {
@@ -39,6 +41,7 @@ class CodeReference(NestModel):
                 {"required": ["configMap"]},
                 {"required": ["url", "sha256"]},
                 {"required": ["path"]},
+                {"required": ["oci"]},
             ]
         }
     }
@@ -57,6 +60,9 @@ class CodeReference(NestModel):
     )
     path: str | None = Field(
         default=None, pattern=r"^/", description="Absolute path of code in the pool image."
+    )
+    oci: OciSource | None = Field(
+        default=None, description="A function package (`nest deploy DIR`) in a registry."
     )
 
 
@@ -95,6 +101,11 @@ class FunctionUpdate(NestModel):
     isolation: Isolation = Field(
         default=Isolation.SUBPROCESS, description="subprocess or namespace (trusted code)."
     )
+    interface: Interface = Field(
+        default=Interface.NEST,
+        description="nest, apigateway-v1, apigateway-v2 (a Lambda handler), asgi or wsgi (the "
+        "handler names the app).",
+    )
     replicas: int | None = Field(
         default=None,
         ge=0,
@@ -104,7 +115,14 @@ class FunctionUpdate(NestModel):
     memory: Quantity | None = Field(default=None, description="Memory limit per sandbox.")
     cpu: Quantity | None = Field(default=None, description="CPU share per sandbox.")
     timeout_seconds: int = Field(
-        default=30, ge=1, le=900, description="Longest one invocation may run."
+        default=30,
+        ge=1,
+        le=900,
+        description="Longest one invocation may run (streamed: to the first byte, and between "
+        "chunks).",
+    )
+    max_duration_seconds: int = Field(
+        default=300, ge=1, le=3600, description="Longest a streamed answer may last in all."
     )
     concurrency: int = Field(
         default=1, ge=1, le=1000, description="Invocations in flight per sandbox."

@@ -46,6 +46,7 @@ class FunctionInfo:
     min_replicas: int
     timeout_seconds: float
     resource_version: str
+    max_duration_seconds: float = 300.0  # a streamed answer's longest life
 
 
 def addresses(status: Mapping[str, Any] | None) -> tuple[Address, ...]:
@@ -68,6 +69,7 @@ def function_info(obj: Mapping[str, Any]) -> FunctionInfo:
         min_replicas=int(autoscaling.get("minReplicas", 0)),
         timeout_seconds=float(function.get("timeoutSeconds", 30)),
         resource_version=str(obj.get("metadata", {}).get("resourceVersion", "")),
+        max_duration_seconds=float(function.get("maxDurationSeconds", 300)),
     )
 
 

@@ -53,6 +53,7 @@ class Reason(StrEnum):
     IMPORT_TIMEOUT = "ImportTimeout"  # namespace: the import overran the function's timeout
     UNHEALTHY = "Unhealthy"  # namespace: calls past their timeout still hold its threads
     RUNTIME_CRASH = "RuntimeCrash"  # namespace: named as the one that ended the shared runtime
+    DEPENDENCY_CONFLICT = "DependencyConflict"  # namespace: a native loaded at another version
     CRASHED = "Crashed"
     ERROR = "Error"
     COMPLETED = "Completed"
@@ -67,7 +68,8 @@ def check_transition(src: SandboxState, dst: SandboxState) -> None:
 class Limits:
     concurrency: int = 1  # invocations in flight at once
     queue: int = 64  # invocations allowed to wait for a slot; beyond that: Overloaded
-    timeout_s: float = 30.0
+    timeout_s: float = 30.0  # a whole answer; a streamed one: first byte and every idle gap
+    max_duration_s: float = 300.0  # the longest a streamed answer may last (never below timeout)
     memory_mb: int | None = None  # enforced by the subprocess backend only
     cpu_millis: int | None = None  # the CPU request: a subprocess sandbox's share of the pod
 
@@ -83,6 +85,10 @@ class SandboxSpec:
     workdir: str | None = None  # subprocess only; None: the code directory
     limits: Limits = field(default_factory=Limits)
     layers: tuple[str, ...] = ()  # runtime-level hooks, "module:attribute"
+    interface: str = "nest"  # isolation.interfaces.Interface: nest, apigateway-v1/v2, asgi, wsgi
+    # Import roots of the function's dependency layers, searched in order after code_dir.
+    dependency_paths: tuple[str, ...] = ()
+    native_distributions: tuple[str, ...] = ()  # "name==version", compiled: one per runtime
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,8 +180,17 @@ class Admission:
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
+        self.leave()
+
+    def leave(self) -> None:
+        """Give back a slot taken by entering (what leaving the `async with` block does)."""
         self.in_flight -= 1
         self._release_slot()
+
+    def slot(self) -> Slot:
+        """`async with admission.slot() as slot:` — like `async with admission`, and the slot
+        may outlive the block (`slot.keep()`: a streamed answer holds it until it ends)."""
+        return Slot(self)
 
     def _release_slot(self) -> None:
         while self._waiters:
@@ -184,6 +199,39 @@ class Admission:
                 fut.set_result(None)  # hand the slot over directly: FIFO, no barging
                 return
         self._free += 1
+
+
+class Slot:
+    """One invocation's place in an `Admission`, released when its block ends unless kept."""
+
+    __slots__ = ("_admission", "_kept")
+
+    def __init__(self, admission: Admission) -> None:
+        self._admission = admission
+        self._kept = False
+
+    async def __aenter__(self) -> Slot:
+        await self._admission.__aenter__()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if not self._kept:
+            self._admission.leave()
+
+    def keep(self) -> Callable[[], None]:
+        """Keep the slot past the block; the function returned releases it (once)."""
+        self._kept = True
+        admission: Admission | None = self._admission
+
+        def release() -> None:
+            nonlocal admission
+            held, admission = admission, None
+            if held is not None:
+                held.leave()
+
+        return release
 
 
 class Backend(Protocol):

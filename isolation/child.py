@@ -10,28 +10,36 @@ for itself (about 1 MB of private memory per process, plus a loop iteration per 
 * blocking — a sync handler with concurrency 1: read a frame, call the handler, write the
   result, on a plain blocking socket. Async hooks still work: the first one to return an
   awaitable creates an event loop, which then runs each awaitable to completion in place.
-* asyncio — an async handler, or concurrency > 1 (sync handlers then run on threads).
+* asyncio — an async handler or an ASGI app (never blocking: its lifespan and its requests
+  share one loop), or concurrency > 1 (sync handlers then run on threads).
 
 Channel: the socket inherited from the zygote, speaking `isolation.ipc` frames.
     child -> runtime   {"t": "ready"} | {"t": "failed", "reason", "message"}
                        | {"t": "result", "id", "status", "headers"} + body
-    runtime -> child   {"t": "invoke", "id", "rid", "method", "path", "query", "headers",
-                       "deadline"} + body | {"t": "stop"}
+                       | a streamed answer: {"t": "start", "id", "status", "headers"},
+                         {"t": "chunk", "id"} + chunk ..., {"t": "end", "id"[, "error"]}
+    runtime -> child   {"t": "invoke", "id", "rid", "method", "path", "raw_path", "query"
+                       (raw), "headers" (every pair, in order), "root_path", "client",
+                       "deadline"} + body | {"t": "cancel", "id"} (end that stream)
+                       | {"t": "stop"}
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib
-import inspect
 import os
+import select
 import socket
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
-from typing import Any
+from typing import Any, BinaryIO
+from urllib.parse import parse_qsl
+
+from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 
 from isolation import confine
 from isolation.boundary import Confinement
@@ -41,12 +49,20 @@ from isolation.errors import LoadError
 from isolation.host import (
     BlockOn,
     FunctionHost,
+    awaits,
     classify_load_error,
     load_layers,
     parse_handler,
     run_eagerly,
 )
-from isolation.ipc import FrameParser, encode_frame, read_frame, read_frame_blocking
+from isolation.ipc import (
+    FrameParser,
+    encode_frame,
+    encode_headers,
+    read_frame,
+    read_frame_blocking,
+)
+from isolation.streams import Streamed
 
 READY = encode_frame({"t": "ready"})
 # What a confined sandbox keeps of the runtime's environment (the rest is its pod's business).
@@ -66,7 +82,8 @@ def main(fd: int, spec: dict[str, Any]) -> int:
         else:
             os.environ.update(spec["env"])
         os.chdir(spec["workdir"] or spec["code_dir"])
-        sys.path.insert(0, spec["code_dir"])
+        # Its own code first, then its dependency layers in order, then the interpreter's.
+        sys.path[0:0] = [spec["code_dir"], *spec.get("dependency_paths", ())]
         host = _load(spec)
     except ConfinementError as exc:
         sock.sendall(_failed(LoadError("Error", f"sandbox boundary: {exc}")))
@@ -152,19 +169,31 @@ def _load(spec: dict[str, Any]) -> FunctionHost:
     module = importlib.import_module(module_name)
     layers = load_layers(spec["layers"])
     concurrency = spec["concurrency"]
+    interface = spec.get("interface", "nest")
     block_on: BlockOn | None = None
-    if concurrency <= 1 and not inspect.iscoroutinefunction(getattr(module, attr, None)):
+    if concurrency <= 1 and not awaits(getattr(module, attr, None), interface):
+        # Served blocking (see _blocks): awaitables a sync handler or hook returns run here.
         block_on = _LazyLoop().block_on
-    return FunctionHost(info, module, attr, layers, _make_run_sync(concurrency), block_on)
+    return FunctionHost(
+        info, module, attr, layers, _make_run_sync(concurrency), block_on, interface
+    )
 
 
 def _request(header: dict[str, Any], body: bytes) -> Request:
-    return Request(header["method"], header["path"], header["query"], header["headers"], body)
+    """The request as the runtime's data plane saw it, rebuilt into the same multidicts the
+    namespace backend gets (first value per name, case-insensitive headers, repeats kept)."""
+    headers = CIMultiDictProxy(CIMultiDict(header["headers"]))
+    raw_query = header["query"]
+    query = MultiDictProxy(MultiDict(parse_qsl(raw_query, keep_blank_values=True)))
+    return Request(
+        header["method"], header["path"], query, headers, body, raw_query, headers.items(),
+        header["root_path"], header["client"], header["raw_path"],
+    )  # fmt: skip
 
 
 def _result(header: dict[str, Any], response: Response) -> bytes:
     out = {"t": "result", "id": header["id"], "status": response.status}
-    out["headers"] = dict(response.headers)
+    out["headers"] = encode_headers(response.headers)
     return encode_frame(out, response.body)
 
 
@@ -179,14 +208,57 @@ def _serve_blocking(sock: socket.socket, host: FunctionHost) -> int:
     stream = sock.makefile("rb")
     while (frame := read_frame_blocking(stream)) is not None:
         header, body = frame
-        if header["t"] == "stop":
-            break
+        if header["t"] != "invoke":
+            if header["t"] == "stop":
+                break
+            continue  # a cancel for a stream already over
         response = run_eagerly(
             host.invoke(_request(header, body), header["rid"], header["deadline"])
         )
+        if type(response.body) is Streamed:
+            if not _stream_blocking(sock, stream, header["id"], response, host):
+                break
+            continue
         sock.sendall(_result(header, response))
     run_eagerly(host.close())
     return 0
+
+
+def _start(rid: int, response: Response) -> bytes:
+    headers = encode_headers(response.headers)
+    return encode_frame({"t": "start", "id": rid, "status": response.status, "headers": headers})
+
+
+def _end(rid: int, error: str | None) -> bytes:
+    return encode_frame({"t": "end", "id": rid} | ({"error": error} if error else {}))
+
+
+def _stream_blocking(
+    sock: socket.socket, reader: BinaryIO, rid: int, response: Response, host: FunctionHost
+) -> bool:
+    """Send a streamed answer chunk by chunk (a full socket blocks us: the runtime's reader
+    paces the function). Between chunks a cancel from the runtime ends it, a stop ends it and
+    serving; False then. Nothing else can arrive meanwhile: the stream holds the one slot."""
+    sock.sendall(_start(rid, response))
+    chunks = host.chunks_blocking(response.body)
+    serving, error = True, None
+    try:
+        for chunk in chunks:
+            sock.sendall(encode_frame({"t": "chunk", "id": rid}, chunk))
+            if select.select([sock], [], [], 0)[0]:
+                frame = read_frame_blocking(reader)
+                if frame is None or frame[0]["t"] == "stop":
+                    serving = False
+                    break
+                if frame[0]["t"] == "cancel":
+                    break
+    except Exception as exc:  # the function's own error ends its stream, not the sandbox
+        host.logger.exception("stream %s failed", rid)
+        error = f"{type(exc).__name__}: {exc}"
+    finally:
+        chunks.close()
+    sock.sendall(_end(rid, error))
+    return serving
 
 
 class _Channel(asyncio.Protocol):
@@ -197,6 +269,9 @@ class _Channel(asyncio.Protocol):
         self._done = done
         self._parser = FrameParser()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._streams: dict[int, asyncio.Task[None]] = {}  # streamed answers being sent
+        self._writable = asyncio.Event()  # the socket takes more (the runtime reads on)
+        self._writable.set()
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -205,12 +280,24 @@ class _Channel(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         for header, body in self._parser.feed(data):
-            if header["t"] == "stop":
+            kind = header["t"]
+            if kind == "invoke":
+                task = asyncio.create_task(self._invoke(header, body))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            elif kind == "cancel":
+                streaming = self._streams.get(header["id"])
+                if streaming is not None:
+                    streaming.cancel()
+            elif kind == "stop":
                 self.connection_lost(None)
                 return
-            task = asyncio.create_task(self._invoke(header, body))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self._done.done():
@@ -221,7 +308,35 @@ class _Channel(asyncio.Protocol):
             _request(header, body), header["rid"], header["deadline"]
         )
         assert self.transport is not None
+        if type(response.body) is Streamed:
+            await self._stream(header["id"], response)
+            return
         self.transport.write(_result(header, response))
+
+    async def _stream(self, rid: int, response: Response) -> None:
+        """Send a streamed answer as its chunks come, paced by the socket; a cancel from the
+        runtime (its caller left, or a bound ran out) cancels this task and closes it."""
+        assert self.transport is not None
+        current = asyncio.current_task()
+        assert current is not None
+        self._streams[rid] = current
+        self.transport.write(_start(rid, response))
+        chunks = self._host.chunks(response.body)
+        error = None
+        try:
+            async for chunk in chunks:
+                self.transport.write(encode_frame({"t": "chunk", "id": rid}, chunk))
+                if not self._writable.is_set():
+                    await self._writable.wait()
+        except asyncio.CancelledError:
+            pass  # the runtime asked: it knows why
+        except Exception as exc:  # the function's own error ends its stream, not the sandbox
+            self._host.logger.exception("stream %s failed", rid)
+            error = f"{type(exc).__name__}: {exc}"
+        finally:
+            del self._streams[rid]
+            await chunks.aclose()
+        self.transport.write(_end(rid, error))
 
 
 async def _serve(sock: socket.socket, host: FunctionHost) -> int:
@@ -246,7 +361,8 @@ def _warm_handler(event: Any, context: Any) -> Any:
 
 def _warm_frames(rounds: int) -> bytes:
     header: dict[str, Any] = {"t": "invoke", "rid": "warm", "method": "POST", "path": "/"}
-    header |= {"query": {}, "headers": {"Content-Type": "application/json"}, "deadline": 1e18}
+    header |= {"raw_path": "/", "query": "", "headers": [["Content-Type", "application/json"]]}
+    header |= {"root_path": "", "client": "", "deadline": 1e18}
     body = b'{"warm": [1, 2.5, "x", null, true]}'
     return b"".join(encode_frame(header | {"id": n}, body) for n in range(rounds))
 

@@ -19,10 +19,12 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeVar
+
+from isolation.streams import STREAM_TYPE, Streamed, is_stream, streamed
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -62,10 +64,13 @@ on_close = _mark(HookKind.CLOSE)
 class Request:
     """The HTTP request that triggered an invocation, as the handler sees it.
 
-    `query` and `headers` keep one value per name (the `nest` contract); `raw_query` and
-    `header_items` keep every value in order, for the interfaces that expose repeats
-    (API Gateway's multiValue fields, ASGI, WSGI). `root_path` is the prefix the function is
-    mounted under (`/fn/{namespace}/{name}`); `path` is what follows it.
+    `query` and `headers` answer one value per name (the `nest` contract: the first, and
+    headers case-insensitively, in both isolation modes); `raw_query` and `header_items` keep
+    every value in order, for the interfaces that expose repeats (API Gateway's multiValue
+    fields, ASGI, WSGI). `root_path` is the prefix the function is mounted under
+    (`/fn/{namespace}/{name}`); `path` is what follows it, decoded, and `raw_path` the same as
+    sent (percent-escapes kept; empty: not known, `path` re-encoded stands in). `client` is the
+    caller's address as the gateway saw it.
     """
 
     method: str = "POST"
@@ -74,9 +79,11 @@ class Request:
     headers: Mapping[str, str] = field(default_factory=dict)
     body: bytes = b""
     raw_query: str = ""
-    header_items: tuple[tuple[str, str], ...] = ()
+    # Any collection of pairs: the runtime hands over its multidict's items view (no copy).
+    header_items: Collection[tuple[str, str]] = ()
     root_path: str = ""
     client: str = ""
+    raw_path: str = ""
 
 
 Headers = Mapping[str, str] | Sequence[tuple[str, str]]
@@ -192,20 +199,31 @@ def decode_event(body: bytes) -> Any:
         return body
 
 
-def bad_request(message: str) -> Response:
-    """400 as RFC 9457 problem+json: the caller's fault, and the sandbox lives on."""
-    detail = {"type": "about:blank", "title": "Bad Request", "status": 400, "detail": message}
+def problem(status: int, title: str, message: str) -> Response:
+    """An RFC 9457 problem+json response."""
+    detail = {"type": "about:blank", "title": title, "status": status, "detail": message}
     headers = {"Content-Type": "application/problem+json"}
-    return Response(400, headers, json.dumps(detail).encode())
+    return Response(status, headers, json.dumps(detail).encode())
 
 
-def _encode_body(body: Any) -> tuple[bytes, str]:
-    """The body as bytes, and the Content-Type it implies when the handler named none."""
+def bad_request(message: str) -> Response:
+    """400 as problem+json: the caller's fault, and the sandbox lives on."""
+    return problem(400, "Bad Request", message)
+
+
+def _encode_body(body: Any) -> tuple[bytes | Streamed, str]:
+    """The body as bytes (or a generator's `Streamed` chunks), and the Content-Type it implies
+    when the handler named none."""
     if isinstance(body, bytes | bytearray | memoryview):
         return bytes(body), "application/octet-stream"
     if isinstance(body, str):
         return body.encode(), "text/plain; charset=utf-8"
-    return json.dumps(body, separators=(",", ":")).encode(), JSON_TYPE
+    try:
+        return json.dumps(body, separators=(",", ":")).encode(), JSON_TYPE
+    except TypeError:
+        if is_stream(body):  # checked only here: a JSON answer pays nothing for streaming
+            return streamed(body), STREAM_TYPE
+        raise
 
 
 def _with_type(headers: Headers, content_type: str) -> Headers:
@@ -220,7 +238,8 @@ def _with_type(headers: Headers, content_type: str) -> Headers:
 
 
 def to_response(value: Any) -> Response:
-    """Normalise whatever a handler returned into a `Response` whose body is bytes.
+    """Normalise whatever a handler returned into a `Response` whose body is bytes, or
+    `Streamed` for a generator (sync or async: each item a chunk, see isolation.streams).
 
     Raises TypeError/ValueError when the value is not JSON-able; callers turn that into a 500.
     """

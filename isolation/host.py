@@ -39,6 +39,17 @@ from isolation.contract import (
     to_response,
 )
 from isolation.errors import LoadError, ThreadsExhausted
+from isolation.interfaces import (
+    Interface,
+    MalformedResponse,
+    apigateway_v1_event,
+    apigateway_v1_response,
+    apigateway_v2_event,
+    apigateway_v2_response,
+    malformed,
+)
+from isolation.streams import Chunks, Streamed, aiter_chunks, iter_chunks
+from isolation.webapps import Lifespan, asgi_scope, call_asgi, call_wsgi, wsgi_environ
 
 RunSync = Callable[[Callable[[], Any]], Awaitable[Any]]
 BlockOn = Callable[[Awaitable[Any]], Any]
@@ -94,7 +105,10 @@ class Hooks:
     def collect(cls, module: ModuleType, layers: list[Any]) -> Hooks:
         own: dict[HookKind, list[Hook]] = {kind: [] for kind in HookKind}
         for value in vars(module).values():
-            kind = getattr(value, HOOK_ATTR, None)
+            try:
+                kind = getattr(value, HOOK_ATTR, None)
+            except Exception:  # a proxy that resolves on access (Flask's `request`): no hook
+                continue
             if kind is not None and callable(value):
                 own[HookKind(kind)].append(value)
 
@@ -121,6 +135,15 @@ async def run_runtime_start(layers: list[Any]) -> None:
         await call(hook)
 
 
+_APPS = frozenset({Interface.ASGI, Interface.WSGI})
+
+
+def awaits(handler: Any, interface: str) -> bool:
+    """Whether the host awaits this handler (an async function, or any ASGI app: a FastAPI app
+    is an object, not a function) rather than calling it on the sync path."""
+    return interface == Interface.ASGI or inspect.iscoroutinefunction(handler)
+
+
 class FunctionHost:
     """One function, loaded and ready: runs its hooks and handler for each invocation."""
 
@@ -132,18 +155,27 @@ class FunctionHost:
         layers: list[Any],
         run_sync: RunSync,
         block_on: BlockOn | None = None,
+        interface: str = Interface.NEST,
     ) -> None:
         """`block_on`, if given, runs whatever a hook or handler returns that is awaitable to
         completion in place; the host's coroutines then never suspend, so a caller without an
-        event loop can drive them with `run_eagerly`."""
+        event loop can drive them with `run_eagerly`. `interface` says what the handler is: a
+        `nest` or Lambda handler, or a WSGI or ASGI app (`isolation.interfaces`)."""
+        try:
+            self.interface = Interface(interface)
+        except ValueError:
+            raise LoadError("Error", f"unknown interface {interface!r}") from None
         handler = getattr(module, attr, None)
         if not callable(handler):
+            what = "ASGI app" if self.interface in _APPS else "handler"
             raise LoadError(
-                "HandlerNotFound", f"module {module.__name__!r} has no callable {attr!r}"
+                "HandlerNotFound", f"module {module.__name__!r} has no callable {what} {attr!r}"
             )
         self.info = info
         self._handler: Hook = handler
-        self._is_async = inspect.iscoroutinefunction(handler)
+        self._is_async = awaits(handler, self.interface)
+        asgi = self.interface is Interface.ASGI
+        self._lifespan = Lifespan(handler) if asgi else None
         self._hooks = Hooks.collect(module, layers)
         self._run_sync = run_sync
         self._block_on = block_on
@@ -151,7 +183,9 @@ class FunctionHost:
 
     @property
     def has_start_hooks(self) -> bool:
-        return bool(self._hooks.function_start)
+        """Whether `start` has work to do (hooks, or an ASGI app's lifespan startup, which must
+        run on the loop that then serves the app)."""
+        return bool(self._hooks.function_start) or self._lifespan is not None
 
     @property
     def handler_is_async(self) -> bool:
@@ -171,9 +205,28 @@ class FunctionHost:
                 raise LoadError(
                     "Error", f"function start hook {hook.__qualname__} raised {exc!r}"
                 ) from exc
+        if self._lifespan is not None:
+            try:
+                await self._lifespan.startup()
+            except Exception as exc:
+                self._lifespan.abort()
+                raise LoadError("Error", f"ASGI lifespan startup: {exc}") from exc
+
+    def _event(self, request: Request, request_id: str) -> Any:
+        """What the handler is called with (and the hooks see as `event`)."""
+        interface = self.interface
+        if interface is Interface.APIGATEWAY_V1:
+            return apigateway_v1_event(request, request_id)
+        if interface is Interface.APIGATEWAY_V2:
+            return apigateway_v2_event(request, request_id)
+        if interface is Interface.WSGI:
+            return wsgi_environ(request)
+        state = self._lifespan.state if self._lifespan is not None else None
+        return asgi_scope(request, state)
 
     async def invoke(self, request: Request, request_id: str, deadline: float) -> Response:
-        """Never raises for faults of the function's code: those become a 500 response."""
+        """Never raises for faults of the function's code: those become a 500 response (an
+        answer the interface cannot turn into HTTP: a 502)."""
         ctx = Context(
             request=request,
             request_id=request_id,
@@ -182,13 +235,19 @@ class FunctionHost:
             logger=self.logger,
         )
         try:
-            event = decode_event(request.body)
+            if self.interface is Interface.NEST:
+                event = decode_event(request.body)
+            else:
+                event = self._event(request, request_id)
         except InvalidEvent as exc:
             return bad_request(str(exc))
         try:
             response = await self._before_and_handler(event, ctx)
         except ThreadsExhausted:
             raise  # the call did not run: the runtime's 503, not the function's 500
+        except MalformedResponse as exc:
+            self.logger.warning("invocation %s: %s", request_id, exc)
+            response = malformed(self.interface, exc)
         except (Exception, SystemExit) as exc:  # sys.exit() in a handler must not end the host
             self.logger.exception("invocation %s failed", request_id)
             response = error_response(exc)
@@ -207,6 +266,13 @@ class FunctionHost:
             early = await self._call(hook, event, ctx)
             if isinstance(early, Response):
                 return to_response(early)
+        interface = self.interface
+        if interface is Interface.ASGI:
+            return await call_asgi(self._handler, event, ctx.request.body)
+        if interface is Interface.WSGI:
+            app = self._handler
+            response: Response = await self._run_sync(lambda: call_wsgi(app, event))
+            return response
         if self._is_async:
             result = await self._call(self._handler, event, ctx)
         else:
@@ -214,9 +280,27 @@ class FunctionHost:
             result = await self._run_sync(lambda: handler(event, ctx))
             if inspect.isawaitable(result):
                 result = self._block_on(result) if self._block_on else await result
-        return to_response(result)
+        if interface is Interface.NEST:
+            return to_response(result)
+        if interface is Interface.APIGATEWAY_V1:
+            return apigateway_v1_response(result)
+        return apigateway_v2_response(result)
+
+    def chunks(self, body: Streamed) -> Chunks:
+        """A streamed answer's chunks on an event loop (sync steps on the sync path)."""
+        return aiter_chunks(body, self._run_sync)
+
+    def chunks_blocking(self, body: Streamed) -> Generator[bytes, None, None]:
+        """A streamed answer's chunks without a running loop (a host built with block_on)."""
+        assert self._block_on is not None, "a blocking host is built with block_on"
+        return iter_chunks(body, self._block_on)
 
     async def close(self) -> None:
+        if self._lifespan is not None:
+            try:
+                await self._lifespan.shutdown()
+            except Exception:
+                self.logger.exception("ASGI lifespan shutdown failed")
         for hook in self._hooks.close:
             try:
                 await self._call(hook, self.info)

@@ -1,10 +1,10 @@
-"""The contracts users already write: Lambda's API Gateway events, ASGI and WSGI apps.
+"""The contracts users already write: Lambda's API Gateway events and proxy responses.
 
 Why: a function brought from AWS or from a web framework should run unmodified. Each interface
 is a pair of pure translations between Nest's `Request`/`Response` and what that contract's
-code expects (an API Gateway v1 or v2 event and proxy response, a PEP 3333 environ, an ASGI
-HTTP scope and its messages), written once here and used by both isolation modes through
-`isolation.host`, so the request shape cannot differ between them.
+code expects — here an API Gateway v1 or v2 event and its proxy response; in
+`isolation.webapps` a PEP 3333 environ and an ASGI HTTP scope — written once and used by both
+isolation modes through `isolation.host`, so the request shape cannot differ between them.
 
 What the function sees is the path after `/fn/{namespace}/{name}`, as behind a Function URL;
 ASGI's `root_path` and WSGI's `SCRIPT_NAME` carry the prefix so the apps build their own
@@ -14,18 +14,15 @@ external URLs right. Repeated query values and headers are kept (`Request.header
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import io
 import json
-import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from typing import Any
-from urllib.parse import parse_qsl, quote, unquote
+from urllib.parse import parse_qsl, quote
 
-from isolation.contract import JSON_TYPE, Request, Response
+from isolation.contract import JSON_TYPE, Request, Response, problem
 
 
 class Interface(StrEnum):
@@ -39,8 +36,22 @@ class Interface(StrEnum):
 
 
 class MalformedResponse(ValueError):
-    """A Lambda proxy answer API Gateway itself would refuse (its 502 'Malformed Lambda proxy
-    response'); the message says what is wrong with it."""
+    """An answer the interface cannot turn into HTTP — for API Gateway what it would refuse
+    itself (its 502 'Malformed Lambda proxy response'); the message says what is wrong."""
+
+
+_MALFORMED_TITLES = {
+    Interface.APIGATEWAY_V1: "Malformed Lambda proxy response",
+    Interface.APIGATEWAY_V2: "Malformed Lambda proxy response",
+    Interface.WSGI: "Malformed WSGI response",
+    Interface.ASGI: "Malformed ASGI response",
+}
+
+
+def malformed(interface: Interface, exc: MalformedResponse) -> Response:
+    """The 502 problem+json for an answer the interface refused, naming what is wrong: the
+    function ran, but what it returned is not an HTTP response (a gateway error, as AWS's)."""
+    return problem(502, _MALFORMED_TITLES.get(interface, "Malformed response"), str(exc))
 
 
 # Content types API Gateway hands to a function as text; anything else travels base64.
@@ -59,6 +70,11 @@ def query_items(request: Request) -> list[tuple[str, str]]:
     if request.raw_query:
         return parse_qsl(request.raw_query, keep_blank_values=True)
     return list(request.query.items())
+
+
+def raw_path(request: Request) -> str:
+    """The path as sent, percent-escapes kept (re-encoded from `path` when not known)."""
+    return request.raw_path or quote(request.path, safe="/:@!$&'()*+,;=~")
 
 
 def raw_query(request: Request) -> str:
@@ -173,7 +189,7 @@ def apigateway_v2_event(request: Request, request_id: str) -> dict[str, Any]:
             "timeEpoch": context.pop("requestTimeEpoch"),
             "http": {
                 "method": request.method,
-                "path": request.path,
+                "path": raw_path(request),
                 "protocol": "HTTP/1.1",
                 "sourceIp": request.client or "127.0.0.1",
                 "userAgent": headers.get("user-agent", ""),
@@ -183,7 +199,7 @@ def apigateway_v2_event(request: Request, request_id: str) -> dict[str, Any]:
     event: dict[str, Any] = {
         "version": "2.0",
         "routeKey": "$default",
-        "rawPath": request.path,
+        "rawPath": raw_path(request),
         "rawQueryString": raw_query(request),
         "headers": headers,
         "requestContext": context,
@@ -261,180 +277,3 @@ def apigateway_v2_response(answer: Any) -> Response:
     if not any(k.lower() == "content-type" for k, _ in pairs):
         pairs.append(("Content-Type", JSON_TYPE))
     return Response(_status(answer), pairs, _response_body(answer))
-
-
-# -- WSGI (PEP 3333) ---------------------------------------------------------------------------
-
-StartResponse = Callable[..., Callable[[bytes], None]]
-WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
-
-
-def wsgi_environ(request: Request) -> dict[str, Any]:
-    host = _header(request, "host", "localhost")
-    server, _, port = host.partition(":")
-    scheme = _header(request, "x-forwarded-proto", "http")
-    environ: dict[str, Any] = {
-        "REQUEST_METHOD": request.method,
-        "SCRIPT_NAME": request.root_path,
-        "PATH_INFO": unquote(request.path, encoding="latin-1"),
-        "QUERY_STRING": raw_query(request),
-        "SERVER_NAME": server,
-        "SERVER_PORT": port or ("443" if scheme == "https" else "80"),
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "REMOTE_ADDR": request.client or "127.0.0.1",
-        "wsgi.version": (1, 0),
-        "wsgi.url_scheme": scheme,
-        "wsgi.input": io.BytesIO(request.body),
-        "wsgi.errors": sys.stderr,
-        "wsgi.multithread": True,
-        "wsgi.multiprocess": False,
-        "wsgi.run_once": False,
-    }
-    for key, value in header_items(request):
-        name = key.upper().replace("-", "_")
-        if name in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-            environ[name] = value
-            continue
-        name = f"HTTP_{name}"
-        environ[name] = f"{environ[name]},{value}" if name in environ else value
-    environ.setdefault("CONTENT_LENGTH", str(len(request.body)))
-    return environ
-
-
-def call_wsgi(app: WsgiApp, request: Request) -> Response:
-    """Run a WSGI app to completion (synchronously: call it on a worker thread)."""
-    started: list[tuple[str, list[tuple[str, str]]]] = []
-    written: list[bytes] = []
-
-    def start_response(
-        status: str, headers: list[tuple[str, str]], exc_info: Any = None
-    ) -> Callable[[bytes], None]:
-        if exc_info is not None and started:
-            raise exc_info[1].with_traceback(exc_info[2])
-        started[:] = [(status, headers)]
-        return written.append
-
-    result = app(wsgi_environ(request), start_response)
-    try:
-        written.extend(bytes(chunk) for chunk in result)
-    finally:
-        close = getattr(result, "close", None)
-        if close is not None:
-            close()
-    if not started:
-        raise MalformedResponse("the WSGI app returned without calling start_response")
-    status, headers = started[0]
-    return Response(int(status.split(" ", 1)[0]), list(headers), b"".join(written))
-
-
-# -- ASGI (HTTP and lifespan) ------------------------------------------------------------------
-
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-AsgiApp = Callable[[Message, Receive, Send], Awaitable[None]]
-
-
-def asgi_scope(request: Request) -> dict[str, Any]:
-    host = _header(request, "host", "localhost")
-    server, _, port = host.partition(":")
-    scheme = _header(request, "x-forwarded-proto", "http")
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1",
-        "method": request.method,
-        "scheme": scheme,
-        # As uvicorn does: `path` includes the mount prefix, which `root_path` names.
-        "path": request.root_path + unquote(request.path),
-        "raw_path": (request.root_path + request.path).encode(),
-        "query_string": raw_query(request).encode(),
-        "root_path": request.root_path,
-        "headers": [
-            (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in header_items(request)
-        ],
-        "client": (request.client or "127.0.0.1", 0),
-        "server": (server, int(port) if port.isdigit() else (443 if scheme == "https" else 80)),
-        "state": {},
-    }
-
-
-async def call_asgi(
-    app: AsgiApp, request: Request, state: dict[str, Any] | None = None
-) -> Response:
-    """Run one HTTP request through an ASGI app and collect its response."""
-    scope = asgi_scope(request)
-    if state is not None:
-        scope["state"] = dict(state)
-    body_sent = False
-    status = 500
-    headers: list[tuple[str, str]] = []
-    chunks: list[bytes] = []
-    finished = False
-
-    async def receive() -> Message:
-        nonlocal body_sent
-        if not body_sent:
-            body_sent = True
-            return {"type": "http.request", "body": request.body, "more_body": False}
-        return {"type": "http.disconnect"}
-
-    async def send(message: Message) -> None:
-        nonlocal status, headers, finished
-        if message["type"] == "http.response.start":
-            status = int(message["status"])
-            headers = [
-                (k.decode("latin-1"), v.decode("latin-1")) for k, v in message.get("headers", ())
-            ]
-        elif message["type"] == "http.response.body":
-            chunks.append(bytes(message.get("body", b"")))
-            finished = not message.get("more_body", False)
-
-    await app(scope, receive, send)
-    if not finished and not chunks and status == 500 and not headers:
-        raise MalformedResponse("the ASGI app returned without sending a response")
-    return Response(status, headers, b"".join(chunks))
-
-
-class Lifespan:
-    """ASGI lifespan around a function's life: startup at function start, shutdown at stop.
-
-    Apps that do not speak lifespan (they raise on the scope or return, as the spec allows)
-    run without it, as uvicorn's `lifespan="auto"` does. What startup puts in `state` is
-    copied into every request's scope.
-    """
-
-    def __init__(self, app: AsgiApp) -> None:
-        self.app = app
-        self.state: dict[str, Any] = {}
-        self.supported = True
-        self._to_app: asyncio.Queue[Message] = asyncio.Queue()
-        self._from_app: asyncio.Queue[Message] = asyncio.Queue()
-        self._task: asyncio.Future[None] | None = None
-
-    async def _step(self, step: str) -> None:
-        assert self._task is not None
-        await self._to_app.put({"type": f"lifespan.{step}"})
-        reply: asyncio.Future[Message] = asyncio.ensure_future(self._from_app.get())
-        waiting: set[asyncio.Future[Any]] = {reply, self._task}
-        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-        if not reply.done():  # the app ended (or raised) instead of answering
-            reply.cancel()
-            error = self._task.exception()
-            if step == "startup":
-                self.supported = False
-            elif error is not None:
-                raise error
-            return
-        message = reply.result()
-        if message["type"] == f"lifespan.{step}.failed":
-            raise RuntimeError(f"ASGI lifespan {step} failed: {message.get('message', '')}")
-
-    async def startup(self) -> None:
-        scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": self.state}
-        self._task = asyncio.ensure_future(self.app(scope, self._to_app.get, self._from_app.put))
-        await self._step("startup")
-
-    async def shutdown(self) -> None:
-        if self.supported and self._task is not None and not self._task.done():
-            await self._step("shutdown")

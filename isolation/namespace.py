@@ -23,10 +23,12 @@ import contextlib
 import functools
 import logging
 import os
+import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
-from isolation import loader
+from isolation import loader, natives
 from isolation.base import (
     TERMINAL,
     Admission,
@@ -56,6 +58,7 @@ from isolation.host import (
     parse_handler,
     start_eagerly,
 )
+from isolation.streams import BodyStream, Bracketed, Streamed, without_length
 from isolation.threads import Account, QuotaPool
 
 log = logging.getLogger("nest.namespace")
@@ -118,6 +121,7 @@ class _Sandbox:
         self.ns: loader.Namespace | None = None
         self.account: Account | None = None
         self.hung_check: asyncio.TimerHandle | None = None
+        self.streams: set[BodyStream] = set()  # streamed answers still being read
         self.invocations = 0
         self.errors = 0
         self.timeouts = 0
@@ -144,6 +148,9 @@ class NamespaceBackend:
         self._probation = asyncio.Lock()  # suspects of an unjudged crash import one at a time
         self._beat: asyncio.TimerHandle | None = None
         self._finder = loader.install()
+        # The runtime's sys.path, as namespace sandboxes may not change it (_contain_sys_path).
+        self._sys_path_list = sys.path
+        self._sys_path = list(sys.path)
 
     @property
     def last_crash(self) -> Crash | None:
@@ -228,12 +235,16 @@ class NamespaceBackend:
             module_name, attr = parse_handler(spec.handler)
             account = sb.account = self._account(spec)
             self._ensure_beat()
-            sb.ns = self._finder.load(spec.code_dir)
-            module = await self._import(sb, account, sb.ns, module_name)
+            sb.ns = self._load_namespace(spec)
+            try:
+                module = await self._import(sb, account, sb.ns, module_name)
+            finally:
+                self._contain_sys_path(sb)
             run_sync = functools.partial(self._pool.run, account)
             host = FunctionHost(
-                function_info(spec), module, attr, load_layers(spec.layers), run_sync
-            )
+                function_info(spec), module, attr, load_layers(spec.layers), run_sync,
+                interface=spec.interface,
+            )  # fmt: skip
             if not host.handler_is_async and account.quota < spec.limits.concurrency:
                 # Sync calls need a thread each: admit no more than may have one.
                 sb.admission = Admission(account.quota, spec.limits.queue)
@@ -250,6 +261,48 @@ class NamespaceBackend:
             raise err from None
         sb.host = host
         return sb.cell.move(SandboxState.RUNNING, pid=os.getpid())
+
+    def _load_namespace(self, spec: SandboxSpec) -> loader.Namespace:
+        """Its package over its code and layers, once its native distributions fit the ones
+        this runtime holds (else LoadError DependencyConflict, naming both versions)."""
+        try:
+            wanted = natives.parse(spec.native_distributions)
+        except ValueError as exc:
+            raise LoadError(Reason.ERROR, str(exc)) from None
+        try:
+            self._finder.claim_natives(spec.id, wanted, spec.dependency_paths)
+        except natives.DependencyConflict as exc:
+            raise LoadError(Reason.DEPENDENCY_CONFLICT, str(exc)) from None
+        names = frozenset(
+            top
+            for name in wanted
+            for root in spec.dependency_paths
+            for top in natives.installed_top_levels(root, name)
+        )
+        return self._finder.load(spec.code_dir, spec.dependency_paths, names)
+
+    def loaded_natives(self) -> list[str]:
+        """The compiled distributions this runtime holds, "name==version" (RuntimeInfo)."""
+        return self._finder.natives.report()
+
+    def _contain_sys_path(self, sb: _Sandbox) -> None:
+        """Undo a change to the shared sys.path made while a sandbox's code ran (sandbox code
+        edits its own view, see loader._SysView; this catches what reached the real one, e.g.
+        through `site.addsitedir`): the added entries become the sandbox's own."""
+        if sys.path == self._sys_path:  # identical strings: a cheap compare, once per call
+            return
+        added = [p for p in sys.path if p not in self._sys_path]
+        if sys.path is not self._sys_path_list:
+            sys.path = self._sys_path_list
+        self._sys_path_list[:] = self._sys_path
+        if sb.ns is not None and added:
+            sb.ns.adopt_path_entries(added)
+        log.warning(
+            "namespace sandbox %s changed the shared sys.path (%s): restored; the entries it "
+            "added are its own",
+            sb.spec.id,
+            ", ".join(added) or "entries removed",
+        )
 
     async def _import(
         self, sb: _Sandbox, account: Account, ns: loader.Namespace, module_name: str
@@ -278,7 +331,7 @@ class NamespaceBackend:
         sb = self._get(sandbox_id)
         if sb.cell.current.state is not SandboxState.RUNNING:
             raise NotRunning(self._not_running(sb))
-        async with sb.admission:
+        async with sb.admission.slot() as slot:
             host = sb.host
             account = sb.account
             if host is None or account is None or sb.cell.current.state is not SandboxState.RUNNING:
@@ -290,6 +343,7 @@ class NamespaceBackend:
             timeout = sb.spec.limits.timeout_s
             deadline = time.monotonic() + timeout  # the loop's clock: asyncio.timeout_at below
             self._enter(account)
+            kept = False  # a streamed answer's slot, kept past this block until it ends
             try:
                 started = start_eagerly(host.invoke(request, new_request_id(), deadline))
                 if isinstance(started, Suspended):
@@ -297,6 +351,9 @@ class NamespaceBackend:
                         response = await started.rest
                 else:
                     response = started
+                if type(response.body) is Streamed:  # it holds its slot until it ends
+                    response = self._stream(sb, host, account, response, slot.keep(), deadline)
+                    kept = True
             except TimeoutError:
                 sb.timeouts += 1
                 if account.overdue:
@@ -304,13 +361,38 @@ class NamespaceBackend:
                 raise InvokeTimeout(f"{sandbox_id} did not answer within {timeout:g}s") from None
             finally:
                 self._leave(account)
-                if sb.admission.in_flight == 1:
+                self._contain_sys_path(sb)
+                if sb.admission.in_flight == 1 and not kept:
                     sb.idle.set()
                 if self._sandboxes.get(sandbox_id) is not sb:
                     self._drop_account(sandbox_id)  # removed meanwhile: the last call out
             if response.status >= 500:
                 sb.errors += 1
             return response
+
+    def _stream(
+        self, sb: _Sandbox, host: FunctionHost, account: Account, response: Response,
+        release: Callable[[], None], deadline: float,
+    ) -> Response:  # fmt: skip
+        """A streamed answer as the runtime reads it: bounded by the timeout (each gap) and
+        the maximum duration, its steps on the loop recorded as this sandbox's code running
+        (sync steps run on its threads), closed at stop, its slot released when it ends."""
+        limits = sb.spec.limits
+        enter, leave = (functools.partial(f, account) for f in (self._enter, self._leave))
+        recorded = Bracketed(host.chunks(response.body), enter, leave)
+
+        def done() -> None:
+            sb.streams.discard(stream)
+            release()
+            if sb.admission.in_flight == 0:
+                sb.idle.set()
+            if self._sandboxes.get(sb.spec.id) is not sb:
+                self._drop_account(sb.spec.id)
+
+        stream = BodyStream(recorded, limits.timeout_s, limits.max_duration_s, done,
+                            started=deadline - limits.timeout_s)  # fmt: skip
+        sb.streams.add(stream)
+        return Response(response.status, without_length(response.headers), stream)
 
     def _not_running(self, sb: _Sandbox) -> str:
         status = sb.cell.current
@@ -364,6 +446,8 @@ class NamespaceBackend:
                 await sb.idle.wait()
         except TimeoutError:
             pass  # in-flight invocations overran the grace period; unload anyway
+        for stream in list(sb.streams):  # streamed answers past the grace end here
+            await stream.aclose()
         if sb.host is not None and sb.account is not None:
             self._enter(sb.account)
             try:
@@ -385,6 +469,7 @@ class NamespaceBackend:
         if sb.ns is not None:
             self._finder.unload(sb.ns)
             sb.ns = None
+        self._finder.release_natives(sb.spec.id)
 
     async def remove(self, sandbox_id: str) -> None:
         if sandbox_id not in self._sandboxes:

@@ -16,10 +16,7 @@ restartCount, reason and Events.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
 import os
-import signal
 import time
 from asyncio import FIRST_COMPLETED
 from collections.abc import Sequence
@@ -29,7 +26,6 @@ import psutil
 
 from isolation.base import (
     TERMINAL,
-    Admission,
     Reason,
     SandboxSpec,
     SandboxState,
@@ -48,103 +44,16 @@ from isolation.errors import (
     SandboxExists,
     SandboxNotFound,
 )
-from isolation.ipc import FrameParser, encode_frame
+from isolation.interfaces import header_items, raw_query
+from isolation.ipc import FramedStream, encode_frame
 from isolation.namespace import function_info
 from isolation.principals import Principals
+from isolation.supervision import Channel, Proc, bounded, describe_exit, expire, oom_message
 from isolation.zygote import Zygote
 
 
 def _ignore(status: SandboxStatus) -> None:
     pass
-
-
-def _oom_message(spec: SandboxSpec) -> str:
-    return f"the memory limit of {spec.limits.memory_mb} MiB was reached (its cgroup's OOM kill)"
-
-
-def describe_exit(wait_status: int) -> tuple[int | None, int | None, str]:
-    """(exit code, signal, human message) from an os.waitpid status."""
-    if os.WIFSIGNALED(wait_status):
-        sig = os.WTERMSIG(wait_status)
-        return None, sig, f"killed by signal {signal.Signals(sig).name}"
-    code = os.waitstatus_to_exitcode(wait_status)
-    return code, None, f"exited with code {code}"
-
-
-class _Proc:
-    """The mutable runtime-side record of one sandbox process (one generation at a time)."""
-
-    def __init__(self, spec: SandboxSpec, cell: StatusCell) -> None:
-        self.spec = spec
-        self.cell = cell
-        self.admission = Admission(spec.limits.concurrency, spec.limits.queue)
-        self.pid: int | None = None
-        self.ps: psutil.Process | None = None
-        self.channel: _Channel | None = None  # set while a generation is serving
-        self.supervisor: asyncio.Task[None] | None = None
-        self.pending: dict[int, asyncio.Future[Response]] = {}
-        self.ids = itertools.count(1)
-        self.zygote: Zygote | None = None  # the one that forked the current generation
-        self.kill_reason: str | None = None  # why *we* ended the process, if we did
-        self.kill_message = ""
-        self.settled = asyncio.Event()  # set when no create/restart is in progress
-        self.done = asyncio.Event()  # set once terminal
-        self.invocations = 0
-        self.errors = 0
-        self.timeouts = 0
-
-    def kill(self, reason: str, message: str) -> None:
-        if self.kill_reason is None:
-            self.kill_reason, self.kill_message = reason, message
-        if self.ps is not None:
-            with contextlib.suppress(psutil.Error):
-                self.ps.kill()  # psutil refuses if the pid was reused meanwhile
-
-
-class _Channel(asyncio.Protocol):
-    """The runtime's end of one sandbox process's socket.
-
-    Why a Protocol and not streams: a result frame resolves its invocation's future right in
-    `data_received`, with no reader task to wake in between (one loop iteration per call less).
-    """
-
-    def __init__(self, proc: _Proc) -> None:
-        loop = asyncio.get_running_loop()
-        self._proc = proc
-        self._parser = FrameParser()
-        self.transport: asyncio.Transport | None = None
-        self.handshake: asyncio.Future[dict[str, Any]] = loop.create_future()
-        self.closed: asyncio.Future[None] = loop.create_future()
-        self.malformed = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            for header, body in self._parser.feed(data):
-                if not self.handshake.done():
-                    self.handshake.set_result(header)
-                    continue
-                fut = self._proc.pending.pop(header["id"], None)
-                if fut is not None and not fut.done():
-                    fut.set_result(Response(header["status"], header["headers"], body))
-        except Exception:
-            self.malformed = True  # the process is untrustworthy from here on
-            assert self.transport is not None
-            self.transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.handshake.done():
-            self.handshake.set_exception(ConnectionResetError("channel closed"))
-        if not self.closed.done():
-            self.closed.set_result(None)
-
-
-def _expire(fut: asyncio.Future[Response]) -> None:
-    if not fut.done():
-        fut.set_exception(TimeoutError())
 
 
 class SubprocessBackend:
@@ -164,7 +73,7 @@ class SubprocessBackend:
         self.principals: Principals | None = None
         self._zygote = Zygote(self._preload, confined=boundary is not None)
         self._zygote_lock = asyncio.Lock()
-        self._procs: dict[str, _Proc] = {}
+        self._procs: dict[str, Proc] = {}
         self._memory_poll_s = memory_poll_s
         self._watcher: asyncio.Task[None] | None = None
 
@@ -178,7 +87,7 @@ class SubprocessBackend:
         await self._zygote.start()
         self._watcher = asyncio.create_task(self._watch_memory())
 
-    def _get(self, sandbox_id: str) -> _Proc:
+    def _get(self, sandbox_id: str) -> Proc:
         try:
             return self._procs[sandbox_id]
         except KeyError:
@@ -187,7 +96,7 @@ class SubprocessBackend:
     async def create(self, spec: SandboxSpec) -> SandboxStatus:
         if spec.id in self._procs:
             raise SandboxExists(spec.id)
-        proc = _Proc(spec, StatusCell(spec, self.name, self._on_change))
+        proc = Proc(spec, StatusCell(spec, self.name, self._on_change))
         self._procs[spec.id] = proc
         try:
             await self._spawn(proc)
@@ -218,10 +127,11 @@ class SubprocessBackend:
             "env": dict(spec.env),
             "workdir": os.path.abspath(spec.workdir) if spec.workdir else None,
             "layers": list(spec.layers),
+            "interface": spec.interface,
             "dependency_paths": [os.path.abspath(d) for d in spec.dependency_paths],
         }
 
-    async def _spawn(self, proc: _Proc) -> None:
+    async def _spawn(self, proc: Proc) -> None:
         """Fork and load one generation of the sandbox; raises LoadError if it never got ready."""
         proc.kill_reason, proc.kill_message = None, ""
         async with self._zygote_lock:  # concurrent creates must not each start a new zygote
@@ -247,7 +157,7 @@ class SubprocessBackend:
         except psutil.Error:
             proc.ps = None  # already gone: the handshake below reports how
         loop = asyncio.get_running_loop()
-        transport, channel = await loop.create_unix_connection(lambda: _Channel(proc), sock=sock)
+        transport, channel = await loop.create_unix_connection(lambda: Channel(proc), sock=sock)
         timeout = proc.spec.limits.timeout_s
         try:
             async with asyncio.timeout(timeout):
@@ -277,12 +187,12 @@ class SubprocessBackend:
             if self.principals is not None:
                 await self.principals.end_generation(proc.spec.id)
                 if self.principals.oom_killed(proc.spec.id):
-                    header = {"reason": Reason.OOM_KILLED, "message": _oom_message(proc.spec)}
+                    header = {"reason": Reason.OOM_KILLED, "message": oom_message(proc.spec)}
             raise LoadError(str(header.get("reason")), str(header.get("message")))
         proc.channel = channel
         proc.supervisor = asyncio.create_task(self._supervise(proc, channel, exited))
 
-    async def _supervise(self, proc: _Proc, channel: _Channel, exited: asyncio.Future[int]) -> None:
+    async def _supervise(self, proc: Proc, channel: Channel, exited: asyncio.Future[int]) -> None:
         # EOF, reset, or a malformed frame: gone or untrustworthy. Or the process exited while
         # a child it forked keeps the socket open: that is the end of this generation too.
         ends: set[asyncio.Future[Any]] = {channel.closed, exited}
@@ -302,11 +212,11 @@ class SubprocessBackend:
         self._zygote = Zygote(self._preload)
         await self._zygote.start()
 
-    async def _on_exit(self, proc: _Proc, wait_status: int) -> None:
+    async def _on_exit(self, proc: Proc, wait_status: int) -> None:
         if self.principals is not None:
             await self.principals.end_generation(proc.spec.id)  # its whole tree dies with it
             if proc.kill_reason is None and self.principals.oom_killed(proc.spec.id):
-                proc.kill_reason, proc.kill_message = Reason.OOM_KILLED, _oom_message(proc.spec)
+                proc.kill_reason, proc.kill_message = Reason.OOM_KILLED, oom_message(proc.spec)
         code, sig, how = describe_exit(wait_status)
         if proc.zygote is not None and proc.zygote.lost:
             how += " (its zygote process exited)"
@@ -316,6 +226,9 @@ class SubprocessBackend:
             if not fut.done():
                 fut.set_exception(crashed)
         proc.pending.clear()
+        for stream in proc.streams.values():
+            stream.end(f"the sandbox process {how}")
+        proc.streams.clear()
         state = proc.cell.current.state
         if state is SandboxState.STOPPING:
             proc.cell.move(
@@ -341,7 +254,7 @@ class SubprocessBackend:
         proc = self._get(sandbox_id)
         if proc.cell.current.state is not SandboxState.RUNNING:
             raise NotRunning(f"{sandbox_id} is {proc.cell.current.state}")
-        async with proc.admission:
+        async with proc.admission.slot() as slot:
             channel = proc.channel
             if channel is None or proc.cell.current.state is not SandboxState.RUNNING:
                 raise NotRunning(f"{sandbox_id} is {proc.cell.current.state}")
@@ -358,14 +271,18 @@ class SubprocessBackend:
                 "rid": new_request_id(),
                 "method": request.method,
                 "path": request.path,
-                "query": dict(request.query),
-                "headers": dict(request.headers),
+                "raw_path": request.raw_path,
+                # Every value, in order: the child rebuilds the same multidicts (one shape).
+                "query": raw_query(request),
+                "headers": header_items(request),
+                "root_path": request.root_path,
+                "client": request.client,
                 "deadline": deadline,
             }
             channel.transport.write(encode_frame(header, request.body))
             # A timer that fails the future directly: cheaper than asyncio.timeout's cancel and
             # uncancel of the whole task, and the only thing waiting on the future is us.
-            expiry = loop.call_at(deadline, _expire, fut)
+            expiry = loop.call_at(deadline, expire, fut)
             try:
                 response: Response = await fut
             except TimeoutError:
@@ -378,6 +295,8 @@ class SubprocessBackend:
             finally:
                 expiry.cancel()
                 proc.pending.pop(rid, None)
+            if type(response.body) is FramedStream:
+                response = bounded(proc, response, slot.keep(), deadline)
             if response.status >= 500:
                 proc.errors += 1
             return response
@@ -395,11 +314,13 @@ class SubprocessBackend:
         await proc.done.wait()
         return proc.cell.current
 
-    async def _stop_process(self, proc: _Proc, grace_s: float) -> None:
+    async def _stop_process(self, proc: Proc, grace_s: float) -> None:
         """Drain, ask the process to run its close hooks and exit, kill it at the deadline."""
         deadline = time.monotonic() + grace_s
-        while proc.pending and time.monotonic() < deadline:
-            await asyncio.wait(list(proc.pending.values()), timeout=deadline - time.monotonic())
+        while (proc.pending or proc.streams) and time.monotonic() < deadline:
+            running: list[asyncio.Future[Any]] = [*proc.pending.values()]
+            running += [stream.ended for stream in proc.streams.values()]
+            await asyncio.wait(running, timeout=deadline - time.monotonic())
         if proc.channel is not None and proc.channel.transport is not None and grace_s > 0:
             proc.channel.transport.write(encode_frame({"t": "stop"}))
             assert proc.zygote is not None

@@ -22,6 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 NAMESPACE = "nest-demo"
 SYSTEM_DEPLOYMENTS = ("nest-operator", "nest-gateway", "nest-pool")
 FUNCTIONS = (("hello", '{"name": "Nest"}'), ("greeter", '{"name": "reader"}'))
+# A function package (examples/functions/packaged: requirements.txt): built, pushed to the local
+# cluster's registry and deployed by digest with `nest deploy DIR`.
+PACKAGED = ("packaged", '{"bytes": 20971520}')
 PROBE_SANDBOX = """apiVersion: nest.sandbox.dev/v1alpha1
 kind: Sandbox
 metadata: {name: admission-probe, namespace: default}
@@ -118,12 +121,15 @@ def run(args: argparse.Namespace) -> int:
     demo.k("-n", NAMESPACE, "apply", "-f", str(ROOT / "examples" / "deployments"))
     for name, _ in FUNCTIONS:
         demo.nest("rollout", "status", name, "-n", NAMESPACE)
+    demo.step("building a function package (requirements.txt) and deploying it by digest")
+    packaged = str(ROOT / "examples" / "functions" / "packaged")
+    demo.nest("deploy", packaged, "--name", PACKAGED[0], "-n", NAMESPACE)
 
     demo.step("what Kubernetes sees")
     demo.k("-n", NAMESPACE, "get", "sbxd,sbxrs,sbx,sbxep", "-o", "wide")
 
     demo.step("invoking the functions through the gateway")
-    for name, event in FUNCTIONS:
+    for name, event in (*FUNCTIONS, PACKAGED):
         demo.nest("invoke", name, "-n", NAMESPACE, event)
 
     demo.step(f"done in {time.monotonic() - started:.0f}s; try next")

@@ -17,17 +17,18 @@ import json
 import logging
 import os
 import random
+import re
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 from crds import SandboxDeployment
-from crds.constants import DEPLOYMENT_PLURAL
+from crds.constants import DEPLOYMENT_PLURAL, NATIVE_DISTRIBUTIONS_ANNOTATION
 from nest import functions
 from nest.cluster.paths import ClusterPaths
 from nest.cluster.registry import RegistryHosting
@@ -46,6 +47,7 @@ examples:
   nest deploy examples/functions/hello                 # a directory: handler main:handler
   nest deploy hello.py --replicas 3                    # a file: name hello, handler hello:handler
   nest deploy app/ --name api --isolation namespace --memory 32Mi
+  nest deploy web/ --interface asgi --handler main:app   # a FastAPI/Starlette app
   nest deploy app/ --min 0 --max 10                    # autoscaled, scales to zero when idle
   nest deploy app/ --no-wait && nest rollout status app
   nest deploy api/                                     # api/requirements.txt: built and pushed
@@ -112,6 +114,13 @@ def register(sub: Any) -> None:
         "--isolation",
         choices=["subprocess", "namespace"],
         help="subprocess (default), or namespace (trusted code)",
+    )
+    deploy.add_argument(
+        "--interface",
+        choices=["nest", "apigateway-v1", "apigateway-v2", "asgi", "wsgi"],
+        help="what the handler is: nest (default), a Lambda handler behind API Gateway "
+        "(apigateway-v1: REST API, apigateway-v2: HTTP API / Function URL), or an ASGI or WSGI "
+        "app (e.g. --handler app:app)",
     )
     deploy.add_argument(
         "--replicas", type=int, help="desired sandboxes (default 1; kept on update)"
@@ -216,13 +225,27 @@ def packaged(path: Path, wanted: bool | None) -> bool:
     return path.is_dir() and find_requirements(path) is not None
 
 
-def with_package(deployment: dict[str, Any], ref: str, pull_secret: str | None) -> dict[str, Any]:
-    """`deployment` with its template's code source replaced by the package `ref`."""
+def with_package(
+    deployment: dict[str, Any], ref: str, pull_secret: str | None, natives: Sequence[str] = ()
+) -> dict[str, Any]:
+    """`deployment` with its template's code source replaced by the package `ref`; `natives`
+    ("name==version", the package's compiled distributions) go on the template as an annotation
+    so the scheduler knows them before placing a namespace-mode sandbox (an annotation, not a
+    spec field: it is derived from the package, never written by hand, and the CRD stays as is)."""
     out = copy.deepcopy(deployment)
     oci: dict[str, str] = {"ref": ref}
     if pull_secret:
         oci["pullSecret"] = pull_secret
     out["spec"]["template"]["spec"]["function"]["source"] = {"oci": oci}
+    meta = out["spec"]["template"].setdefault("metadata", {})
+    annotations = meta.get("annotations") or {}
+    annotations.pop(NATIVE_DISTRIBUTIONS_ANNOTATION, None)
+    if natives:
+        # PEP 503 names, as the pods' Leases spell them.
+        named = (n.partition("==") for n in natives)
+        listed = sorted(f"{re.sub(r'[-_.]+', '-', n).lower()}=={v}" for n, _, v in named)
+        annotations[NATIVE_DISTRIBUTIONS_ANNOTATION] = json.dumps(listed)
+    meta["annotations"] = annotations
     SandboxDeployment.model_validate(out)  # still a valid object (the ref's pattern included)
     return out
 
@@ -242,8 +265,11 @@ def _hosting(args: argparse.Namespace, cluster: Cluster) -> RegistryHosting:
     return found
 
 
-def build_and_push(args: argparse.Namespace, cluster: Cluster, name: str) -> str:
-    """Build the directory's package, push it, and return the reference pods pull by digest."""
+def build_and_push(
+    args: argparse.Namespace, cluster: Cluster, name: str
+) -> tuple[str, tuple[str, ...]]:
+    """Build the directory's package, push it, and return the reference pods pull by digest
+    with its native distributions ("name==version")."""
     from nest.package.build import Builder
     from nest.package.push import push, repository_for
     from nest.package.target import host_target, target_for
@@ -256,7 +282,8 @@ def build_and_push(args: argparse.Namespace, cluster: Cluster, name: str) -> str
 
     builder = Builder(ClusterPaths.default().cache / "packages", say, rebuild=args.rebuild)
     package = builder.build(args.path, target)
-    return push(package, hosting, repository_for(cluster.namespace), name, say)
+    ref = push(package, hosting, repository_for(cluster.namespace), name, say)
+    return ref, tuple(f"{d.name}=={d.version}" for d in package.distributions if d.native)
 
 
 def deploy_cmd(args: argparse.Namespace) -> int:
@@ -267,6 +294,7 @@ def deploy_cmd(args: argparse.Namespace) -> int:
         name=args.name,
         handler=args.handler,
         isolation=args.isolation,
+        interface=args.interface,
         replicas=args.replicas,
         min_replicas=args.min_replicas,
         max_replicas=args.max_replicas,
@@ -303,6 +331,7 @@ def deploy_package(args: argparse.Namespace) -> int:
         name=args.name,
         handler=args.handler,
         isolation=args.isolation,
+        interface=args.interface,
         replicas=args.replicas,
         min_replicas=args.min_replicas,
         max_replicas=args.max_replicas,
@@ -311,14 +340,15 @@ def deploy_package(args: argparse.Namespace) -> int:
     )
     request = functions.function_request(stand_in, opts)
     cluster = Cluster.from_args(args.namespace)
-    ref = build_and_push(args, cluster, request.name)
+    ref, natives = build_and_push(args, cluster, request.name)
     stored = cluster.find(DEPLOYMENT_PLURAL, request.name)
     if stored is None:
-        body = with_package(functions.manifest(cluster.namespace, request), ref, args.pull_secret)
+        manifest = functions.manifest(cluster.namespace, request)
+        body = with_package(manifest, ref, args.pull_secret, natives)
         cluster.create(DEPLOYMENT_PLURAL, body)
         print(f"function {cluster.namespace}/{request.name} created ({ref})", file=sys.stderr)
     else:
-        body = with_package(functions.updated(stored, request), ref, args.pull_secret)
+        body = with_package(functions.updated(stored, request), ref, args.pull_secret, natives)
         cluster.replace(DEPLOYMENT_PLURAL, body)
         print(f"function {cluster.namespace}/{request.name} updated ({ref})", file=sys.stderr)
     if args.wait:

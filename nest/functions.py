@@ -122,6 +122,7 @@ class DeployOptions:
     name: str | None = None
     handler: str | None = None
     isolation: str | None = None
+    interface: str | None = None
     replicas: int | None = None
     min_replicas: int | None = None
     max_replicas: int | None = None
@@ -145,6 +146,8 @@ def function_request(code: Code, opts: DeployOptions) -> m.FunctionCreate:
     }
     if opts.isolation is not None:
         body["isolation"] = opts.isolation
+    if opts.interface is not None:
+        body["interface"] = opts.interface
     if opts.replicas is not None:
         body["replicas"] = opts.replicas
     if opts.memory is not None:

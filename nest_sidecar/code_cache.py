@@ -1,12 +1,15 @@
 """The pool pod's content-addressed cache, kept within a size budget and never pulled from a user.
 
-Entries are directories named by a digest (the fetcher's SHA-256 of code files; an OCI layer's
-digest later), written to a `.partial-*` directory and renamed into place, so a crash mid-write
-never leaves a half-written entry under a digest. Without collection the cache only grew (41
-directories after everything had been deleted), on an emptyDir that counts against the pod.
+Entries are directories named by a digest (the fetcher's SHA-256 of code files, or
+`sha256-<hex>` for an unpacked OCI layer), written to a `.partial-*` directory and renamed into
+place, so a crash mid-write never leaves a half-written entry under a digest. Without collection
+the cache only grew (41 directories after everything had been deleted), on an emptyDir that
+counts against the pod.
 
-Who uses what is known here: a worker pins the digest it runs (`use`) and the sidecar releases
-the pin when the Sandbox is gone (`release`). Pins are also written to `.in-use/<sandbox uid>`,
+Who uses what is known here: a worker pins the digests it runs (`use`: its code, and for a function
+package every dependency layer too, which other sandboxes may share) and the sidecar releases the
+pin when the Sandbox is gone (`release`). Pins are also written to `.in-use/<sandbox uid>` (one
+digest a line),
 because a restarted sidecar adopts running sandboxes without fetching their code again and must
 not collect what they run. Collection is decided by `plan_eviction`, a pure function: entries
 nobody uses go once they have been idle `idle_seconds` (a re-created sandbox or a rollback
@@ -15,6 +18,10 @@ more than its budget; an entry in use is never removed, whatever the budget says
 renamed to `.trash-*` on the event loop (where the fetcher looks entries up, so a lookup never
 finds an entry half deleted) and removed in a thread. Leftover `.partial-*` and `.trash-*`
 directories of a crashed sidecar are removed at start-up (`recover`).
+
+An entry may have a companion file outside its directory (`attach`): the verified blob an OCI
+layer was unpacked from, kept so that the next pull of a package sharing the layer finds it and
+fetches nothing. It counts in the entry's size and goes with the entry.
 """
 
 from __future__ import annotations
@@ -89,6 +96,15 @@ def tree_size(path: Path) -> int:
     return total
 
 
+def _populate(tmp: Path, populate: Callable[[Path], object]) -> int:
+    """Fill `tmp` and make it readable (never writable) by the sandboxes, which run as uids of
+    their own (Landlock lets each read only its own entries); its size in bytes."""
+    populate(tmp)
+    for directory in (tmp, *(p for p in tmp.rglob("*") if p.is_dir())):
+        directory.chmod(0o755)
+    return tree_size(tmp)
+
+
 def _remove_all(paths: Iterable[Path]) -> None:
     for path in paths:
         shutil.rmtree(path, ignore_errors=True)
@@ -110,7 +126,8 @@ class CodeCache:
         self.idle = idle_seconds
         self.clock = clock
         self._entries: dict[str, Entry] = {}
-        self._users: dict[str, str] = {}  # user (a sandbox uid) -> the digest it uses
+        self._users: dict[str, frozenset[str]] = {}  # user (a sandbox uid) -> digests it uses
+        self._attached: dict[str, Path] = {}  # digest -> a file that goes with the entry
         self._wake = asyncio.Event()
         self._pressure = False  # the disk filled up: collect everything unused once
 
@@ -122,7 +139,11 @@ class CodeCache:
         return list(self._entries.values())
 
     def in_use(self) -> set[str]:
-        return set(self._users.values())
+        return set().union(*self._users.values())
+
+    def pins(self, user: str) -> frozenset[str]:
+        """The digests `user` has pinned (empty when none)."""
+        return self._users.get(user, frozenset())
 
     # -- start-up ------------------------------------------------------------------------------
 
@@ -147,9 +168,9 @@ class CodeCache:
         if pins.is_dir():
             for pin in pins.iterdir():
                 with contextlib.suppress(OSError, UnicodeDecodeError):
-                    digest = pin.read_text().strip()
-                    if digest and not pin.name.startswith("."):
-                        self._users[pin.name] = digest
+                    digests = frozenset(pin.read_text().split())
+                    if digests and not pin.name.startswith("."):
+                        self._users[pin.name] = digests
                     else:  # a temporary file of an interrupted pin write
                         pin.unlink()
         log.info(
@@ -179,6 +200,16 @@ class CodeCache:
             self.use(user, digest)
         return path
 
+    def attach(self, digest: str, companion: Path) -> None:
+        """`companion` (a file outside the entry) is removed with the entry and counted in its
+        size: the blob a layer was unpacked from."""
+        entry = self._entries.get(digest)
+        if entry is None or self._attached.get(digest) == companion:
+            return
+        self._attached[digest] = companion
+        with contextlib.suppress(OSError):
+            self._entries[digest] = replace(entry, size=entry.size + companion.stat().st_size)
+
     def put(self, digest: str, populate: Callable[[Path], object], user: str | None = None) -> Path:
         """The entry for `digest`, written by `populate(directory)` unless already here.
 
@@ -188,25 +219,49 @@ class CodeCache:
         found = self.lookup(digest, user)
         if found is not None:
             return found
-        final = self.path(digest)
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=PARTIAL_PREFIX, dir=self.root))
+        tmp = self._partial()
         try:
-            populate(tmp)
-            # Readable (never writable) by the sandboxes, which run as uids of their own;
-            # Landlock lets each read only its own entry.
-            for directory in (tmp, *(p for p in tmp.rglob("*") if p.is_dir())):
-                directory.chmod(0o755)
-            size = tree_size(tmp)
-            os.rename(tmp, final)
+            size = _populate(tmp, populate)
         except BaseException as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-                self._pressure = True  # make room for the retry
-                self._wake.set()
-            if not (isinstance(exc, OSError) and final.is_dir()):  # else a concurrent put won
+            self._failed(tmp, exc)
+            raise
+        return self._commit(digest, tmp, size, user)
+
+    async def put_async(
+        self, digest: str, populate: Callable[[Path], object], user: str | None = None
+    ) -> Path:
+        """`put`, with `populate` run in a thread (an unpack of many megabytes): the lookup and
+        the rename stay on the event loop, where the collector runs, so neither races it."""
+        found = self.lookup(digest, user)
+        if found is not None:
+            return found
+        tmp = self._partial()
+        try:
+            size = await asyncio.to_thread(_populate, tmp, populate)
+        except BaseException as exc:
+            self._failed(tmp, exc)
+            raise
+        return self._commit(digest, tmp, size, user)
+
+    def _partial(self) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=PARTIAL_PREFIX, dir=self.root))
+
+    def _failed(self, tmp: Path, exc: BaseException) -> None:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            self._pressure = True  # make room for the retry
+            self._wake.set()
+
+    def _commit(self, digest: str, tmp: Path, size: int, user: str | None) -> Path:
+        final = self.path(digest)
+        try:
+            os.rename(tmp, final)
+        except OSError as exc:
+            self._failed(tmp, exc)
+            if not final.is_dir():
                 raise
-            size = tree_size(final)
+            size = tree_size(final)  # a concurrent put won
         self._entries[digest] = Entry(digest, size, self.clock())
         if user is not None:
             self.use(user, digest)
@@ -215,32 +270,35 @@ class CodeCache:
 
     # -- pins ----------------------------------------------------------------------------------
 
-    def use(self, user: str, digest: str) -> None:
-        """`user` runs the entry `digest`: never collect it until `release(user)`."""
-        if self._users.get(user) == digest:
+    def use(self, user: str, *digests: str) -> None:
+        """`user` runs the entries `digests` (and no others): never collect them until
+        `release(user)` or another `use` by the same user."""
+        wanted = frozenset(digests)
+        previous = self._users.get(user, frozenset())
+        if previous == wanted:
             return
-        previous = self._users.get(user)
-        self._users[user] = digest
-        if previous is not None:
-            self._touch(previous)
+        self._users[user] = wanted
+        for digest in previous - wanted:
+            self._touch(digest)
         pins = self.root / PINS_DIR
         try:
             pins.mkdir(mode=0o700, exist_ok=True)
             tmp = pins / f".{user}.{secrets.token_hex(4)}"
-            tmp.write_text(digest)
+            tmp.write_text("\n".join(sorted(wanted)))  # one digest a line
             os.replace(tmp, pins / user)
         except OSError as exc:  # the pin still holds in this process, only not past a restart
-            log.warning("cannot record that %s uses code %s: %s", user, digest, exc)
+            log.warning("cannot record that %s uses code %s: %s", user, sorted(wanted), exc)
 
     def release(self, user: str) -> None:
         """`user` is gone; its entry becomes collectable (after the idle time) if nobody else
         uses it."""
-        digest = self._users.pop(user, None)
-        if digest is None:
+        digests = self._users.pop(user, None)
+        if digests is None:
             return
         with contextlib.suppress(OSError):
             (self.root / PINS_DIR / user).unlink()
-        self._touch(digest)
+        for digest in digests:
+            self._touch(digest)
         self._wake.set()
 
     def _touch(self, digest: str) -> None:
@@ -274,6 +332,10 @@ class CodeCache:
             else:
                 trash.append(target)
             self._entries.pop(digest, None)
+            companion = self._attached.pop(digest, None)
+            if companion is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(companion)
         if trash:
             log.info("code cache: removed %d entries nobody uses", len(trash))
             await asyncio.to_thread(_remove_all, trash)

@@ -3,7 +3,8 @@
 The cache is keyed by the SHA-256 of the files themselves, so a hundred sandboxes of one function
 share one directory on disk, a re-fetch after a sidecar restart finds the code already there, and
 the scheduler's code-locality score can compare digests across pods (`code_cache` keeps it
-bounded and writes entries atomically).
+bounded and writes entries atomically). Function packages (`oci`) are the exception to one
+directory per source: their layers are cached one by one, by layer digest (`packages`).
 
 Every way a fetch can fail ends as a typed error whose message names the cause, because the
 worker copies it into the Sandbox's status: the file the file system refused (a 300-byte name, `a`
@@ -40,6 +41,7 @@ from nest_sidecar.errors import (
     describe_exception,
     shown_name,
 )
+from nest_sidecar.packages import PackageFetcher
 
 __all__ = ["CodeCache", "CodeFetcher", "CodeRef", "FetchTimeouts", "files_digest", "unpack"]
 
@@ -57,10 +59,15 @@ Invalid = type[SidecarError]  # InvalidSpec for the Sandbox's own files, Invalid
 
 @dataclass(frozen=True)
 class CodeRef:
-    """Fetched code: its content digest and the directory the runtime loads it from."""
+    """Fetched code: its content digest and the directory the runtime loads it from; for a
+    function package also its dependency layers' directories (import roots, in order, shared
+    with every function built on the same layer) and its native distributions (`name==version`,
+    which the runtime can load only once)."""
 
     digest: str
     path: Path
+    dependency_paths: tuple[Path, ...] = ()
+    native_distributions: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -187,11 +194,13 @@ class CodeFetcher:
         read_configmap: ConfigMapReader,
         http: aiohttp.ClientSession,
         timeouts: FetchTimeouts | None = None,
+        packages: PackageFetcher | None = None,
     ) -> None:
         self.cache = cache
         self.read_configmap = read_configmap
         self.http = http
         self.timeouts = timeouts or FetchTimeouts()
+        self.packages = packages
 
     async def fetch(self, source: CodeSource, namespace: str, user: str | None = None) -> CodeRef:
         """The code of `source`, pinned in the cache for `user` (a sandbox uid) when given."""
@@ -208,6 +217,12 @@ class CodeFetcher:
             if not path.is_dir():
                 raise CodePathNotFound(f"code path {source.path} does not exist in the pool pod")
             return CodeRef(hashlib.sha256(f"path:{path}".encode()).hexdigest(), path)
+        if source.oci is not None:
+            if self.packages is None:
+                raise CodeFetchFailed("this sidecar cannot pull function packages (oci)")
+            oci = source.oci
+            package = await self.packages.fetch(oci.ref, oci.pull_secret, namespace, user)
+            return CodeRef(package.digest, package.code, package.dependencies, package.native)
         raise InvalidCodeArchive("the code source names no code")
 
     def store(

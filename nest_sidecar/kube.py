@@ -1,4 +1,5 @@
-"""The sidecar's writes to the API server (finalizers, status, Events) and its ConfigMap reads.
+"""The sidecar's writes to the API server (finalizers, status, Events), its ConfigMap reads and
+its reads of the pull Secrets that function packages name (one Secret by name, never a list).
 
 This is the thin I/O shell: every call here is a plain kubernetes-client call run in a thread,
 so the asyncio workers stay responsive. Finalizers are edited with JSON patches guarded by a
@@ -8,6 +9,7 @@ so the asyncio workers stay responsive. Finalizers are edited with JSON patches 
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import socket
 from collections.abc import Mapping
@@ -26,6 +28,7 @@ from crds.constants import (
     SIDECAR_FINALIZER,
     VERSION,
 )
+from nest_sidecar.packages import SecretData
 from nest_sidecar.status import brief
 
 log = logging.getLogger(__name__)
@@ -151,3 +154,17 @@ class KubeShell:
                 return None
             raise
         return dict(cm.data or {})
+
+    async def read_secret(self, namespace: str, name: str) -> SecretData | None:
+        """One Secret by name (None when it does not exist); PermissionError when RBAC says no,
+        so the message can say which grant is missing."""
+        try:
+            secret = await asyncio.to_thread(self.core.read_namespaced_secret, name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            if exc.status == 403:
+                raise PermissionError(f"forbidden: get secrets {namespace}/{name}") from exc
+            raise
+        data = {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
+        return SecretData(str(secret.type or ""), data)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -76,9 +76,15 @@ def capacity_from_env(env: Mapping[str, str]) -> Capacity:
 
 
 def lease_body(
-    pod: PodRef, capacity: Capacity, usage: Usage, now: datetime, duration: int
+    pod: PodRef,
+    capacity: Capacity,
+    usage: Usage,
+    now: datetime,
+    duration: int,
+    natives: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The whole Lease object for this pod at `now`."""
+    """The whole Lease object for this pod at `now`; `natives`: the compiled distributions its
+    runtime loaded ("name==version"), for the scheduler's NativeDependencies filter."""
     stamp = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return {
         "apiVersion": "coordination.k8s.io/v1",
@@ -90,6 +96,7 @@ def lease_body(
             "annotations": {
                 c.CAPACITY_ANNOTATION: json.dumps(asdict(capacity), sort_keys=True),
                 c.USAGE_ANNOTATION: json.dumps(asdict(usage), sort_keys=True),
+                c.NATIVE_DISTRIBUTIONS_ANNOTATION: json.dumps(sorted(natives)),
             },
             "ownerReferences": [
                 {"apiVersion": "v1", "kind": "Pod", "name": pod.name, "uid": pod.uid}
@@ -114,7 +121,11 @@ class Heartbeat:
         usage: Callable[[], Usage],
         interval: float = 10.0,
         duration: int = 40,
+        natives: Callable[[], Awaitable[Sequence[str]]] | None = None,
     ) -> None:
+        """`natives`: asks the runtime which compiled distributions it loaded (RuntimeInfo);
+        when it fails, the last answer is published again (they are only ever added to,
+        until the runtime restarts)."""
         self.coordination = client.CoordinationV1Api(api)
         self.pod = pod
         self.capacity = capacity
@@ -122,10 +133,17 @@ class Heartbeat:
         self.interval = interval
         self.duration = duration
         self.last_renewed: datetime | None = None
+        self.natives = natives
+        self.loaded_natives: tuple[str, ...] = ()
 
     def renew(self) -> None:
         body: Any = lease_body(
-            self.pod, self.capacity, self.usage(), datetime.now(UTC), self.duration
+            self.pod,
+            self.capacity,
+            self.usage(),
+            datetime.now(UTC),
+            self.duration,
+            self.loaded_natives,
         )
         name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
         try:
@@ -140,6 +158,11 @@ class Heartbeat:
 
     async def run(self) -> None:
         while True:
+            if self.natives is not None:
+                try:
+                    self.loaded_natives = tuple(await self.natives())
+                except Exception as exc:  # the runtime restarting: publish the last answer
+                    log.debug("runtime natives unknown: %s", exc)
             try:
                 await asyncio.to_thread(self.renew)
             except Exception as exc:  # keep beating: a missed renewal is what the TTL is for

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +24,8 @@ import aiohttp
 from aiohttp import web
 from kubernetes import client, config
 from kubernetes.utils.quantity import parse_quantity
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from crds.constants import POD_UID_LABEL
 from nest_sidecar.code_cache import DEFAULT_IDLE_SECONDS, CodeCache
@@ -31,6 +33,7 @@ from nest_sidecar.fetcher import CodeFetcher, FetchTimeouts
 from nest_sidecar.informer import Event, SandboxInformer, on_events
 from nest_sidecar.kube import KubeShell
 from nest_sidecar.lease import Capacity, Heartbeat, PodRef, Usage, capacity_from_env
+from nest_sidecar.packages import PackageFetcher, PullCounters
 from nest_sidecar.runtime import RuntimeAPI, RuntimePump
 from nest_sidecar.server import SidecarMetrics, health_app
 from nest_sidecar.status import Observed
@@ -132,6 +135,32 @@ def parse_settings(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settin
     )  # fmt: skip
 
 
+class PullCollector(Collector):
+    """The package fetcher's counters on /metrics: what this pod downloaded and unpacked, per
+    layer digest (a layer shared by ten functions shows 1, not 10)."""
+
+    def __init__(self, counters: PullCounters) -> None:
+        self.counters = counters
+
+    def collect(self) -> Iterator[Metric]:
+        c = self.counters
+        pulls = CounterMetricFamily("nest_sidecar_package_pulls", "Function packages pulled")
+        pulls.add_metric([], c.pulls)
+        fetched = CounterMetricFamily(
+            "nest_sidecar_layer_blob_fetches", "Layer blobs downloaded", labels=["digest"]
+        )
+        for digest, count in sorted(c.fetched.items()):
+            fetched.add_metric([digest], count)
+        size = CounterMetricFamily("nest_sidecar_layer_fetched_bytes", "Layer bytes downloaded")
+        size.add_metric([], c.bytes_fetched)
+        unpacked = CounterMetricFamily(
+            "nest_sidecar_layer_unpacks", "Layers unpacked into the code cache", labels=["digest"]
+        )
+        for digest, count in sorted(c.unpacked.items()):
+            unpacked.add_metric([digest], count)
+        yield from (pulls, fetched, size, unpacked)
+
+
 def load_kube() -> client.ApiClient:
     try:
         config.load_incluster_config()
@@ -162,6 +191,8 @@ class Sidecar:
             budget_bytes=settings.code_cache_bytes,
             idle_seconds=settings.code_cache_idle,
         )
+        self.packages = PackageFetcher(self.cache, self.kube.read_secret)
+        self.metrics.registry.register(PullCollector(self.packages.counters))
 
     async def _patch_status(self, obj: Mapping[str, Any], patch: Mapping[str, Any]) -> None:
         await self.kube.patch_status(obj, patch)
@@ -193,6 +224,10 @@ class Sidecar:
             # The scheduler places sandboxes only on pods with a Lease: not schedulable yet.
             return False, "waiting for the first Lease renewal"
         return True, f"ok: {len(self.workers)} sandboxes"
+
+    async def _loaded_natives(self) -> list[str]:
+        """The runtime's loaded compiled distributions, for the Lease (the scheduler's)."""
+        return (await self.runtime.info()).native_distributions
 
     def usage(self) -> Usage:
         known = self.pump.known.values()
@@ -268,17 +303,23 @@ class Sidecar:
         self.informer = SandboxInformer(self.api, selector, loop)
         pod = PodRef(s.pod_name, s.pod_namespace, s.pod_uid, s.pool)
         log.info("pod %s/%s capacity %s", s.pod_namespace, s.pod_name, s.capacity)
-        heartbeat = Heartbeat(self.api, pod, s.capacity, self.usage, interval=s.lease_interval)
+        heartbeat = Heartbeat(
+            self.api, pod, s.capacity, self.usage, interval=s.lease_interval,
+            natives=self._loaded_natives,
+        )  # fmt: skip
         self.heartbeat = heartbeat
         runner = web.AppRunner(health_app(self.ready, self.metrics), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, s.pod_ip, s.health_port).start()
         try:
             await asyncio.to_thread(self.cache.recover)
+            await asyncio.to_thread(self.packages.recover)
         except OSError as exc:  # fetches will fail naming the cache; the sidecar still reports
             log.error("code cache %s unusable: %s", s.code_cache, exc)
         async with aiohttp.ClientSession() as http:
-            self.fetcher = CodeFetcher(self.cache, self.kube.read_configmap, http, s.fetch_timeouts)
+            self.fetcher = CodeFetcher(
+                self.cache, self.kube.read_configmap, http, s.fetch_timeouts, self.packages
+            )
             background = [
                 loop.create_task(self.pump.run(), name="runtime-pump"),
                 loop.create_task(self.status.run(), name="status-manager"),

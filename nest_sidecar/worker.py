@@ -25,7 +25,13 @@ from pydantic import ValidationError
 
 from crds import SandboxPhase, can_transition
 from crds.constants import FUNCTION_LABEL, REVISION_ANNOTATION
-from crds.sandbox import PERMANENT_FAILURE_REASONS, CodeSource, RestartPolicy, Sandbox
+from crds.sandbox import (
+    PERMANENT_FAILURE_REASONS,
+    POD_FINAL_FAILURE_REASONS,
+    CodeSource,
+    RestartPolicy,
+    Sandbox,
+)
 from nest_sidecar.errors import (
     CodeFetchFailed,
     SidecarError,
@@ -86,6 +92,8 @@ class Backoff:
 def should_restart(policy: RestartPolicy, reason: str, clean_exit: bool) -> bool:
     """Whether a stopped sandbox runs again in this pod (restartPolicy, as for Pods)."""
     if reason in PERMANENT_FAILURE_REASONS or policy == RestartPolicy.NEVER:
+        return False
+    if reason in POD_FINAL_FAILURE_REASONS:  # would fail the same way in this pod's runtime
         return False
     return policy == RestartPolicy.ALWAYS or not clean_exit
 
@@ -303,12 +311,16 @@ class SandboxWorker:
             code_dir=str(code.path),
             handler=fn.handler,
             isolation=fn.isolation.value,
+            interface=fn.interface.value,
             function_name=function_name(self.obj),
             function_version=(meta.get("annotations") or {}).get(REVISION_ANNOTATION, "$LATEST"),
             env=dict(fn.env),
+            dependency_paths=[str(path) for path in code.dependency_paths],
+            native_distributions=list(code.native_distributions),
             limits=LimitsModel(
                 concurrency=fn.concurrency,
                 timeout_seconds=float(fn.timeout_seconds),
+                max_duration_seconds=float(fn.max_duration_seconds),
                 memory_mb=memory_mb(fn.resources.memory),
                 cpu_millis=cpu_millis(fn.resources.cpu),
             ),

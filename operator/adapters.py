@@ -42,6 +42,18 @@ def code_key(function: Obj) -> str:
     return hashlib.sha256(source.encode()).hexdigest()[:16]
 
 
+def native_distributions(annotations: Mapping[str, str] | None) -> frozenset[str]:
+    """The "name==version" JSON list of NATIVE_DISTRIBUTIONS_ANNOTATION; unreadable: none."""
+    raw = (annotations or {}).get(c.NATIVE_DISTRIBUTIONS_ANNOTATION)
+    try:
+        listed = json.loads(raw) if raw else []
+    except ValueError:
+        return frozenset()
+    if not isinstance(listed, list):
+        return frozenset()
+    return frozenset(item for item in listed if isinstance(item, str))
+
+
 def pool_pod(pod: Obj, lease: Obj | None) -> PoolPod:
     """A pool pod as the scheduler's node; capacity is what its sidecar declares in the Lease."""
     meta = pod["metadata"]
@@ -60,6 +72,7 @@ def pool_pod(pod: Obj, lease: Obj | None) -> PoolPod:
         cpu=int(capacity.get("cpu_millis", 0)),
         max_sandboxes=int(capacity.get("max_sandboxes", 0)),
         isolation=frozenset(capacity.get("isolation") or ()),
+        native_distributions=native_distributions(annotations),
     )
 
 
@@ -87,7 +100,16 @@ def bound_sandbox(sandbox: Obj) -> BoundSandbox | None:
         sandbox["metadata"]["uid"], pod_uid, memory, cpu,
         controller_uid(sandbox), code_key(function),
         sandbox["metadata"]["namespace"], function.get("isolation") or "subprocess",
+        _promised_natives(sandbox),
     )  # fmt: skip
+
+
+def _promised_natives(sandbox: Obj) -> frozenset[str]:
+    """The natives a bound sandbox will have its pod's runtime load: none once it failed (one
+    refused with DependencyConflict never loaded its own)."""
+    if (sandbox.get("status") or {}).get("phase") == "Failed":
+        return frozenset()
+    return native_distributions(sandbox["metadata"].get("annotations"))
 
 
 def sandbox_request(sandbox: Obj) -> SandboxRequest:
@@ -103,6 +125,7 @@ def sandbox_request(sandbox: Obj) -> SandboxRequest:
         isolation=_function(sandbox).get("isolation") or "subprocess",
         code_digest=code_key(_function(sandbox)),
         replica_set=controller_uid(sandbox),
+        native_distributions=native_distributions(meta.get("annotations")),
     )
 
 

@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from isolation.base import Limits, SandboxSpec, SandboxStatus, Usage
 
 Isolation = Literal["subprocess", "namespace"]
+# isolation.interfaces.Interface: how a request reaches the handler and its answer returns.
+Interface = Literal["nest", "apigateway-v1", "apigateway-v2", "asgi", "wsgi"]
 
 
 class _Model(BaseModel):
@@ -25,6 +27,9 @@ class LimitsModel(_Model):
     concurrency: int = Field(default=1, ge=1, description="invocations in flight at once")
     queue: int = Field(default=64, ge=0, description="invocations that may wait; beyond: 429")
     timeout_seconds: float = Field(default=30.0, gt=0)
+    max_duration_seconds: float = Field(
+        default=300.0, gt=0, description="longest a streamed answer may last"
+    )
     memory_mb: int | None = Field(default=None, ge=1, description="enforced in subprocess mode")
     cpu_millis: int | None = Field(
         default=None, ge=1, description="CPU request; subprocess sandboxes share CPU by it"
@@ -36,6 +41,7 @@ class CreateSandbox(_Model):
     code_dir: str = Field(min_length=1, description="directory holding the function's code")
     handler: str = Field(min_length=3, description="module:function")
     isolation: Isolation = "subprocess"
+    interface: Interface = "nest"
     function_name: str = ""
     function_version: str = "$LATEST"
     env: dict[str, str] = Field(default_factory=dict)
@@ -43,6 +49,12 @@ class CreateSandbox(_Model):
         default=None, min_length=1, description="subprocess only; default: code_dir"
     )
     limits: LimitsModel = Field(default_factory=LimitsModel)
+    # The function package's dependency layers as unpacked by the sidecar: import roots, searched
+    # in this order after code_dir. Namespace mode loads the pure-Python ones child-first per
+    # sandbox (isolation.loader); subprocess sandboxes put them on their own sys.path.
+    dependency_paths: list[str] = Field(default_factory=list)
+    # Its compiled distributions, "name==version": a runtime loads one version of each.
+    native_distributions: list[str] = Field(default_factory=list)
 
 
 class StopSandbox(_Model):
@@ -127,6 +139,10 @@ class RuntimeInfo(_Model):
     boundary_reduced: list[str] = Field(default_factory=list)
     last_crash: LastCrash | None = None
     threads: ThreadsInfo | None = None
+    # The compiled distributions loaded in (or promised by) this runtime's interpreter, as
+    # "name==version" (normalised names): namespace sandboxes needing another version of one
+    # of them fail here with DependencyConflict; the sidecar publishes this on its Lease.
+    native_distributions: list[str] = Field(default_factory=list)
 
 
 class ErrorBody(_Model):
@@ -149,10 +165,14 @@ def to_spec(request: CreateSandbox, layers: tuple[str, ...]) -> SandboxSpec:
             concurrency=limits.concurrency,
             queue=limits.queue,
             timeout_s=limits.timeout_seconds,
+            max_duration_s=limits.max_duration_seconds,
             memory_mb=limits.memory_mb,
             cpu_millis=limits.cpu_millis,
         ),
         layers=layers,
+        interface=request.interface,
+        dependency_paths=tuple(request.dependency_paths),
+        native_distributions=tuple(request.native_distributions),
     )
 
 

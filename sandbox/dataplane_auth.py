@@ -21,6 +21,11 @@ One header, `X-Nest-Signature: v1 t=<unix seconds>,k=<key id>,s=<hex HMAC-SHA256
   (SHA-NI, ~0.9 GB/s): nothing measurable for a small event (the body goes into the same HMAC
   pass; a whole sign or verify is a few µs), ~1.1 ms per MiB on each side, against ~7 µs
   total without it. The body is MACed as is, not as a digest: one hash pass instead of two;
+- the forwarding headers (`FORWARDING`: the caller's Host and the gateway's X-Forwarded-*,
+  from which the runtime takes the function's root_path and client address) are covered when
+  present, so a captured signature cannot carry another prefix or client: such a request
+  signs a head of its own version line (`v1f`) with them as one JSON line, which no request
+  without them can produce, and a request without them signs exactly as before;
 - `t` bounds replay to MAX_SKEW_SECONDS either way. An exact replay (same sandbox, path, body)
   inside that window is accepted: that needs a nonce cache per runtime, which costs memory on
   the hot path, and only an on-path observer could do it (NetworkPolicies keep others off).
@@ -36,13 +41,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import logging
 import os
 import re
 import secrets
 import stat
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
@@ -84,9 +90,29 @@ def sandbox_of(path: str) -> str:
     return ""
 
 
-def _head(method: str, path_qs: str, ts: str, sandbox: str) -> bytes:
+# Headers a gateway sets for the function (X-Forwarded-*: which the runtime trusts only when
+# signed) and, when any of them is present, the ones covered with them (the caller's Host too).
+FORWARDING = ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "X-Forwarded-Prefix")
+_COVERED = frozenset(name.lower() for name in ("Host", *FORWARDING))
+
+
+def forwarded(headers: Mapping[str, str], items: Iterable[tuple[str, str]]) -> str:
+    """The forwarding headers as signed: '' when `headers` has none of FORWARDING (the common,
+    cheap case: four lookups), else every covered header of `items` as one JSON line, sorted by
+    name (repeats in their order), so signer and verifier agree whatever order they travel in."""
+    if not any(name in headers for name in FORWARDING):
+        return ""
+    pairs = [(k.lower(), v) for k, v in items if k.lower() in _COVERED]
+    pairs.sort(key=lambda pair: pair[0])  # stable: repeats of one name keep their order
+    return json.dumps(pairs, separators=(",", ":"))
+
+
+def _head(method: str, path_qs: str, ts: str, sandbox: str, fwd: str = "") -> bytes:
     """What the MAC covers before the body; no field can hold a newline (HTTP forbids it in a
-    method or request target, and `ts` is digits), so the concatenation is unambiguous."""
+    method or request target, `ts` is digits, `fwd` is JSON), so the concatenation is
+    unambiguous; with forwarding headers, the first line says so and they follow `sandbox`."""
+    if fwd:
+        return f"{VERSION}f\n{method}\n{path_qs}\n{ts}\n{sandbox}\n{fwd}\n".encode()
     return f"{VERSION}\n{method}\n{path_qs}\n{ts}\n{sandbox}\n".encode()
 
 
@@ -129,16 +155,17 @@ class KeyRing:
 
     def sign(
         self, method: str, path_qs: str, body: bytes = b"", sandbox: str | None = None,
-        now: float | None = None,
+        now: float | None = None, fwd: str = "",
     ) -> str:  # fmt: skip
-        """The header value for this request; `sandbox` defaults to the one in the path."""
+        """The header value for this request; `sandbox` defaults to the one in the path, `fwd`
+        is `forwarded()` of the headers sent."""
         if self.signing_id is None:
             raise DataplaneKeyError(
                 f"no {SIGNING_NAME!r} key to sign with among {list(self.names)}"
             )
         ts = str(int(time.time() if now is None else now))
         sandbox = sandbox_of(path_qs) if sandbox is None else sandbox
-        mac = self._mac(self.signing_id, _head(method, path_qs, ts, sandbox), body)
+        mac = self._mac(self.signing_id, _head(method, path_qs, ts, sandbox, fwd), body)
         return f"{VERSION} t={ts},k={self.signing_id},s={mac}"
 
     def headers(self, method: str, path_qs: str, body: bytes = b"") -> dict[str, str]:
@@ -161,23 +188,29 @@ class KeyRing:
         return Signed(ts, key, mac)
 
     @staticmethod
-    def check(signed: Signed, method: str, path_qs: str, sandbox: str, body: bytes) -> bool:
-        """Step two: does the MAC cover exactly this request? Constant-time comparison.
-        Inlined (no helper calls): it runs once per invocation."""
+    def check(
+        signed: Signed, method: str, path_qs: str, sandbox: str, body: bytes, fwd: str = ""
+    ) -> bool:
+        """Step two: does the MAC cover exactly this request (and its `forwarded()` headers)?
+        Constant-time comparison. Inlined (no helper calls): it runs once per invocation."""
         mac = signed.key.copy()
-        mac.update(f"{VERSION}\n{method}\n{path_qs}\n{signed.ts}\n{sandbox}\n".encode())
+        if fwd:
+            mac.update(_head(method, path_qs, signed.ts, sandbox, fwd))
+        else:
+            mac.update(f"{VERSION}\n{method}\n{path_qs}\n{signed.ts}\n{sandbox}\n".encode())
         mac.update(body)
         return hmac.compare_digest(mac.hexdigest(), signed.mac)
 
     def verify(
         self, header: str | None, method: str, path_qs: str, sandbox: str, body: bytes,
-        now: float | None = None,
+        now: float | None = None, fwd: str = "",
     ) -> str | None:  # fmt: skip
         """None when the request is authentic, else the reason it is refused."""
         signed = self.parse(header, now)
         if isinstance(signed, str):
             return signed
-        return None if self.check(signed, method, path_qs, sandbox, body) else BAD_SIGNATURE
+        ok = self.check(signed, method, path_qs, sandbox, body, fwd)
+        return None if ok else BAD_SIGNATURE
 
 
 # ---- loading -------------------------------------------------------------------------------
@@ -283,9 +316,10 @@ class KeySource:
     check = staticmethod(KeyRing.check)
 
     def verify(
-        self, header: str | None, method: str, path_qs: str, sandbox: str, body: bytes
-    ) -> str | None:
+        self, header: str | None, method: str, path_qs: str, sandbox: str, body: bytes,
+        fwd: str = "",
+    ) -> str | None:  # fmt: skip
         signed = self.parse(header)
         if isinstance(signed, str):
             return signed
-        return None if self.check(signed, method, path_qs, sandbox, body) else BAD_SIGNATURE
+        return None if self.check(signed, method, path_qs, sandbox, body, fwd) else BAD_SIGNATURE

@@ -2,8 +2,8 @@
 
 Why: the sidecar (our kubelet) needs a CRI-like runtime to hot-plug sandboxes into its pod, and
 the gateway needs a data plane to invoke them. This module is only the thin I/O shell — flags
-and env, the control API on a unix socket, the data plane on TCP, signal handling — around
-`sandbox.service.Runtime`, where the decisions live.
+and env, the control API on a unix socket, the data plane on TCP (`sandbox.dataplane`), signal
+handling — around `sandbox.service.Runtime`, where the decisions live.
 
 Control API (unix socket, JSON, models in `sandbox.api`):
     GET    /v1/runtime                      RuntimeInfo (+ last_crash: who crashed the last runtime)
@@ -17,6 +17,7 @@ Data plane (TCP):
     POST   /v1/sandboxes/{id}/invoke        body = event
     ANY    /v1/sandboxes/{id}/http/{path}   HTTP trigger: method, path, query, headers pass through
     GET    /healthz, /metrics
+    (an answer the function streams goes out chunked, chunk by chunk: isolation.streams)
 Bodies of both are held to `sandbox.limits` (--max-body-bytes, --max-json-depth: the gateway's
 flags): the data plane answers 413/400 problem+json, the control API 413/400 ErrorBody.
 
@@ -46,28 +47,23 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from isolation.boundary import BoundaryConfig, parse_uid_range
-from isolation.contract import Request
 from isolation.errors import IsolationError, LoadError
 from sandbox import dataplane_auth as auth
 from sandbox import limits
 from sandbox.api import (
     CreateSandbox,
-    ErrorBody,
     RuntimeInfo,
-    SandboxInfo,
     SandboxList,
     StopSandbox,
 )
+from sandbox.dataplane import JSON, LIMITS_KEY, RUNTIME_KEY, data_app
+from sandbox.dataplane import error_response as _error
 from sandbox.errors import http_error
 from sandbox.limits import DEFAULT_LIMITS, BodyLimits
 from sandbox.service import Runtime
 
 log = logging.getLogger("nest.runtime")
-JSON = "application/json"
-RUNTIME_KEY = web.AppKey("runtime", Runtime)
 ADDRESS_KEY = web.AppKey("address", list)
-KEYS_KEY: web.AppKey[auth.KeySource | None] = web.AppKey("dataplane_keys")
-LIMITS_KEY = web.AppKey("body_limits", BodyLimits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,13 +184,6 @@ def parse_config(argv: Sequence[str] | None, env: Mapping[str, str]) -> Config:
     )  # fmt: skip
 
 
-def _error(
-    status: int, error: str, message: str, sandbox: SandboxInfo | None = None
-) -> web.Response:
-    body = ErrorBody(error=error, message=message, sandbox=sandbox)
-    return web.Response(status=status, text=body.model_dump_json(), content_type=JSON)
-
-
 @web.middleware
 async def isolation_errors(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -287,89 +276,6 @@ def control_app(
     app.router.add_post("/v1/sandboxes/{id}/stop", stop_sandbox)
     app.router.add_delete("/v1/sandboxes/{id}", delete_sandbox)
     app.router.add_get("/v1/events", watch_events)
-    return app
-
-
-# ---- data plane ----------------------------------------------------------------------------
-
-
-def _unauthorized(reason: str) -> web.Response:
-    response = _error(401, "Unauthorized", f"data-plane request refused: {reason}")
-    response.headers["WWW-Authenticate"] = auth.CHALLENGE
-    return response
-
-
-async def _invoke(request: web.Request, path: str) -> web.Response:
-    runtime = request.app[RUNTIME_KEY]
-    keys = request.app[KEYS_KEY]
-    body_limits = request.app[LIMITS_KEY]
-    sandbox_id = request.match_info["id"]
-    # Inline, not a middleware (see data_app); the header is checked before the body is read,
-    # the body's nesting only once the signature holds (a deep scan costs CPU).
-    try:
-        if keys is not None:
-            signed = keys.parse(request.headers.get(auth.HEADER))
-            if isinstance(signed, str):
-                return _unauthorized(signed)
-            body = await limits.read_body(request, body_limits)
-            if not keys.check(signed, request.method, request.raw_path, sandbox_id, body):
-                return _unauthorized(auth.BAD_SIGNATURE)
-        else:
-            body = await limits.read_body(request, body_limits)
-        await limits.check_body_async(body, body_limits)
-    except limits.BodyRefused as exc:  # never reaches the sandbox, which lives on
-        return limits.problem_response(exc, request.path)
-    # aiohttp's read-only multidict views are Mappings already (case-insensitive headers, even):
-    # copying them into dicts would cost more than the rest of the runtime's work per call.
-    call = Request(request.method, path, request.query, request.headers, body)
-    try:
-        response = await runtime.invoke(sandbox_id, call)
-    except IsolationError as exc:
-        status, word, message = http_error(exc)
-        return _error(status, word, message)
-    return web.Response(status=response.status, headers=response.headers, body=response.body)
-
-
-async def invoke(request: web.Request) -> web.Response:
-    return await _invoke(request, "/")
-
-
-async def http_trigger(request: web.Request) -> web.Response:
-    return await _invoke(request, "/" + request.match_info["path"])
-
-
-async def healthz(request: web.Request) -> web.Response:
-    return web.Response(text="ok")
-
-
-async def metrics(request: web.Request) -> web.Response:
-    """Signed like an invocation (sandbox ''): the exposition lists every sandbox's UID."""
-    keys = request.app[KEYS_KEY]
-    if keys is not None:
-        denied = keys.verify(request.headers.get(auth.HEADER), "GET", request.raw_path, "", b"")
-        if denied is not None:
-            return _unauthorized(denied)
-    runtime = request.app[RUNTIME_KEY]
-    return web.Response(
-        body=runtime.metrics.exposition(),
-        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
-    )
-
-
-def data_app(
-    runtime: Runtime, keys: auth.KeySource | None, body_limits: BodyLimits = DEFAULT_LIMITS
-) -> web.Application:
-    """`keys` None: unsigned requests are served (--insecure-dataplane)."""
-    # No middleware on the hot path: aiohttp rebuilds the handler chain for every request.
-    # aiohttp refuses bodies longer than client_max_size: a body of exactly the limit passes.
-    app = web.Application(client_max_size=body_limits.max_bytes)
-    app[RUNTIME_KEY] = runtime
-    app[KEYS_KEY] = keys
-    app[LIMITS_KEY] = body_limits
-    app.router.add_post("/v1/sandboxes/{id}/invoke", invoke)
-    app.router.add_route("*", "/v1/sandboxes/{id}/http/{path:.*}", http_trigger)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics)
     return app
 
 

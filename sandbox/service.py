@@ -169,6 +169,7 @@ class Runtime:
             else ["subprocess sandboxes are not confined"],
             "last_crash": crash.as_report() if (crash := self.namespace.last_crash) else None,
             "threads": self.namespace.threads(),
+            "native_distributions": self.namespace.loaded_natives(),
         }
 
     async def close(self) -> None:

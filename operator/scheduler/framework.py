@@ -24,6 +24,7 @@ from nest_operator.scheduler.plugins import (
     FilterPlugin,
     IsolationSupported,
     MostAllocated,
+    NativeDependencies,
     PodReady,
     PoolCheck,
     PoolMatch,
@@ -70,9 +71,13 @@ class Decision:
 
 
 def default_filters(lease_ttl: float = 40.0) -> tuple[FilterPlugin, ...]:
-    """The filters in the order their reasons are reported: health, isolation, tenancy,
-    resources (a pod another tenant holds is unavailable however much room it has)."""
-    return (PodReady(lease_ttl), IsolationSupported(), TenantIsolation(), ResourcesFit())
+    """The filters in the order their reasons are reported: health, isolation, tenancy, native
+    dependencies, resources (a pod another tenant holds is unavailable however much room it
+    has)."""
+    return (
+        PodReady(lease_ttl), IsolationSupported(), TenantIsolation(), NativeDependencies(),
+        ResourcesFit(),
+    )  # fmt: skip
 
 
 class Scheduler:

@@ -14,7 +14,8 @@ name ("TenantIsolation: ...") so a FailedScheduling message says which rule kept
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
 from typing import Protocol, runtime_checkable
 
 from nest_operator.scheduler.cache import SchedulerCache
@@ -163,6 +164,52 @@ class TenantIsolation:
         if policy is not None and policy.dedicated:
             return DEDICATED_TO_OTHER
         return None
+
+
+NATIVE_DEPENDENCIES = "NativeDependencies"
+
+
+def _natives(specs: Iterable[str]) -> dict[str, str]:
+    """`name==version` entries as {PEP 503 name: version}; malformed ones are ignored."""
+    out = {}
+    for spec in specs:
+        name, sep, version = spec.partition("==")
+        if sep and name.strip() and version.strip():
+            out[re.sub(r"[-_.]+", "-", name.strip()).lower()] = version.strip()
+    return out
+
+
+def native_conflict(wanted: Iterable[str], held: Iterable[str]) -> tuple[str, str, str] | None:
+    """The first (name, wanted version, held version) where `held` has another version."""
+    have = _natives(held)
+    for name, version in sorted(_natives(wanted).items()):
+        other = have.get(name)
+        if other is not None and other != version:
+            return name, version, other
+    return None
+
+
+class NativeDependencies:
+    """A namespace-mode sandbox goes only where no compiled distribution it needs is loaded
+    (by the pod's runtime, per its Lease) or promised (to a namespace-mode sandbox bound there)
+    at another version: one interpreter loads one version of an extension, and the sandbox
+    would fail there with DependencyConflict. Subprocess sandboxes have interpreters of their
+    own: always fine."""
+
+    name = NATIVE_DEPENDENCIES
+
+    def filter(self, request: SandboxRequest, info: PodInfo, now: float) -> str | None:
+        wanted = request.native_distributions
+        if request.isolation != NAMESPACE_MODE or not wanted:
+            return None
+        held = info.pod.native_distributions
+        if not held and not info.natives:
+            return None
+        conflict = native_conflict(wanted, [*held, *info.natives])
+        if conflict is None:
+            return None
+        name, version, other = conflict
+        return f"{NATIVE_DEPENDENCIES}: its runtime holds {name}=={other}, not {version}"
 
 
 class ResourcesFit:

@@ -49,6 +49,8 @@ class PoolPod:
     isolation: frozenset[str]
     # Digests of code the pod's sidecar already holds in its content-addressed cache.
     cached_digests: frozenset[str] = frozenset()
+    # Compiled distributions its shared runtime loaded, "name==version" (from its Lease).
+    native_distributions: frozenset[str] = frozenset()
 
 
 NAMESPACE_MODE = "namespace"
@@ -78,6 +80,7 @@ class BoundSandbox:
     code_digest: str | None
     namespace: str = ""  # the sandbox's Kubernetes namespace: its tenant
     isolation: str = "subprocess"
+    native_distributions: frozenset[str] = frozenset()  # "name==version" it needs
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,12 +96,14 @@ class SandboxRequest:
     isolation: str
     code_digest: str | None = None
     replica_set: str | None = None
+    # Compiled distributions it needs, "name==version" (its template's annotation).
+    native_distributions: frozenset[str] = frozenset()
 
     def bound_to(self, pod_uid: str) -> BoundSandbox:
         """This sandbox as bound to `pod_uid`."""
         return BoundSandbox(
             self.uid, pod_uid, self.memory, self.cpu, self.replica_set, self.code_digest,
-            self.namespace, self.isolation,
+            self.namespace, self.isolation, self.native_distributions,
         )  # fmt: skip
 
 
@@ -116,6 +121,9 @@ class PodInfo:
     # Sandboxes per Kubernetes namespace, and namespace-mode sandboxes per namespace: tenancy.
     namespaces: dict[str, int] = field(default_factory=dict)
     namespace_mode: dict[str, int] = field(default_factory=dict)
+    # Native distributions ("name==version") of its namespace-mode sandboxes, bound or assumed:
+    # the runtime loads them once it starts them, before its Lease says so.
+    natives: dict[str, int] = field(default_factory=dict)
     # The pod's SandboxPool, kept current by the cache; None when none is known.
     policy: PoolPolicy | None = None
 
@@ -137,6 +145,8 @@ class PodInfo:
         self.namespaces[namespace] = self.namespaces.get(namespace, 0) + 1
         if sandbox.isolation == NAMESPACE_MODE:
             self.namespace_mode[namespace] = self.namespace_mode.get(namespace, 0) + 1
+            for native in sandbox.native_distributions:
+                self.natives[native] = self.natives.get(native, 0) + 1
 
     def remove(self, uid: str) -> BoundSandbox | None:
         sandbox = self.sandboxes.pop(uid, None)
@@ -149,6 +159,8 @@ class PodInfo:
         _decrement(self.namespaces, sandbox.namespace)
         if sandbox.isolation == NAMESPACE_MODE:
             _decrement(self.namespace_mode, sandbox.namespace)
+            for native in sandbox.native_distributions:
+                _decrement(self.natives, native)
         return sandbox
 
     def holds_code(self, digest: str) -> bool:

@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry
 
 from gateway.errors import Upstream
-from gateway.invoke import Invoker, Metrics, invoke_call, trigger_call
+from gateway.invoke import Caller, Invoker, Metrics, invoke_call, mounted_path, trigger_call
 from gateway.kube import Kube
 from nest_kube.fake import FakeApi
 from sandbox import dataplane_auth as auth
@@ -30,13 +31,15 @@ def fake_runtime(keys: auth.KeySource, seen: list[dict[str, Any]]) -> web.Applic
         body = await request.read()
         sandbox = request.match_info["id"]
         header = request.headers.get(auth.HEADER)
-        denied = keys.verify(header, request.method, request.raw_path, sandbox, body)
-        seen.append({"path": request.raw_path, "denied": denied,
+        fwd = auth.forwarded(request.headers, request.headers.items())  # as sandbox.runtime
+        denied = keys.verify(header, request.method, request.raw_path, sandbox, body, fwd)
+        seen.append({"path": request.raw_path, "denied": denied, "headers": request.headers.copy(),
                      "signatures": request.headers.getall(auth.HEADER, [])})  # fmt: skip
         if denied is not None:
             error = {"error": "Unauthorized", "message": denied, "sandbox": None}
             return web.json_response(error, status=401)
-        return web.Response(body=body, content_type="application/json")
+        cookies = CIMultiDict([("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")])
+        return web.Response(body=body, content_type="application/json", headers=cookies)
 
     app = web.Application()
     app.router.add_route("*", "/v1/sandboxes/{id}/invoke", handle)
@@ -149,3 +152,50 @@ def test_the_gateway_does_not_start_without_a_key_unless_told_it_is_insecure(
     monkeypatch.setattr(main, "_api", lambda kubeconfig: FakeApi())
     assert main.main(["--dataplane-key-file", missing]) == 1
     assert "cannot read the data-plane key" in capsys.readouterr().err
+
+
+async def test_the_trigger_forwards_host_and_x_forwarded_under_the_signature(
+    tmp_path: Path, pods: tuple[list[TestServer], list[dict[str, Any]]]
+) -> None:
+    servers, seen = pods
+    inv = await invoker(tmp_path, servers[1:])
+    caller = Caller("api.example:8090", "http", "127.0.0.77", "/fn/team-a/echo")
+    sent = {"Host": "api.example:8090", "X-Forwarded-For": "10.0.0.1", "x-forwarded-prefix": "/x",
+            "X-Forwarded-Host": "evil.example", "Cookie": "a=1"}  # fmt: skip
+    raw = mounted_path("/fn/team-a/echo/items/7%20x?q=1", caller.prefix)
+    try:
+        trigger = trigger_call("get", "items/7 x", "q=1", sent, b"", True, caller, raw)
+        answered = await inv.invoke(KEY, trigger)
+        assert answered.status == 200
+        assert answered.headers.getall("Set-Cookie") == ["a=1", "b=2"]  # a repeat is kept
+        event = invoke_call({"Host": "api.example:8090"}, b"{}", Caller("api.example:8090"))
+        assert (await inv.invoke(KEY, event)).status == 200
+    finally:
+        await inv.close()
+    assert [s["denied"] for s in seen] == [None, None]
+    assert seen[0]["path"] == "/v1/sandboxes/uid-0/http/items/7%20x?q=1"
+    headers = seen[0]["headers"]
+    assert headers["Host"] == headers["X-Forwarded-Host"] == "api.example:8090"
+    assert headers["X-Forwarded-For"] == "10.0.0.1, 127.0.0.77"  # the caller's hop appended
+    assert headers.getall("X-Forwarded-Prefix") == ["/fn/team-a/echo"]  # the caller's dropped
+    assert (headers["X-Forwarded-Proto"], headers["Cookie"]) == ("http", "a=1")
+    assert seen[1]["headers"]["Host"] == "api.example:8090"
+    assert "X-Forwarded-Prefix" not in seen[1]["headers"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "mounted"),
+    [
+        ("/fn/ns/app", ""),
+        ("/fn/ns/app/", "/"),
+        ("/fn/ns/app/a%2Fb/c?x=1", "/a%2Fb/c"),
+        ("/fn/ns/apple/x", None),  # another function's name that starts alike
+        ("/fn/ns/app/a/../b", None),  # dot segments: the router's normalised path stands in
+        ("/fn/ns/app/%2e%2e/b", None),
+        ("/fn/%6es/app/x", None),  # the prefix not spelled plainly
+    ],
+)
+def test_mounted_path_keeps_escapes_and_refuses_what_it_cannot_trust(
+    raw: str, mounted: str | None
+) -> None:
+    assert mounted_path(raw, "/fn/ns/app") == mounted

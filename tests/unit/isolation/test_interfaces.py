@@ -4,23 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from isolation.contract import Request, Response, to_response
 from isolation.interfaces import (
-    Lifespan,
     MalformedResponse,
     apigateway_v1_event,
     apigateway_v1_response,
     apigateway_v2_event,
     apigateway_v2_response,
-    asgi_scope,
-    call_asgi,
-    call_wsgi,
-    wsgi_environ,
 )
+from isolation.streams import Streamed
+from isolation.webapps import Lifespan, asgi_scope, call_asgi, call_wsgi, wsgi_environ
 
 REQUEST = Request(
     method="GET",
@@ -138,7 +136,7 @@ def test_wsgi_app_status_headers_and_body() -> None:
         start_response("418 I'm a teapot", [("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")])
         return [b"got ", body]
 
-    response = call_wsgi(app, Request(method="POST", body=b"tea"))
+    response = call_wsgi(app, wsgi_environ(Request(method="POST", body=b"tea")))
     assert response.status == 418
     assert [v for k, v in response.headers if k == "Set-Cookie"] == ["a=1", "b=2"]
     assert response.body == b"got tea"
@@ -146,7 +144,7 @@ def test_wsgi_app_status_headers_and_body() -> None:
 
 def test_wsgi_app_that_never_starts_a_response_is_malformed() -> None:
     with pytest.raises(MalformedResponse):
-        call_wsgi(lambda environ, start_response: [b"x"], Request())
+        call_wsgi(lambda environ, start_response: [b"x"], wsgi_environ(Request()))
 
 
 def test_asgi_scope_path_includes_root_path_as_uvicorn_does() -> None:
@@ -165,10 +163,29 @@ async def _echo(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": scope["state"].get("greeting", b"")})
 
 
-def test_asgi_app_response_is_collected() -> None:
-    response = asyncio.run(call_asgi(_echo, Request(body=b"hi "), {"greeting": b"there"}))
+async def _one_message(scope: Any, receive: Any, send: Any) -> None:
+    message = await receive()
+    await send({"type": "http.response.start", "status": 201, "headers": [(b"x-a", b"1")]})
+    await send({"type": "http.response.body", "body": message["body"] + b"there"})
+
+
+def test_an_asgi_answer_in_one_message_is_collected() -> None:
+    scope = asgi_scope(Request(body=b"hi "))
+    response = asyncio.run(call_asgi(_one_message, scope, b"hi "))
     assert (response.status, response.body) == (201, b"hi there")
     assert list(response.headers) == [("x-a", "1")]
+
+
+def test_an_asgi_answer_with_more_body_is_streamed_in_order() -> None:
+    async def run() -> tuple[int, list[bytes]]:
+        scope = asgi_scope(Request(body=b"hi "), {"greeting": b"there"})
+        response = await call_asgi(_echo, scope, b"hi ")
+        assert isinstance(response.body, Streamed)
+        source = response.body.source
+        assert isinstance(source, AsyncIterator)
+        return response.status, [chunk async for chunk in source]
+
+    assert asyncio.run(run()) == (201, [b"hi ", b"there"])
 
 
 def test_lifespan_runs_startup_and_shutdown_and_shares_state() -> None:

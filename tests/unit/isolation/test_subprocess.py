@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import signal
@@ -186,3 +187,36 @@ async def test_a_dead_zygote_fails_its_sandboxes_and_is_replaced(
     assert backend.zygote_pid not in (None, old_zygote)
     assert second.pid is not None and psutil.Process(second.pid).ppid() == backend.zygote_pid
     assert (await backend.invoke("b", Request())).status == 200
+
+
+STUCK_STREAM = """
+import fcntl, os
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+def handler(event, context):
+    yield "first"
+    open(os.path.join(HERE, "blocked"), "w").close()  # past the point it looks for a cancel
+    with open(os.path.join(HERE, "gate")) as f:
+        fcntl.flock(f, fcntl.LOCK_SH)  # never released: the step never returns
+    yield "second"
+"""
+
+
+async def test_a_stream_stuck_in_a_step_after_it_was_stopped_is_a_timeout_kill(
+    backend: SubprocessBackend, recorder: Recorder, tmp_path: Path
+) -> None:
+    (tmp_path / "main.py").write_text(STUCK_STREAM)
+    (tmp_path / "gate").touch()
+    limits = Limits(timeout_s=0.5)
+    await backend.create(SandboxSpec("s1", str(tmp_path), "main:handler", limits=limits))
+    with open(tmp_path / "gate") as gate:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        stream = (await backend.invoke("s1", Request())).body
+        assert await stream.__anext__() == b"first"
+        await wait_for((tmp_path / "blocked").exists, what="the function blocked in its step")
+        await stream.aclose()  # the caller left: the process is told, but is blocked in a step
+        await wait_for(lambda: "Failed" in recorder.states("s1"), what="the stuck process ended")
+    status = backend.status("s1")
+    assert (status.state, status.reason) == (SandboxState.FAILED, "Timeout")
+    assert "did not end within the 0.5s timeout" in status.message
