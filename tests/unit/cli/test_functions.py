@@ -239,3 +239,18 @@ def test_env_pairs() -> None:
     assert functions.parse_env(["A=1", "B=x=y", "A=2"]) == {"A": "2", "B": "x=y"}
     with pytest.raises(NestError, match="NAME=VALUE"):
         functions.parse_env(["novalue"])
+
+
+def test_the_interface_flag_reaches_the_function() -> None:
+    from nest.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["deploy", "app/", "--interface", "asgi", "--handler", "m:app"]
+    )
+    assert args.interface == "asgi"
+    code = functions.Code(FILES, "hello", "main:handler")
+    opts = functions.DeployOptions(handler="m:app", interface=args.interface)
+    fn = functions.manifest("team", functions.function_request(code, opts))["spec"]["template"]
+    assert fn["spec"]["function"]["interface"] == "asgi"
+    plain = functions.manifest("team", functions.function_request(code, functions.DeployOptions()))
+    assert plain["spec"]["template"]["spec"]["function"]["interface"] == "nest"

@@ -102,3 +102,15 @@ def test_an_unknown_interface_or_a_missing_app_is_a_load_error() -> None:
     with pytest.raises(LoadError, match="no callable ASGI app 'app'") as err:
         FunctionHost(INFO, module_with(), "app", [], inline, interface="asgi")
     assert err.value.reason == "HandlerNotFound"
+
+
+def test_the_interface_names_agree_across_the_layers() -> None:
+    """crds and isolation import nothing of each other, so each spells the names itself."""
+    import typing
+
+    from crds import Interface as CrdInterface
+    from isolation.interfaces import Interface
+    from sandbox.api import Interface as WireInterface
+
+    names = {i.value for i in Interface}
+    assert names == {i.value for i in CrdInterface} == set(typing.get_args(WireInterface))
