@@ -29,6 +29,7 @@ from urllib.parse import quote, urlsplit
 
 from crds import SandboxDeployment
 from crds.constants import DEPLOYMENT_PLURAL, NATIVE_DISTRIBUTIONS_ANNOTATION
+from gateway.models import FunctionCreate
 from nest import functions
 from nest.cluster.paths import ClusterPaths
 from nest.cluster.registry import RegistryHosting
@@ -286,11 +287,8 @@ def build_and_push(
     return ref, tuple(f"{d.name}=={d.version}" for d in package.distributions if d.native)
 
 
-def deploy_cmd(args: argparse.Namespace) -> int:
-    if packaged(args.path, args.package):
-        return deploy_package(args)
-    code = functions.read_code(args.path)
-    opts = functions.DeployOptions(
+def _options(args: argparse.Namespace) -> functions.DeployOptions:
+    return functions.DeployOptions(
         name=args.name,
         handler=args.handler,
         isolation=args.isolation,
@@ -301,19 +299,34 @@ def deploy_cmd(args: argparse.Namespace) -> int:
         memory=args.memory,
         env=functions.parse_env(args.env),
     )
-    request = functions.function_request(code, opts)
-    cluster = Cluster.from_args(args.namespace)
+
+
+def _apply(
+    args: argparse.Namespace,
+    cluster: Cluster,
+    request: FunctionCreate,
+    finish: Callable[[dict[str, Any]], dict[str, Any]] = lambda body: body,
+    note: str = "",
+) -> int:
+    """Create or update the SandboxDeployment (`finish` edits the body first), then wait."""
     stored = cluster.find(DEPLOYMENT_PLURAL, request.name)
     if stored is None:
-        cluster.create(DEPLOYMENT_PLURAL, functions.manifest(cluster.namespace, request))
-        print(f"function {cluster.namespace}/{request.name} created", file=sys.stderr)
+        cluster.create(DEPLOYMENT_PLURAL, finish(functions.manifest(cluster.namespace, request)))
+        print(f"function {cluster.namespace}/{request.name} created{note}", file=sys.stderr)
     else:
         # A replace carrying the read resourceVersion: a concurrent change fails loudly (409).
-        cluster.replace(DEPLOYMENT_PLURAL, functions.updated(stored, request))
-        print(f"function {cluster.namespace}/{request.name} updated", file=sys.stderr)
+        cluster.replace(DEPLOYMENT_PLURAL, finish(functions.updated(stored, request)))
+        print(f"function {cluster.namespace}/{request.name} updated{note}", file=sys.stderr)
     if args.wait:
         wait_ready(cluster, request.name, args.timeout)
     return 0
+
+
+def deploy_cmd(args: argparse.Namespace) -> int:
+    if packaged(args.path, args.package):
+        return deploy_package(args)
+    request = functions.function_request(functions.read_code(args.path), _options(args))
+    return _apply(args, Cluster.from_args(args.namespace), request)
 
 
 def deploy_package(args: argparse.Namespace) -> int:
@@ -327,33 +340,14 @@ def deploy_package(args: argparse.Namespace) -> int:
         default_name=functions.default_name(args.path),
         default_handler=functions.default_handler(args.path),
     )
-    opts = functions.DeployOptions(
-        name=args.name,
-        handler=args.handler,
-        isolation=args.isolation,
-        interface=args.interface,
-        replicas=args.replicas,
-        min_replicas=args.min_replicas,
-        max_replicas=args.max_replicas,
-        memory=args.memory,
-        env=functions.parse_env(args.env),
-    )
-    request = functions.function_request(stand_in, opts)
+    request = functions.function_request(stand_in, _options(args))
     cluster = Cluster.from_args(args.namespace)
     ref, natives = build_and_push(args, cluster, request.name)
-    stored = cluster.find(DEPLOYMENT_PLURAL, request.name)
-    if stored is None:
-        manifest = functions.manifest(cluster.namespace, request)
-        body = with_package(manifest, ref, args.pull_secret, natives)
-        cluster.create(DEPLOYMENT_PLURAL, body)
-        print(f"function {cluster.namespace}/{request.name} created ({ref})", file=sys.stderr)
-    else:
-        body = with_package(functions.updated(stored, request), ref, args.pull_secret, natives)
-        cluster.replace(DEPLOYMENT_PLURAL, body)
-        print(f"function {cluster.namespace}/{request.name} updated ({ref})", file=sys.stderr)
-    if args.wait:
-        wait_ready(cluster, request.name, args.timeout)
-    return 0
+
+    def finish(body: dict[str, Any]) -> dict[str, Any]:
+        return with_package(body, ref, args.pull_secret, natives)
+
+    return _apply(args, cluster, request, finish, f" ({ref})")
 
 
 def wait_ready(cluster: Cluster, name: str, timeout: float) -> None:
