@@ -299,3 +299,30 @@ class Record:
 
 def _tuples(raw: dict[str, Any]) -> dict[str, tuple[str, ...]]:
     return {k: tuple(raw.get(k, ())) for k in ("suspects", "importing", "culprits")}
+
+
+class NoRecord:
+    """Stands in for the crash record when the runtime keeps none (tests, benchmarks)."""
+
+    def __init__(self) -> None:
+        self.probation: frozenset[str] = frozenset()
+        self.quarantine: dict[str, str] = {}
+        self.last_crash: Crash | None = None
+
+    def claim(self, key: str) -> int:
+        return -1
+
+    def release(self, slot: int) -> None:
+        pass
+
+    def set_loop(self, slot: int, count: int) -> None:
+        pass
+
+    def set_threads(self, slot: int, running: int, importing: int) -> None:
+        pass
+
+    def beat(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

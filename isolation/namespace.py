@@ -41,7 +41,7 @@ from isolation.base import (
     Usage,
 )
 from isolation.contract import FunctionInfo, Request, Response, new_request_id
-from isolation.crashlog import Crash, Record
+from isolation.crashlog import Crash, NoRecord, Record
 from isolation.errors import (
     InvokeTimeout,
     LoadError,
@@ -70,33 +70,6 @@ HUNG_GRACE_S = (1.0, 30.0)  # an overrun call still running this long past its t
 
 def _ignore(status: SandboxStatus) -> None:
     pass
-
-
-class _NoRecord:
-    """Stands in for the crash record when the runtime keeps none (tests, benchmarks)."""
-
-    def __init__(self) -> None:
-        self.probation: frozenset[str] = frozenset()
-        self.quarantine: dict[str, str] = {}
-        self.last_crash: Crash | None = None
-
-    def claim(self, key: str) -> int:
-        return -1
-
-    def release(self, slot: int) -> None:
-        pass
-
-    def set_loop(self, slot: int, count: int) -> None:
-        pass
-
-    def set_threads(self, slot: int, running: int, importing: int) -> None:
-        pass
-
-    def beat(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 def function_info(spec: SandboxSpec) -> FunctionInfo:
@@ -137,7 +110,7 @@ class NamespaceBackend:
         self._on_change = on_change
         self._sandboxes: dict[str, _Sandbox] = {}
         self._accounts: dict[str, Account] = {}
-        self._record: Record | _NoRecord = _NoRecord()
+        self._record: Record | NoRecord = NoRecord()
         if state_dir is not None:
             try:
                 self._record = Record(state_dir)
@@ -214,7 +187,7 @@ class NamespaceBackend:
         self._record.set_loop(account.slot, account.loop)
 
     def _ensure_beat(self) -> None:
-        if self._beat is None and not isinstance(self._record, _NoRecord):
+        if self._beat is None and not isinstance(self._record, NoRecord):
             self._beat = asyncio.get_running_loop().call_later(1.0, self._tick)
 
     def _tick(self) -> None:
