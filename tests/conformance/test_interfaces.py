@@ -28,7 +28,7 @@ HEADERS = [
     ("x-multi", "two"),
     ("Cookie", "a=1; b=2"),
     ("X-Forwarded-Proto", "https"),
-    ("X-Forwarded-For", "10.1.2.3, 127.0.0.9"),
+    ("X-Forwarded-For", "127.0.0.23, 127.0.0.9"),
 ]
 
 

@@ -160,7 +160,7 @@ async def test_the_trigger_forwards_host_and_x_forwarded_under_the_signature(
     servers, seen = pods
     inv = await invoker(tmp_path, servers[1:])
     caller = Caller("api.example:8090", "http", "127.0.0.77", "/fn/team-a/echo")
-    sent = {"Host": "api.example:8090", "X-Forwarded-For": "10.0.0.1", "x-forwarded-prefix": "/x",
+    sent = {"Host": "api.example:8090", "X-Forwarded-For": "127.0.0.66", "x-forwarded-prefix": "/x",
             "X-Forwarded-Host": "evil.example", "Cookie": "a=1"}  # fmt: skip
     raw = mounted_path("/fn/team-a/echo/items/7%20x?q=1", caller.prefix)
     try:
@@ -176,7 +176,7 @@ async def test_the_trigger_forwards_host_and_x_forwarded_under_the_signature(
     assert seen[0]["path"] == "/v1/sandboxes/uid-0/http/items/7%20x?q=1"
     headers = seen[0]["headers"]
     assert headers["Host"] == headers["X-Forwarded-Host"] == "api.example:8090"
-    assert headers["X-Forwarded-For"] == "10.0.0.1, 127.0.0.77"  # the caller's hop appended
+    assert headers["X-Forwarded-For"] == "127.0.0.66, 127.0.0.77"  # the caller's hop appended
     assert headers.getall("X-Forwarded-Prefix") == ["/fn/team-a/echo"]  # the caller's dropped
     assert (headers["X-Forwarded-Proto"], headers["Cookie"]) == ("http", "a=1")
     assert seen[1]["headers"]["Host"] == "api.example:8090"

@@ -9,7 +9,7 @@ import pytest
 from nest_kube.config import ConfigError, Source, TokenFile, choose_source, connect
 
 SA = Path("/sa")
-POD_ENV = {"KUBERNETES_SERVICE_HOST": "10.0.0.1", "KUBERNETES_SERVICE_PORT": "443"}
+POD_ENV = {"KUBERNETES_SERVICE_HOST": "127.0.0.10", "KUBERNETES_SERVICE_PORT": "443"}
 
 
 def choose(**kw: object) -> Source:

@@ -28,7 +28,7 @@ def handler(event, context):
 TARGET = "/v1/sandboxes/{id}/http/items/7%20x?tag=a&tag=b&q=x%20y"
 FORWARDING = [
     ("Host", "gw.example:8443"),
-    ("X-Forwarded-For", "10.9.8.7, 127.0.0.44"),
+    ("X-Forwarded-For", "127.0.0.87, 127.0.0.44"),
     ("X-Forwarded-Proto", "https"),
     ("X-Forwarded-Host", "gw.example:8443"),
     ("X-Forwarded-Prefix", "/fn/team/shop"),
