@@ -12,7 +12,9 @@ from typing import Any, ClassVar
 
 from pydantic import ValidationError
 
-PROBLEM_BASE = "https://nest.sandbox.dev/problems/"
+from sandbox import limits
+from sandbox.limits import PROBLEM_BASE as PROBLEM_BASE  # one base for every problem type
+
 PROBLEM_JSON = "application/problem+json"
 
 
@@ -113,14 +115,7 @@ class Problem:
 
 def problem(error: GatewayError, instance: str | None = None) -> Problem:
     """The problem document of `error`; `instance` is the request path."""
-    body: dict[str, Any] = {
-        "type": PROBLEM_BASE + error.kind,
-        "title": error.title,
-        "status": error.status,
-        "detail": error.detail,
-    }
-    if instance is not None:
-        body["instance"] = instance
+    body = limits.problem(error, instance)
     if error.errors:
         body["errors"] = [{"field": e.field, "message": e.message} for e in error.errors]
     return Problem(error.status, body, dict(error.headers))

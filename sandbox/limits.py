@@ -36,7 +36,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from aiohttp import web
 
@@ -46,7 +46,7 @@ DEFAULT_MAX_JSON_DEPTH = 512
 # One name for both processes: the gateway and the runtime must agree.
 ENV_MAX_BODY_BYTES = "NEST_MAX_BODY_BYTES"
 ENV_MAX_JSON_DEPTH = "NEST_MAX_JSON_DEPTH"
-PROBLEM_BASE = "https://nest.sandbox.dev/problems/"  # the same base as gateway.errors
+PROBLEM_BASE = "https://nest.sandbox.dev/problems/"  # every Nest problem type, gateway's too
 PROBLEM_JSON = "application/problem+json"
 # A full depth scan of a body larger than this runs in a thread: it can take ~0.3 s at 6 MiB.
 OFF_LOOP_BYTES = 256 * 1024
@@ -235,8 +235,21 @@ async def read_body(request: web.Request, limits: BodyLimits) -> bytes:
     return body
 
 
-def problem(error: BodyRefused, instance: str | None = None) -> dict[str, Any]:
-    """The RFC 9457 problem document of a refused body; `instance` is the request path."""
+class Refusal(Protocol):
+    """What a problem document is made of: a refused body, or any of the gateway's errors."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def title(self) -> str: ...
+    @property
+    def status(self) -> int: ...
+    @property
+    def detail(self) -> str: ...
+
+
+def problem(error: Refusal, instance: str | None = None) -> dict[str, Any]:
+    """The RFC 9457 problem document of `error`; `instance` is the request path."""
     body: dict[str, Any] = {
         "type": PROBLEM_BASE + error.kind,
         "title": error.title,
