@@ -6,7 +6,7 @@ demo:
 
 test:
 	@scripts/bootstrap
-	@.venv/bin/python -m pytest -q -p no:cacheprovider
+	@.venv/bin/python -m pytest -q -p no:cacheprovider --durations=20
 
 lint:
 	@scripts/bootstrap

@@ -15,6 +15,9 @@ relies on in a real kubelet + runc:
   add/drop or privileged, no_new_privs when allowPrivilegeEscalation is false;
 - a cgroup with its memory/cpu limits, delegated to it at /sys/fs/cgroup (see `cgroups` for how
   this differs from a kubelet), OOM kills reported as `OOMKilled`;
+- termination messages: a file of its own per instance at `terminationMessagePath`, read into
+  `state.terminated.message` when it exits, or the log's tail under `FallbackToLogsOnError`
+  (see `termination`, also for a runner that is not root);
 - ServiceAccount tokens as 1.20 does: the legacy Secret token where admission put one (it honours
   automountServiceAccountToken), projected tokens from the TokenRequest API bound to the pod and
   renewed at 80% of their lifetime.
@@ -23,10 +26,10 @@ profiles, user namespaces, per-pod /dev/shm and pod-level cgroup limits, images.
 
 Modules: `main` (argv, pod watch, shutdown), `node` (Node, heartbeats, Lease), `pods` (one worker
 per pod), `containers` (the pod sandbox: credentials, cgroups, PID namespace per instance),
-`security` (securityContext resolution), `cgroups`, `state` (container state machine, restart
-and back-off rules), `status` (pure status computation), `env` (pure env resolution), `volumes`
-and `podapi` (volumes, tokens), `process` + `shim` + `shim_linux` (spawning), `probes`, `layout`
-(state dir, IP allocation) and `logs`.
+`security` (securityContext resolution, reaching the image), `termination`, `cgroups`, `state`
+(container state machine, restart and back-off rules), `status` (pure status computation), `env`
+(pure env resolution), `volumes` and `podapi` (volumes, tokens), `process` + `shim` +
+`shim_linux` (spawning), `probes`, `layout` (state dir, IP allocation) and `logs`.
 
 Leftovers of a previous runner instance are killed and restarted, not adopted. A process that is
 not our child cannot be waited for, so its exit code - which decides between Completed and Error

@@ -4,9 +4,11 @@ The pod worker (pods.py) decides WHEN a container starts and stops; this module 
 starts with: its credentials (`security.resolve`), a fresh cgroup per instance with the
 container's limits (`cgroups.create`), its PID namespace (its own, or with
 `shareProcessNamespace` the pod's, held by a pause process whose PID 1 reaps orphans exactly as
-the pause container does), and which system mounts turn read-only. When an instance ends it
-removes that instance's cgroup and says whether the kernel OOM-killed it; when the pod goes it
-stops the pause process and removes the pod's cgroup.
+the pause container does), which system mounts turn read-only, its own termination message file
+(`termination`) and the directories it must be shown to reach the image (`security.reach`).
+When an instance ends it removes that instance's cgroup and says whether the kernel OOM-killed
+it and where its message was written; when the pod goes it stops the pause process and removes
+the pod's cgroup.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nest.cluster.runner import cgroups, process, security
+from nest.cluster.runner import cgroups, process, security, termination
 from nest.cluster.runner.cgroups import ContainerCgroup, Support
 from nest.cluster.runner.security import Security
 from nest.cluster.runner.volumes import Mount
@@ -48,6 +50,7 @@ class Instance:
 
     security: Security
     cgroup: ContainerCgroup | None
+    message_file: Path | None = None  # its termination message file, if it was given one
 
     @property
     def procs_inside(self) -> tuple[str, ...]:
@@ -55,6 +58,14 @@ class Instance:
         if self.cgroup is None:
             return ()
         return tuple(f"{point}/cgroup.procs" for point in self.cgroup.inside)
+
+
+@dataclass(frozen=True)
+class Ended:
+    """What the sandbox knows of an instance that is gone."""
+
+    oom_killed: bool = False
+    message_file: Path | None = None
 
 
 def readonly_paths(support: Support, cgroup: ContainerCgroup | None) -> list[str]:
@@ -67,8 +78,9 @@ def readonly_paths(support: Support, cgroup: ContainerCgroup | None) -> list[str
 class PodSandbox:
     """One pod's shared pieces; used only from its worker's thread."""
 
-    def __init__(self, host: Host, pod: Obj) -> None:
+    def __init__(self, host: Host, pod: Obj, files: Path) -> None:
         self.host = host
+        self.files = files  # per-container files (the kubelet's pods/<uid>/containers)
         self.uid: str = pod["metadata"]["uid"]
         self.share_pid = bool((pod.get("spec") or {}).get("shareProcessNamespace"))
         self.pause: subprocess.Popen[bytes] | None = None
@@ -133,8 +145,20 @@ class PodSandbox:
     ) -> process.Launch:
         """The `process.Launch` of a new instance; its cgroup exists from here on."""
         pid_ns = self._pid_namespace(env)
+        message_file: Path | None = None
+        reach: list[security.Reach] = []
+        if self.host.isolate:  # without a mount namespace, see `termination`
+            if termination.message_path(container):
+                try:
+                    message_file = termination.create_file(self.files / container["name"])
+                except OSError as err:
+                    raise RunnerError(f"creating its termination message file: {err}") from err
+                mounts = termination.with_message_mount(list(mounts), container, message_file)
+            if argv:
+                paths = security.image_paths(argv[0], env.get("PATH"))
+                reach = security.reach(paths, creds.uid, {creds.gid, *creds.groups})
         cgroup = self._cgroup(container, creds, instance)
-        self.instances[container["name"]] = Instance(creds, cgroup)
+        self.instances[container["name"]] = Instance(creds, cgroup, message_file)
         return process.Launch(
             argv=argv,
             env=env,
@@ -146,16 +170,20 @@ class PodSandbox:
             cgroup=cgroup.shim_spec() if cgroup else None,
             pid_ns=pid_ns,
             readonly=readonly_paths(self.host.cgroups, cgroup),
+            reach=reach,
         )
 
-    def ended(self, name: str) -> bool:
-        """The instance of `name` is gone: remove its cgroup; whether it was OOM-killed."""
+    def ended(self, name: str) -> Ended:
+        """The instance of `name` is gone: remove its cgroup; whether it was OOM-killed, and its
+        message file (the caller reads and removes it)."""
         instance = self.instances.pop(name, None)
-        if instance is None or instance.cgroup is None:
-            return False
+        if instance is None:
+            return Ended()
+        if instance.cgroup is None:
+            return Ended(False, instance.message_file)
         oom = cgroups.oom_killed(instance.cgroup)
         cgroups.remove(instance.cgroup)
-        return oom
+        return Ended(oom, instance.message_file)
 
     def close(self) -> None:
         """The pod is done: stop its PID namespace and remove what is left of its cgroups."""

@@ -1,10 +1,11 @@
 """Where the runner keeps each pod's files under its state dir, and which loopback IP a pod owns.
 
 Every pod gets `<state>/pods/<uid>/` holding `pod.json` (namespace, name, containers, IP), its
-volumes and its container logs. The IP allocation is *derived* from those files rather than kept
-in a separate table, so a runner restart keeps every pod's address and removing a pod's directory
-is all it takes to release it. A second local cluster (another state dir) starts elsewhere in
-127.0.0.0/8 (`--first-pod-ip`), so its pods never collide with the first one's addresses.
+volumes, its container logs and per-container files (termination messages). The IP allocation
+is *derived* from those files rather than kept in a separate table, so a runner restart keeps
+every pod's address and removing a pod's directory is all it takes to release it. A second local
+cluster (another state dir) starts elsewhere in 127.0.0.0/8 (`--first-pod-ip`), so its pods never
+collide with the first one's addresses.
 """
 
 from __future__ import annotations
@@ -62,6 +63,11 @@ class PodDir:
     @property
     def logs(self) -> Path:
         return self.root / "logs"
+
+    @property
+    def containers(self) -> Path:
+        """Per-container files, by container name (termination message files)."""
+        return self.root / "containers"
 
     def volume(self, name: str) -> Path:
         return self.volumes / name

@@ -7,8 +7,9 @@ the runner). After each event the worker reconciles the records with the pod spe
 status subresource if `status.compute_status` yields something the server does not already show.
 
 What a container starts WITH (credentials, cgroup, PID namespace) is the pod sandbox's business
-(containers.py); projected service-account tokens are renewed from this worker's timers, like the
-kubelet's token manager does, before they expire.
+(containers.py), and so is its termination message file, which this worker reads into the
+record when the instance exits (termination.py); projected service-account tokens are renewed
+from this worker's timers, like the kubelet's token manager does, before they expire.
 
 A runner that restarts kills what the previous instance left running (see `nest.cluster.runner`)
 and rebuilds the records from the pod's last reported status: a container that was running counts
@@ -33,7 +34,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from nest.cluster.runner import cgroups, process, volumes
+from nest.cluster.runner import cgroups, process, termination, volumes
 from nest.cluster.runner import env as envs
 from nest.cluster.runner.containers import Host, PodSandbox
 from nest.cluster.runner.layout import Layout
@@ -122,7 +123,7 @@ class PodWorker:
         self.probe_stops: dict[str, threading.Event] = {}
         self.kill_at: dict[str, float] = {}
         self.volume_dirs: dict[str, Path] | None = None
-        self.sandbox = PodSandbox(ctx.host, pod)
+        self.sandbox = PodSandbox(ctx.host, pod, self.dir.containers)
         self.api = PodAPI(ctx.core, lambda: self.pod)
         self.tokens: dict[Path, volumes.TokenFile] = {}
         self.token_due: dict[Path, float] = {}
@@ -191,6 +192,9 @@ class PodWorker:
         live = (ContainerState.RUNNING, ContainerState.STOPPING)
         return [n for n, r in self.records.items() if r.state in live]
 
+    def _spec(self, name: str) -> Obj:
+        return next(c for c in self.init_specs + self.main_specs if c["name"] == name)
+
     def _deleting(self) -> bool:
         return bool(self.pod["metadata"].get("deletionTimestamp"))
 
@@ -229,15 +233,20 @@ class PodWorker:
         # Whatever the program left in its process group goes with it, and so does its cgroup
         # (with what a shared PID namespace let survive the program).
         process.signal_group(event.pid, signal.SIGKILL)
-        oom = self.sandbox.ended(record.name)
+        ended = self.sandbox.ended(record.name)
         rc = event.code
+        exit_code = rc if rc >= 0 else 128 - rc
+        message = termination.collect(
+            self._spec(record.name), exit_code, ended.message_file, self.dir.log(record.name)
+        )
         term = Termination(
-            exit_code=rc if rc >= 0 else 128 - rc,
+            exit_code=exit_code,
             signal=-rc if rc < 0 else None,
             started_at=record.started_at,
             finished_at=event.at,
             pid=event.pid,
-            reason="OOMKilled" if oom and rc == -signal.SIGKILL else "",
+            reason="OOMKilled" if ended.oom_killed and rc == -signal.SIGKILL else "",
+            message=termination.cut(message, termination.pod_share(len(self.records))),
         )
         self._set(
             record.move(
@@ -356,7 +365,9 @@ class PodWorker:
             launch = self.sandbox.launch(spec, creds, restarts, argv, env, mounts, logfile)
             popen = process.start(launch)
         except (RunnerError, process.StartError, ApiException) as err:
-            self.sandbox.ended(record.name)  # the cgroup of an instance that never ran
+            # The cgroup and message file of an instance that never ran; no log to fall back to.
+            ended = self.sandbox.ended(record.name)
+            termination.collect(spec, 128, ended.message_file, None, started=False)
             code = err.code if isinstance(err, process.StartError) else 128
             message = err.message if isinstance(err, process.StartError) else str(err)
             with logfile.open("a") as f:

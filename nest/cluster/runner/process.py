@@ -25,7 +25,7 @@ from typing import Any
 import psutil
 
 from nest.cluster.runner.env import NODE_MARKER
-from nest.cluster.runner.security import Security
+from nest.cluster.runner.security import Reach, Security
 from nest.cluster.runner.volumes import Mount
 
 SHIM = Path(__file__).with_name("shim.py")
@@ -54,6 +54,7 @@ class Launch:
     cgroup: Mapping[str, Any] | None = None  # ContainerCgroup.shim_spec()
     pid_ns: str | None = None  # the pod's PID namespace to join; None: a new one
     readonly: Sequence[str] = ()  # system mounts made read-only (non-privileged containers)
+    reach: Sequence[Reach] = ()  # directories re-shown so that its user reaches the image
 
 
 def _spawn(
@@ -110,6 +111,7 @@ def start(launch: Launch) -> subprocess.Popen[bytes]:
         "cgroup": launch.cgroup,
         "pid_ns": launch.pid_ns,
         "readonly": list(launch.readonly),
+        "reach": [r.to_spec() for r in launch.reach],
     }
     return _spawn(spec, launch.env, launch.log)
 

@@ -10,13 +10,24 @@ executes a finished `Security` and the rules are unit-tested without a kernel.
 
 The container's "image" is this host: a runAsUser without runAsGroup takes the primary group of
 that uid in the host's /etc/passwd (gid 0 if none), as containerd reads the image's passwd file.
+An image keeps its installation where any user reaches it; this host's may sit below a directory
+like /root (0701) that every uid may search EXCEPT members of its group, whose empty group bits
+win - and gid 0 is what containerd gives a uid the image does not know, so `runAsUser: 65532`
+alone could not run the image's python. `reach` names such directories on the way to the
+installation; the shim shows the container a copy of each (tmpfs, the host's mode plus group
+search) holding only the entries on that way, bound from the host: the container reaches the
+image as every other uid already does, and sees nothing else of that directory.
 """
 
 from __future__ import annotations
 
+import os
 import pwd
-from collections.abc import Callable, Iterable, Mapping
+import shutil
+import sys
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from nest.errors import RunnerError
@@ -203,3 +214,59 @@ def read_last_cap(path: str = "/proc/sys/kernel/cap_last_cap") -> int:
 def describe(capabilities: Iterable[int]) -> list[str]:
     """Capability names, for messages and tests."""
     return [NAMES.get(c, str(c)) for c in sorted(capabilities)]
+
+
+# -- reaching the image ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reach:
+    """A directory on the way to the image that the container's group would bar it from."""
+
+    path: str
+    mode: int  # what the container sees: the host's mode plus group search
+    children: tuple[str, ...]  # the only entries it shows: those on the way to the image
+
+    def to_spec(self) -> dict[str, Any]:
+        return {"path": self.path, "mode": self.mode, "children": list(self.children)}
+
+
+def barred(mode: int, owner: int, group: int, uid: int, groups: Collection[int]) -> bool:
+    """Search permission denied by the group bits of a directory that every other user may
+    search (the kernel checks owner, then group, then other bits: the first that applies)."""
+    return uid != owner and group in groups and not mode & 0o010 and bool(mode & 0o001)
+
+
+def image_paths(program: str, search_path: str | None) -> list[str]:
+    """Where "the image" lives on this host: this installation's interpreter and prefixes (the
+    commands of deploy/ resolve there), and the program the container runs."""
+    paths = [sys.prefix, sys.executable, os.path.realpath(sys.executable), sys.base_prefix]
+    found = shutil.which(program, path=search_path) if "/" not in program else program
+    if found:
+        paths += [found, os.path.realpath(found)]
+    return list(dict.fromkeys(paths))
+
+
+def reach(
+    paths: Iterable[str],
+    uid: int,
+    groups: Collection[int],
+    stat: Callable[[str], os.stat_result] = os.stat,
+) -> list[Reach]:
+    """The directories the shim must re-show for a container of `uid` in `groups` to reach
+    `paths`, parents first; empty for nearly every container (root, or not in such a group)."""
+    needed: dict[str, set[str]] = {}
+    modes: dict[str, int] = {}
+    for path in paths:
+        parts = Path(path).parts
+        for depth in range(2, len(parts)):  # "/" itself cannot be re-shown
+            directory = str(Path(*parts[:depth]))
+            try:
+                st = stat(directory)
+            except OSError:
+                break
+            if barred(st.st_mode, st.st_uid, st.st_gid, uid, groups):
+                needed.setdefault(directory, set()).add(parts[depth])
+                modes[directory] = (st.st_mode & 0o7777) | 0o010
+    order = sorted(needed, key=lambda d: len(Path(d).parts))
+    return [Reach(d, modes[d], tuple(sorted(needed[d]))) for d in order]

@@ -124,6 +124,7 @@ def _container(spec: Mapping[str, Any], err_fd: int, last_cap: int) -> NoReturn:
         if not privileged:
             linux.readonly_mounts(spec["readonly"])
             linux.mask_paths()
+        linux.reach_image(spec.get("reach") or [])
         linux.bind_volumes(spec["mounts"], sources)
         if cwd:
             os.makedirs(cwd, exist_ok=True)

@@ -6,7 +6,8 @@ calls. Each setup step is one function, applied by shim.py in runc's order:
 
   mount namespace (private) -> [fork into the PID namespace] -> join cgroups -> cgroup
   namespace -> /proc (this PID namespace's) -> minimal /dev -> own cgroup at /sys/fs/cgroup ->
-  read-only system paths, masked /proc paths -> volume binds -> read-only root ->
+  read-only system paths, masked /proc paths -> the image's barred directories re-shown
+  (security.reach) -> volume binds -> termination message file -> read-only root ->
   bounding set, groups, gid, uid, capabilities, no_new_privs -> exec
 
 This file is loaded by path from shim.py (or imported as nest.cluster.runner.shim_linux by tests)
@@ -18,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import stat
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -171,6 +173,32 @@ def bind_volumes(volumes: Sequence[Mapping[str, Any]], sources: Sequence[int]) -
     for m, fd in zip(volumes, sources, strict=True):
         _bind(f"/proc/self/fd/{fd}", str(m["target"]), bool(m["read_only"]))
         os.close(fd)
+
+
+def reach_image(entries: Sequence[Mapping[str, Any]]) -> None:
+    """Cover each directory with a tmpfs of its mode plus group search, holding binds of only
+    the host's entries named (parents first, so a nested one covers a bind of the previous)."""
+    for entry in entries:
+        path = str(entry["path"])
+        fds = []
+        for child in map(str, entry["children"]):
+            try:
+                fds.append((child, os.open(os.path.join(path, child), os.O_PATH | os.O_CLOEXEC)))
+            except FileNotFoundError:
+                continue
+        try:
+            options = f"mode={int(entry['mode']):o},size=1m"
+            mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, options)
+            for child, fd in fds:
+                target = os.path.join(path, child)
+                if stat.S_ISDIR(os.fstat(fd).st_mode):
+                    os.mkdir(target)
+                else:
+                    open(target, "a").close()
+                mount(f"/proc/self/fd/{fd}", target, None, MS_BIND | MS_REC)
+        finally:
+            for _, fd in fds:
+                os.close(fd)
 
 
 def mount_proc() -> None:
