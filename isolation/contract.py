@@ -254,9 +254,3 @@ def error_response(exc: BaseException, status: int = 500) -> Response:
     """The response for a failed invocation: type and message, never the traceback."""
     body = json.dumps({"error": type(exc).__name__, "message": str(exc)}).encode()
     return Response(status, {"Content-Type": JSON_TYPE}, body)
-
-
-def failure_response(status: int, error: str, message: str) -> Response:
-    """A response produced by the platform itself (overload, timeout, crash)."""
-    body = json.dumps({"error": error, "message": message}).encode()
-    return Response(status, {"Content-Type": JSON_TYPE}, body)
