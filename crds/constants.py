@@ -75,3 +75,6 @@ NATIVE_DISTRIBUTIONS_ANNOTATION: Final = f"{GROUP}/native-distributions"
 # On a Sandbox a SandboxDeployment made: the function (deployment) it is an instance of; the
 # sidecar reports it to the code as context.function_name.
 FUNCTION_LABEL: Final = f"{GROUP}/function"
+# On a SandboxDeployment's build Jobs (and their pods): the deployment they build; the operator
+# watches Jobs with it and deletes the superseded ones by it.
+BUILD_LABEL: Final = f"{GROUP}/build"

@@ -110,6 +110,14 @@ KINDS: tuple[Kind, ...] = (
             _column("Ready", "integer", ".status.readyReplicas", "Ready Sandboxes."),
             _column("Up-to-date", "integer", ".status.updatedReplicas", "Of the current template."),
             _column("Available", "integer", ".status.availableReplicas", "Available Sandboxes."),
+            # Empty unless the template builds its code (source.build): only with -o wide.
+            _column(
+                "Built",
+                "string",
+                '.status.conditions[?(@.type=="Built")].status',
+                "The in-cluster build of source.build.",
+                priority=1,
+            ),
             AGE_COLUMN,
         ),
         scalable=True,

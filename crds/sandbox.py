@@ -8,8 +8,9 @@ operator and the tests must agree on which moves are legal.
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -33,7 +34,7 @@ SHA256_PATTERN = r"^[0-9a-f]{64}$"
 # A C identifier, as POSIX shells and Lambda allow; stricter than Kubernetes' own env names
 # ([-._a-zA-Z][-._a-zA-Z0-9]*), whose `-` and `.` no shell or os.environ user can spell.
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
-CODE_SOURCES = ("inline", "configMap", "url", "path", "oci")
+CODE_SOURCES = ("inline", "configMap", "url", "path", "oci", "build")
 # A function package in an OCI registry, by digest only (a tag could be moved under a running
 # function): `registry/repository@sha256:<hex>`, distribution's reference grammar with the
 # registry always explicit and, as Docker reads references, recognisable as one (a dot, a port,
@@ -224,8 +225,41 @@ class OciSource(NestModel):
     )
 
 
+class BuildSource(NestModel):
+    """A function directory (a *context* artifact) the operator builds into a package in-cluster.
+
+    Only a SandboxDeployment may name one: its operator runs a build Job, records the package it
+    produced in `status.build`, and rolls out replica sets whose template has `source.oci` with
+    that package instead (spec names the input, status the resolved digest, as Knative). A
+    Sandbox or SandboxReplicaSet with `source.build` is refused at admission.
+    """
+
+    context: str = Field(
+        max_length=1024,
+        pattern=OCI_REF_PATTERN,
+        description="registry/repository@sha256:<digest> of the context artifact (a gzip tar of "
+        "the function directory, requirements.txt or pyproject.toml included).",
+    )
+    pull_secret: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        description="A kubernetes.io/dockerconfigjson Secret of the namespace: the build pulls "
+        "the context and pushes the package with it, and the Sandboxes pull the package with it.",
+    )
+
+
+def native_distributions_value(natives: Iterable[str]) -> str:
+    """The NATIVE_DISTRIBUTIONS_ANNOTATION value for "name==version" items: a sorted JSON list
+    with PEP 503 names, as pool pods' Leases spell them (`nest deploy` and the operator's
+    resolved build templates both write it; the scheduler compares it with the Leases')."""
+    named = (n.partition("==") for n in natives)
+    return json.dumps(sorted(f"{re.sub(r'[-_.]+', '-', n).lower()}=={v}" for n, _, v in named))
+
+
 class CodeSource(NestModel):
-    """Where the function's code comes from; exactly one of inline, configMap, url, path, oci."""
+    """Where the function's code comes from; exactly one of inline, configMap, url, path, oci,
+    build."""
 
     model_config = NestModel.model_config | {
         # Structural schemas allow oneOf of `required` lists: the API server rejects zero or
@@ -237,6 +271,7 @@ class CodeSource(NestModel):
                 {"required": ["url", "sha256"]},
                 {"required": ["path"]},
                 {"required": ["oci"]},
+                {"required": ["build"]},
             ]
         }
     }
@@ -270,6 +305,11 @@ class CodeSource(NestModel):
     oci: OciSource | None = Field(
         default=None, description="A function package in an OCI registry, by digest."
     )
+    build: BuildSource | None = Field(
+        default=None,
+        description="A function directory the operator builds into a package (SandboxDeployment "
+        "only; its replica sets get the built package as oci).",
+    )
 
     @field_validator("inline")
     @classmethod
@@ -285,7 +325,7 @@ class CodeSource(NestModel):
             wire
             for wire, value in zip(
                 CODE_SOURCES,
-                (self.inline, self.config_map, self.url, self.path, self.oci),
+                (self.inline, self.config_map, self.url, self.path, self.oci, self.build),
                 strict=True,
             )
             if value is not None

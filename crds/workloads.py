@@ -263,6 +263,24 @@ class DeploymentConditionType(StrEnum):
 
     AVAILABLE = "Available"
     PROGRESSING = "Progressing"
+    # Only with source.build: Unknown (Building) while the build Job runs, True (Succeeded) once
+    # status.build.ref holds the package, False (BuildFailed) with the build's own message.
+    BUILT = "Built"
+
+
+class BuildStatus(NestModel):
+    """The last build of the template's `source.build` context: what was built, by which Job,
+    and the package it produced (the ref the replica sets run)."""
+
+    context: str | None = Field(default=None, description="The context this build is of.")
+    ref: str | None = Field(
+        default=None, description="The package it produced (registry/repo@sha256:...)."
+    )
+    natives: list[str] = Field(
+        default_factory=list, description="The package's compiled distributions, name==version."
+    )
+    job: str | None = Field(default=None, description="The build Job (its pod has the log).")
+    message: str | None = Field(default=None, description="Why the last build failed.")
 
 
 class SandboxDeploymentStatus(NestModel):
@@ -278,7 +296,10 @@ class SandboxDeploymentStatus(NestModel):
     unavailable_replicas: int = Field(
         default=0, ge=0, description="Desired Sandboxes not yet available."
     )
-    conditions: Conditions = conditions_field("Available and Progressing.")
+    conditions: Conditions = conditions_field("Available, Progressing, and Built with a build.")
+    build: BuildStatus | None = Field(
+        default=None, description="The in-cluster build of source.build, when the template has one."
+    )
     collision_count: int | None = Field(
         default=None, ge=0, description="Template-hash collisions seen; salts the next hash."
     )

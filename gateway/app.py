@@ -26,6 +26,7 @@ from crds import LabelSelector
 from gateway import convert, openapi
 from gateway import models as m
 from gateway.auth import Authorizer
+from gateway.contexts import RegistrySettings, Uploader
 from gateway.errors import (
     BadRequest,
     FieldError,
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request, str, str, Any], Awaitable[web.StreamResponse]]
 _LABEL = re.compile(m.DNS_LABEL_PATTERN)
 # aiohttp's default `{name}` would also swallow ":invoke" and ":undo"; names never contain ':'.
+NO_REGISTRY_FLAGS = RegistrySettings()  # the cluster's announced registry
 _AIOHTTP_VARS = {"{name}": "{name:[^/:]+}", "{path}": "{path:.*}"}
 
 
@@ -60,6 +62,7 @@ class Options:
     auth_cache_seconds: float = 10.0
     limits: BodyLimits = DEFAULT_LIMITS  # the runtimes' must be the same (flags of both)
     dataplane_key_file: str | None = None  # None: forward unsigned (insecure runtimes only)
+    registry: RegistrySettings = NO_REGISTRY_FLAGS  # where build contexts are stored
 
 
 def problem_response(error: GatewayError, path: str) -> web.Response:
@@ -145,12 +148,15 @@ class Gateway:
         invoker: Invoker,
         authorizer: Authorizer | None,
         body_limits: BodyLimits = DEFAULT_LIMITS,
+        uploader: Uploader | None = None,
     ) -> None:
         self.kube = kube
         self.invoker = invoker
         self.authorizer = authorizer
         self.limits = body_limits
+        self.uploader = uploader or Uploader(kube, RegistrySettings())
         self.handlers: dict[str, Handler] = {
+            "uploadContext": self.upload_context,
             "createFunction": self.create_function,
             "listFunctions": self.list_functions,
             "getFunction": self.get_function,
@@ -185,6 +191,9 @@ class Gateway:
         endpoints = await self.kube.get_endpoints(ns, name)
         replicasets = await self.kube.list_replicasets(ns, _selector(deployment))
         return _json(convert.function_view(deployment, endpoints, replicasets), status)
+
+    async def upload_context(self, request: web.Request, ns: str, _: str, __: Any) -> web.Response:
+        return _json(await self.uploader.upload(request, ns), 201)
 
     async def create_function(self, _: web.Request, ns: str, __: str, body: Any) -> web.Response:
         deployment = convert.deployment_for(ns, body)
@@ -319,7 +328,8 @@ def create_app(api: Api, options: Options) -> web.Application:
     keys = dataplane_auth.KeySource(key_file) if key_file else None  # raises: no key, no gateway
     invoker = Invoker(kube, Metrics(registry), options.queue_size, options.activation_timeout, keys)
     authorizer = Authorizer(kube, options.auth_cache_seconds) if options.auth else None
-    gateway = Gateway(kube, invoker, authorizer, options.limits)
+    uploader = Uploader(kube, options.registry)
+    gateway = Gateway(kube, invoker, authorizer, options.limits, uploader)
     app = api_app(gateway, options)
     app[REGISTRY_KEY] = registry
     app[INFORMERS_KEY] = []

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 from crds import (
     Autoscaling,
     CodeSource,
+    ConditionStatus,
     DeploymentConditionType,
     Function,
     LabelSelector,
@@ -170,6 +171,28 @@ def revisions(deployment: dict[str, Any], items: list[dict[str, Any]]) -> list[m
     return found
 
 
+def build_view(deployment: SandboxDeployment) -> m.BuildView | None:
+    """The build of a function whose template has `source.build` (None otherwise): the Built
+    condition's status, reason and message, and from status.build the Job and, when it is the
+    build of the template's own context, the package it produced."""
+    source = deployment.spec.template.spec.function.source.build
+    if source is None:
+        return None
+    built = next(
+        (c for c in deployment.status.conditions if c.type == DeploymentConditionType.BUILT), None
+    )
+    status = deployment.status.build
+    current = status is not None and status.context == source.context
+    return m.BuildView(
+        status=built.status if built is not None else ConditionStatus.UNKNOWN,
+        reason=built.reason if built is not None else None,
+        message=built.message if built is not None else "waiting for the build to start",
+        context=source.context,
+        ref=status.ref if status is not None and current else None,
+        job=status.job if status is not None and current else None,
+    )
+
+
 def function_view(
     deployment: dict[str, Any],
     endpoints: dict[str, Any] | None,
@@ -187,6 +210,7 @@ def function_view(
         spec=parsed.spec,
         status=parsed.status,
         endpoints=status,
+        build=build_view(parsed),
         revisions=revisions(deployment, replicasets or []),
     )
 

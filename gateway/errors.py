@@ -92,6 +92,12 @@ class QueueFull(GatewayError):
     status, kind, title = 503, "queue-full", "Function busy scaling up"
 
 
+class NotConfigured(GatewayError):
+    """An operation needs a setting the gateway was started without (the detail names the flag)."""
+
+    status, kind, title = 503, "not-configured", "Not configured"
+
+
 class NotReady(GatewayError):
     """The gateway has not yet listed the cluster's functions and endpoints."""
 

@@ -24,6 +24,7 @@ from gateway.errors import (
 )
 from nest_kube import Api, ApiError
 from nest_kube.resources import (
+    CONFIGMAPS,
     SANDBOX_DEPLOYMENTS,
     SANDBOX_ENDPOINTS,
     SANDBOX_REPLICASETS,
@@ -133,6 +134,16 @@ class Kube:
 
     async def list_sandboxes(self, ns: str, selector: str) -> list[Obj]:
         return await self._list(SANDBOXES, ns, f"sandboxes in {ns}", selector)
+
+    async def find_configmap(self, ns: str, name: str) -> Obj | None:
+        """A ConfigMap, or None when it is missing or the gateway may not read it (an optional
+        setting such as kube-public/local-registry-hosting: absent is an answer, not a fault)."""
+        try:
+            return await self.api.get(CONFIGMAPS, ns, name)
+        except ApiError as exc:
+            if exc.status in (403, 404):
+                return None
+            raise api_error(exc, f"ConfigMap {ns}/{name}") from exc
 
     async def _review(self, resource: Resource, spec: Mapping[str, Any], what: str) -> Obj:
         body: Obj = {"apiVersion": resource.api_version, "kind": resource.kind, "spec": spec}

@@ -24,6 +24,7 @@ from aiohttp import web
 
 from gateway import openapi
 from gateway.app import Options, create_app
+from gateway.contexts import RegistrySettings
 from nest_kube import Api, ConfigError, HttpApi, connect
 from sandbox import dataplane_auth, limits
 
@@ -31,7 +32,10 @@ EPILOG = """\
 environment: NEST_GATEWAY_HOST (or POD_IP), NEST_GATEWAY_PORT, NEST_GATEWAY_AUTH=off,
              NEST_GATEWAY_QUEUE_SIZE, NEST_GATEWAY_ACTIVATION_TIMEOUT, KUBECONFIG,
              NEST_DATAPLANE_KEY_FILE, NEST_DATAPLANE_INSECURE=1,
-             NEST_MAX_BODY_BYTES, NEST_MAX_JSON_DEPTH (the runtime reads the same two)
+             NEST_MAX_BODY_BYTES, NEST_MAX_JSON_DEPTH (the runtime reads the same two),
+             NEST_GATEWAY_REGISTRY, NEST_GATEWAY_REGISTRY_PULL_HOST,
+             NEST_GATEWAY_REGISTRY_CREDENTIALS (build contexts; default: the registry the
+             cluster announces in kube-public/local-registry-hosting)
 examples:
   nest-gateway --no-auth --insecure-dataplane --port 8090   # local development
   nest-gateway openapi > openapi.json       # print the document
@@ -85,6 +89,28 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="forward requests unsigned (only runtimes run with --insecure-dataplane take them)",
     )
     limits.add_flags(parser, env)  # the same flags as the runtime's: their limits must agree
+    registry = parser.add_argument_group("build contexts (POST .../contexts)")
+    registry.add_argument(
+        "--registry",
+        metavar="HOST[:PORT]",
+        default=env.get("NEST_GATEWAY_REGISTRY") or None,
+        help="registry to store uploaded build contexts in, as the gateway reaches it "
+        "(default: the cluster's, kube-public/local-registry-hosting)",
+    )
+    registry.add_argument(
+        "--registry-pull-host",
+        metavar="HOST[:PORT]",
+        default=env.get("NEST_GATEWAY_REGISTRY_PULL_HOST") or None,
+        help="the same registry as pods reach it, the name written into references "
+        "(default: --registry's, or the announced hostFromClusterNetwork)",
+    )
+    registry.add_argument(
+        "--registry-credentials",
+        metavar="FILE",
+        default=env.get("NEST_GATEWAY_REGISTRY_CREDENTIALS") or None,
+        help="a Docker config.json (or a dockerconfigjson Secret volume) with the registry's "
+        "credentials (default: anonymous)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     doc = sub.add_parser(
@@ -147,6 +173,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         auth_cache_seconds=args.auth_cache_seconds,
         dataplane_key_file=args.dataplane_key_file,
         limits=limits.from_args(args),
+        registry=RegistrySettings(
+            args.registry, args.registry_pull_host, args.registry_credentials
+        ),
     )
     try:
         app = create_app(_api(args.kubeconfig), options)

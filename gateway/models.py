@@ -22,8 +22,8 @@ from crds import (
     SandboxSpec,
     SandboxStatus,
 )
-from crds.common import LABEL_VALUE_PATTERN, Quantity
-from crds.sandbox import HANDLER_PATTERN, SHA256_PATTERN, OciSource
+from crds.common import LABEL_VALUE_PATTERN, ConditionStatus, Quantity
+from crds.sandbox import HANDLER_PATTERN, SHA256_PATTERN, BuildSource, OciSource
 
 # RFC 1123 label: what Kubernetes accepts as a namespace name, and Nest as a function name (it
 # also becomes a label value and part of generated object names).
@@ -32,8 +32,9 @@ DNS_LABEL_MAX = 63
 
 
 class CodeReference(NestModel):
-    """Code that is not uploaded: a ConfigMap, a pinned URL, a path in the pool image, or a
-    function package (code and dependency layers) in an OCI registry, by digest."""
+    """Code that is not uploaded: a ConfigMap, a pinned URL, a path in the pool image, a
+    function package (code and dependency layers) in an OCI registry, by digest, or a build
+    context (`POST .../contexts`) the cluster builds into a package."""
 
     model_config = NestModel.model_config | {
         "json_schema_extra": {
@@ -42,6 +43,7 @@ class CodeReference(NestModel):
                 {"required": ["url", "sha256"]},
                 {"required": ["path"]},
                 {"required": ["oci"]},
+                {"required": ["build"]},
             ]
         }
     }
@@ -63,6 +65,11 @@ class CodeReference(NestModel):
     )
     oci: OciSource | None = Field(
         default=None, description="A function package (`nest deploy DIR`) in a registry."
+    )
+    build: BuildSource | None = Field(
+        default=None,
+        description="A build context (the `context` an upload to /contexts answered) that the "
+        "cluster builds into a package with its requirements; see the function's `build`.",
     )
 
 
@@ -183,6 +190,33 @@ class Revision(NestModel):
     created: str | None = Field(default=None, description="Creation time (RFC 3339).")
 
 
+class BuildView(NestModel):
+    """The in-cluster build of a function's `code.build` context, from its status."""
+
+    status: ConditionStatus = Field(
+        description="The Built condition: Unknown while building, True when built, False failed."
+    )
+    reason: str | None = Field(
+        default=None, description="Building, Succeeded or BuildFailed (the condition's reason)."
+    )
+    message: str | None = Field(
+        default=None, description="What was built, or why it failed (the build's own words)."
+    )
+    context: str | None = Field(default=None, description="The context being built.")
+    ref: str | None = Field(default=None, description="The package built (registry/repo@sha256).")
+    job: str | None = Field(
+        default=None, description="The build Job of the function's namespace (its pod's log)."
+    )
+
+
+class ContextUpload(NestModel):
+    """A stored build context: the reference to put into `code.build.context`."""
+
+    context: str = Field(description="registry/repository@sha256:<digest> of the context.")
+    files: int = Field(ge=1, description="Files in the context.")
+    bytes: int = Field(ge=1, description="Size of the uploaded .tar.gz.")
+
+
 class FunctionView(NestModel):
     """A function as stored: the SandboxDeployment's spec and status, its endpoints, revisions."""
 
@@ -193,6 +227,9 @@ class FunctionView(NestModel):
     spec: SandboxDeploymentSpec = Field(description="The SandboxDeployment's spec.")
     status: SandboxDeploymentStatus = Field(description="The SandboxDeployment's status.")
     endpoints: SandboxEndpointsStatus = Field(description="Ready and not-ready sandboxes.")
+    build: BuildView | None = Field(
+        default=None, description="The in-cluster build, for a function with code.build."
+    )
     revisions: list[Revision] = Field(
         default_factory=list, description="Revisions, oldest first (single-function reads only)."
     )

@@ -24,6 +24,7 @@ from gateway.errors import PROBLEM_JSON
 from gateway.models import DNS_LABEL_MAX, DNS_LABEL_PATTERN
 from gateway.routes import ROUTES, Route
 from sandbox import limits
+from sandbox.context import MAX_CONTEXT_BYTES
 
 TITLE = "Nest gateway"
 VERSION = "v1"
@@ -53,6 +54,16 @@ BODY_STATUS_TEXT = {
     413: f"Body larger than {_BYTES} bytes ({_BYTES // limits.MIB} MiB; "
     "problem type `payload-too-large`)",
 }
+UPLOAD_STATUS_TEXT = {
+    400: "Bad request: the archive is not a .tar.gz, or an entry may not be unpacked (a link, a "
+    "device, an absolute or `..` path, a name too long, too many files or bytes); the detail "
+    "and `errors[].field` name the entry",
+    413: f"Body larger than {MAX_CONTEXT_BYTES} bytes ({MAX_CONTEXT_BYTES // limits.MIB} MiB; "
+    "problem type `payload-too-large`)",
+    415: "Body is not application/gzip",
+    503: "The gateway has no registry to store contexts in (problem type `not-configured`; "
+    "the detail names the flag)",
+}
 PASSTHROUGH_STATUS_TEXT = {
     400: "Bad request: a bad path parameter, or a JSON body (one starting with `[` or `{`) "
     f"nested more than {_DEPTH} levels deep (problem type `json-too-deep`); other bodies pass "
@@ -62,6 +73,8 @@ PASSTHROUGH_STATUS_TEXT = {
 
 
 def _error_text(route: Route, code: int) -> str:
+    if route.upload is not None:
+        return UPLOAD_STATUS_TEXT.get(code, STATUS_TEXT[code])
     if route.passthrough:
         return PASSTHROUGH_STATUS_TEXT.get(code, STATUS_TEXT[code])
     if route.body is not None:
@@ -134,6 +147,16 @@ def _operation(route: Route, method: str, refs: dict[Any, Any]) -> dict[str, Any
     if route.body is not None:
         schema = refs[(route.body, "validation")]
         op["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
+    elif route.upload is not None:
+        op["requestBody"] = {
+            "required": True,
+            "description": "A gzip-compressed tar of the function directory (`tar -czf - -C "
+            "DIR .`): code plus requirements.txt or pyproject.toml.",
+            "content": {
+                media: {"schema": {"type": "string", "format": "binary"}}
+                for media in (route.upload, "application/octet-stream")
+            },
+        }
     elif route.passthrough and method != "get":
         op["requestBody"] = {
             "required": False,

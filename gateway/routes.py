@@ -18,6 +18,9 @@ from gateway import models as m
 
 FUNCTIONS = "/v1/namespaces/{namespace}/functions"
 FUNCTION = FUNCTIONS + "/{name}"
+CONTEXTS = "/v1/namespaces/{namespace}/contexts"
+# What an uploaded build context is sent as (a .tar.gz); the first is the one documented.
+UPLOAD_MEDIA_TYPES = ("application/gzip", "application/x-gzip", "application/octet-stream")
 TRIGGER_METHODS = ("get", "post", "put", "patch", "delete")
 # Invocation is `create` on a subresource the API server does not serve; RBAC still evaluates
 # it, so `kubectl create role --verb=create --resource=sandboxdeployments/invoke` grants it.
@@ -50,6 +53,8 @@ class Route:
     status: int = 200
     # Invocations: the body and the response are the function's, passed through untouched.
     passthrough: bool = False
+    # A raw upload (not JSON): the body's media type, read up to the route's own size limit.
+    upload: str | None = None
     errors: tuple[int, ...] = (400, 401, 403, 404, 502)
 
 
@@ -59,6 +64,12 @@ ROUTES: tuple[Route, ...] = (
         "Create a function from uploaded files or a code reference.", "functions",
         Access("create", named=False), body=m.FunctionCreate, response=m.FunctionView, status=201,
         errors=(400, 401, 403, 404, 409, 415, 422, 502),
+    ),
+    Route(
+        "uploadContext", ("post",), CONTEXTS,
+        "Upload a function directory (.tar.gz, requirements included) as a build context.",
+        "builds", Access("create", named=False), response=m.ContextUpload, status=201,
+        upload=UPLOAD_MEDIA_TYPES[0], errors=(400, 401, 403, 413, 415, 502, 503),
     ),
     Route(
         "listFunctions", ("get",), FUNCTIONS, "List the functions of a namespace.", "functions",

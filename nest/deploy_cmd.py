@@ -5,8 +5,9 @@ code a script can trust: 0 ready, 1 failed for good (the sandboxes' reason, e.g.
 is printed), 3 timed out. A directory that declares dependencies (requirements.txt, or
 pyproject.toml's [project].dependencies) is built into a function package instead of being sent
 inline: layers pushed to the cluster's registry, the function's source their digest
-(nest.package). Invoke prefers the gateway (the path production traffic takes, with
-its authorisation and scale-from-zero) and falls back to a ready sandbox's own address.
+(nest.package), or with --build-in-cluster built by the cluster (nest.package.incluster).
+Invoke prefers the gateway (the path production traffic takes, with its authorisation and
+scale-from-zero) and falls back to a ready sandbox's own address.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from crds.constants import DEPLOYMENT_PLURAL, NATIVE_DISTRIBUTIONS_ANNOTATION
 from gateway.models import FunctionCreate
 from nest import functions
 from nest.cluster.paths import ClusterPaths
-from nest.cluster.registry import RegistryHosting
 from nest.errors import (
     FunctionFailedError,
     InvokeFailedError,
@@ -40,7 +40,9 @@ from nest.errors import (
     WaitTimeoutError,
 )
 from nest.kube import Cluster
+from nest.package import incluster
 from sandbox import dataplane_auth
+from sandbox.hosting import RegistryHosting
 
 log = logging.getLogger("nest.invoke")
 DEPLOY_EPILOG = """\
@@ -53,11 +55,14 @@ examples:
   nest deploy app/ --no-wait && nest rollout status app
   nest deploy api/                                     # api/requirements.txt: built and pushed
   nest deploy api/ --python-version 3.12 --platform manylinux_2_28_x86_64   # another pool's
+  nest deploy api/ --build-in-cluster                  # no pip here: a Job in the cluster builds
 
 A directory with requirements.txt (or pyproject.toml [project].dependencies) becomes a function
 package: a dependency layer (pip, wheels for the pool's Python and platform) and a code layer,
 pushed to the cluster's registry (--registry, $NEST_REGISTRY, else the one the cluster announces
 in kube-public/local-registry-hosting, as `nest cluster up` does) and deployed by digest.
+With --build-in-cluster the directory is pushed as is and the cluster builds it (a Job of the
+function's namespace; `kubectl logs job/<name>-build-...` shows its progress).
 
 exit codes: 0 ready, 1 error or failed for good (reason printed), 2 usage, 3 timed out
 """
@@ -173,6 +178,12 @@ def register(sub: Any) -> None:
     )
     pkg.add_argument(
         "--rebuild", action="store_true", help="resolve the dependencies again (no cache)"
+    )
+    pkg.add_argument(
+        "--build-in-cluster",
+        action="store_true",
+        help="push the directory as a build context and let the cluster build the package "
+        "(source.build; no pip here, the pool's interpreter builds it)",
     )
     add_wait(deploy, 120.0)
     add_namespace(deploy)
@@ -323,16 +334,18 @@ def _apply(
 
 
 def deploy_cmd(args: argparse.Namespace) -> int:
-    if packaged(args.path, args.package):
+    if args.build_in_cluster or packaged(args.path, args.package):
         return deploy_package(args)
     request = functions.function_request(functions.read_code(args.path), _options(args))
     return _apply(args, Cluster.from_args(args.namespace), request)
 
 
 def deploy_package(args: argparse.Namespace) -> int:
-    """`nest deploy DIR` for a package: build, push, then the same create-or-update and wait."""
+    """`nest deploy DIR` for a package: build (here, or in the cluster), push, then the same
+    create-or-update and wait."""
     if not args.path.is_dir():
-        raise NestError(f"{args.path}: --package needs a directory")
+        flag = "--build-in-cluster" if args.build_in_cluster else "--package"
+        raise NestError(f"{args.path}: {flag} needs a directory")
     # The request is built as for inline code, whose stand-in file is then replaced by the
     # package: the gateway's conversions (labels, autoscaling, updates) stay the one path.
     stand_in = functions.Code(
@@ -342,6 +355,13 @@ def deploy_package(args: argparse.Namespace) -> int:
     )
     request = functions.function_request(stand_in, _options(args))
     cluster = Cluster.from_args(args.namespace)
+    if args.build_in_cluster:
+        context = incluster.push_directory(args.path, _hosting(args, cluster), cluster.namespace)
+
+        def build(body: dict[str, Any]) -> dict[str, Any]:
+            return incluster.with_build(body, context, args.pull_secret)
+
+        return _apply(args, cluster, request, build, " (built in the cluster)")
     ref, natives = build_and_push(args, cluster, request.name)
 
     def finish(body: dict[str, Any]) -> dict[str, Any]:
@@ -360,7 +380,7 @@ def wait_ready(cluster: Cluster, name: str, timeout: float) -> None:
     last = ""
     while True:
         deployment = cluster.function(name)
-        verdict = functions.readiness(
+        verdict = incluster.build_readiness(deployment) or functions.readiness(
             deployment, cluster.replicasets_of(deployment), cluster.sandboxes_of(deployment)
         )
         if verdict.progress != last:

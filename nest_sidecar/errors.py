@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
+from sandbox.layers import shown_name as shown_name  # one rule for names in messages
+
 
 class SidecarError(Exception):
     """Base of the sidecar's own errors; `reason` goes into Sandbox status verbatim."""
@@ -51,13 +53,6 @@ class CodePathNotFound(SidecarError):
     """A `path` source names a directory that is not in the pool image."""
 
     reason = "CodePathNotFound"
-
-
-def shown_name(name: str, keep: int = 60) -> str:
-    """A file name for a message: quoted, and shortened when long (its length said instead)."""
-    if len(name) <= keep:
-        return repr(name)
-    return repr(f"{name[: keep - 20]}…{name[-12:]}") + f" ({len(name.encode())} bytes)"
 
 
 def describe_exception(exc: BaseException) -> str:

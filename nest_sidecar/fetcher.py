@@ -223,6 +223,8 @@ class CodeFetcher:
             oci = source.oci
             package = await self.packages.fetch(oci.ref, oci.pull_secret, namespace, user)
             return CodeRef(package.digest, package.code, package.dependencies, package.native)
+        if source.build is not None:  # only a SandboxDeployment builds; its sets get oci
+            raise InvalidSpec("source.build must be resolved by the operator")
         raise InvalidCodeArchive("the code source names no code")
 
     def store(

@@ -42,6 +42,7 @@ from sandbox.layers import (
     PackageError,
     Reference,
     credentials_for,
+    member_problem,
     pull_layers,
 )
 
@@ -107,22 +108,6 @@ def native_distributions(config: Mapping[str, Any]) -> tuple[str, ...]:
         if isinstance(dist, Mapping) and dist.get("native") is True:
             found.append(f"{dist.get('name')}=={dist.get('version')}")
     return tuple(sorted(found))
-
-
-def member_problem(member: tarfile.TarInfo) -> str | None:
-    """Why a layer member may not be unpacked (None: it may): only regular files and
-    directories, by relative names that stay inside the layer."""
-    name = member.name
-    path = PurePosixPath(name)
-    if path.is_absolute() or ".." in path.parts or not name or "\0" in name:
-        return f"member {shown_name(name)} would escape the layer's directory"
-    if member.issym() or member.islnk():
-        return f"member {shown_name(name)} is a link"
-    if not (member.isfile() or member.isdir()):
-        return f"member {shown_name(name)} is not a regular file or directory"
-    if not path.parts and not member.isdir():  # "." as a file
-        return f"member {shown_name(name)} would escape the layer's directory"
-    return None
 
 
 def unpack_layer(

@@ -328,6 +328,8 @@ def spec_verdict(request: Request) -> Verdict:
     new = specs.function_of(request.obj, templated)
     old = specs.function_of(request.old, templated) if request.old is not None else {}
     problems += specs.function_problems(new, old, prefix)
+    if request.resource != c.DEPLOYMENT_PLURAL:
+        problems += specs.build_source_problems(new, old, prefix)
     return deny(*problems) if problems else ALLOW
 
 

@@ -143,3 +143,22 @@ def function_problems(new: Obj, old: Obj, prefix: str) -> Problems:
     if isinstance(env, Mapping) and env != (old.get("env") or {}):
         problems += [(f"{prefix}.env[{n}]", why) for n, why in env_problems(env)]
     return problems
+
+
+# Why a Sandbox or SandboxReplicaSet may not name source.build (only a SandboxDeployment's
+# operator builds, and resolves it to source.oci before stamping replica sets out).
+NOT_BUILDER = (
+    "only a SandboxDeployment builds its code (its operator runs the build and gives its "
+    "replica sets the package as source.oci); use source.oci with a built package here"
+)
+
+
+def build_source_problems(new: Obj, old: Obj, prefix: str) -> Problems:
+    """`source.build` on a function that is not a SandboxDeployment's: refused where it is
+    introduced (on update only a changed source is checked, as the other rules)."""
+    source = new.get("source")
+    if not isinstance(source, Mapping) or source.get("build") is None:
+        return []
+    if source == (old.get("source") or {}):
+        return []
+    return [(f"{prefix}.source.build", NOT_BUILDER)]

@@ -7,6 +7,11 @@ Deployment controller does, by bumping `collisionCount` so the next hash differs
 server refuses the new replica set, `deployment_failures` says what the deployment shows
 (ReplicaFailure/FailedCreate with the server's message, and a Warning Event) and when to try
 again; this module remembers the failure per deployment and requeues it then.
+
+A template with `source.build` is first resolved by `build_controller` (its build Job's package
+as `source.oci`); until that build succeeded no new replica set is created, the existing ones
+keep serving, and Progressing says `Building` (build_logic.building_plan). Status, the Built
+condition and status.build included, is written here only, in one patch.
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ from kubernetes.client.exceptions import ApiException
 
 from crds import constants as c
 from crds.common import LabelSelector
-from nest_operator import adapters
+from nest_operator import adapters, build_logic
 from nest_operator import deployment_failures as failures
+from nest_operator.build_controller import BuildController, status_build_body
 from nest_operator.deployment_logic import DeploymentInfo, DeploymentPlan, DeploymentStatus
 from nest_operator.kube import Kube
 from nest_operator.replicaset_controller import api_message, owner_reference
@@ -40,8 +46,13 @@ class Created(Enum):
     UNSEEN = "unseen"  # it exists, but the store has not seen it yet: look again
 
 
-def status_body(status: DeploymentStatus, selector: str) -> dict[str, Any]:
-    return {
+def status_body(
+    status: DeploymentStatus, selector: str, build: build_logic.BuildPlan | None = None
+) -> dict[str, Any]:
+    """The status to patch; with a build plan, its status.build too (`with_built` has put its
+    Built condition into `status`)."""
+    extra = {"build": status_build_body(build.status)} if build is not None else {}
+    return extra | {
         "observedGeneration": status.observed_generation,
         "replicas": status.replicas,
         "updatedReplicas": status.updated_replicas,
@@ -57,10 +68,17 @@ def status_body(status: DeploymentStatus, selector: str) -> dict[str, Any]:
 class DeploymentController:
     """Reconciles one SandboxDeployment key ("namespace/name") at a time."""
 
-    def __init__(self, store: Store, kube: Kube, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: Store,
+        kube: Kube,
+        clock: Callable[[], float] = time.time,
+        builds: BuildController | None = None,
+    ) -> None:
         self.store = store
         self.kube = kube
         self.clock = clock
+        self.builds = builds  # None: no in-cluster builds (source.build stays unresolved)
         self.failures: dict[str, failures.CreateFailure] = {}  # by deployment key
         self._timers: dict[str, float] = {}  # by deployment key: when it is requeued for
         # Reconcile a key again after a delay (the work queue's add_after; the manager sets
@@ -79,11 +97,19 @@ class DeploymentController:
             self._timers.pop(key, None)
             return
         now = self.clock()
+        build = await self.builds.sync(d) if self.builds is not None else None
         selector = LabelSelector.model_validate(d["spec"].get("selector") or {})
         owned = self.store.owned(Kind.REPLICASET, d["metadata"]["uid"])
         info = adapters.deployment_info(d, adapters.conditions_from(d.get("status") or {}))
         infos = [adapters.replicaset_info(rs) for rs in owned]
+        held = build is not None and build.template is None  # not built: aim at what serves
+        if build is not None:
+            aim = build.template if build.template is not None else build_logic.held_template(infos)
+            info = replace(info, template=aim if aim is not None else info.template)
         plan, wait = failures.plan(info, infos, now, self.failures.get(key))
+        if held:
+            plan = build_logic.building_plan(plan, build.condition if build else None, now)
+        plan = replace(plan, status=with_built(plan.status, build, now))
         if wait:
             self._requeue(key, now + wait)  # held back: only the status is written
         elif plan.create is None:
@@ -93,14 +119,14 @@ class DeploymentController:
             try:
                 created = await self._create(d, selector, plan)
             except ApiException as exc:
-                await self._refused(key, d, info, plan, api_message(exc), now)
+                await self._refused(key, d, info, plan, api_message(exc), now, build)
                 return
             self.failures.pop(key, None)
             if created is Created.UNSEEN:
                 raise RuntimeError(f"{key}: replica set {plan.create.name} exists but is unseen")
             if created is Created.COLLISION:
                 collided = replace(plan.status, collision_count=plan.status.collision_count + 1)
-                body = status_body(collided, selector.to_selector_string())
+                body = status_body(collided, selector.to_selector_string(), build)
                 name = d["metadata"]["name"]
                 await self.kube.patch_status(Kind.DEPLOYMENT, namespace, name, body)
                 return  # the status change brings us back with a new hash
@@ -117,9 +143,9 @@ class DeploymentController:
         for name in plan.delete:
             if name in by_name:
                 await self.kube.delete(Kind.REPLICASET, by_name[name])
-        body = status_body(plan.status, selector.to_selector_string())
+        body = status_body(plan.status, selector.to_selector_string(), build)
         current = d.get("status") or {}
-        if any(current.get(k) != v for k, v in body.items()):
+        if any(_differs(current, k, v) for k, v in body.items()):
             await self.kube.patch_status(Kind.DEPLOYMENT, namespace, d["metadata"]["name"], body)
 
     def _requeue(self, key: str, at: float) -> None:
@@ -136,6 +162,7 @@ class DeploymentController:
         plan: DeploymentPlan,
         message: str,
         now: float,
+        build: build_logic.BuildPlan | None = None,
     ) -> None:
         """The API server refused the new replica set: say so on the deployment, retry later."""
         assert plan.create is not None
@@ -145,11 +172,11 @@ class DeploymentController:
             d, "Warning", failures.FAILED_CREATE, failures.create_error_message(failure)
         )
         log.warning("%s: %s", key, failures.create_error_message(failure))
-        status = failures.failed_status(info, plan.status, failure, now)
+        status = with_built(failures.failed_status(info, plan.status, failure, now), build, now)
         selector = LabelSelector.model_validate(d["spec"].get("selector") or {})
-        body = status_body(status, selector.to_selector_string())
+        body = status_body(status, selector.to_selector_string(), build)
         current = d.get("status") or {}
-        if any(current.get(k) != v for k, v in body.items()):
+        if any(_differs(current, k, v) for k, v in body.items()):
             namespace, name = d["metadata"]["namespace"], d["metadata"]["name"]
             await self.kube.patch_status(Kind.DEPLOYMENT, namespace, name, body)
         self._requeue(key, failure.retry_at)
@@ -193,3 +220,20 @@ class DeploymentController:
             "%s: created %s (revision %s)", key_of(d), created["metadata"]["name"], new.revision
         )
         return Created.YES
+
+
+def with_built(
+    status: DeploymentStatus, build: build_logic.BuildPlan | None, now: float
+) -> DeploymentStatus:
+    """`status` with the build plan's Built condition (none without a build plan: unchanged)."""
+    if build is None:
+        return status
+    return replace(
+        status, conditions=build_logic.with_built(status.conditions, build.condition, now)
+    )
+
+
+def _differs(current: Obj, key: str, value: Any) -> bool:
+    if key == "build":  # null fields of the patch are absent in the stored status
+        return bool(status_build_body(current.get("build")) != value)
+    return bool(current.get(key) != value)

@@ -58,6 +58,7 @@ class Kube:
         self.custom = client.CustomObjectsApi(api)
         self.core = client.CoreV1Api(api)
         self.coordination = client.CoordinationV1Api(api)
+        self.batch = client.BatchV1Api(api)
         self._pool = ThreadPoolExecutor(THREADS, thread_name_prefix="kube")
         # Events get threads of their own: they must never queue ahead of a create or a bind.
         self._events = ThreadPoolExecutor(EVENT_THREADS, thread_name_prefix="events")
@@ -90,6 +91,10 @@ class Kube:
             )
         elif kind == Kind.NAMESPACE:
             raw = await self._call(self.core.list_namespace)
+        elif kind == Kind.JOB:
+            raw = await self._call(
+                self.batch.list_job_for_all_namespaces, label_selector=c.BUILD_LABEL
+            )
         else:
             raw = await self._call(
                 self.custom.list_cluster_custom_object, c.GROUP, c.VERSION, kind.value
@@ -100,6 +105,11 @@ class Kube:
     # -- custom objects ------------------------------------------------------------------------
 
     async def create(self, kind: Kind, namespace: str, body: Obj) -> Obj:
+        if kind == Kind.JOB:
+            job = await self._call(self.batch.create_namespaced_job, namespace, body)
+            stored: Obj = self.api.sanitize_for_serialization(job)
+            self._record(kind, "ADDED", stored)
+            return stored
         created = await self._write(
             kind, self.custom.create_namespaced_custom_object,
             c.GROUP, c.VERSION, namespace, kind.value, body,
@@ -141,15 +151,28 @@ class Kube:
         )
         return [p.status.pod_ip for p in listed.items if p.status and p.status.pod_ip]
 
+    async def job_pods(self, namespace: str, job_uid: str) -> list[Obj]:
+        """The pods of a Job (the Job controller labels them with its UID), status included."""
+        listed: Any = await self._call(
+            self.core.list_namespaced_pod, namespace, label_selector=f"controller-uid={job_uid}"
+        )
+        pods: list[Obj] = self.api.sanitize_for_serialization(listed)["items"]
+        return pods
+
     async def delete(self, kind: Kind, obj: Obj) -> None:
         """Delete exactly this object (UID precondition); already gone is fine."""
         meta = obj["metadata"]
         body = {"preconditions": {"uid": meta["uid"]}, "propagationPolicy": "Background"}
         try:
-            await self._call(
-                self.custom.delete_namespaced_custom_object,
-                c.GROUP, c.VERSION, meta["namespace"], kind.value, meta["name"], body=body,
-            )  # fmt: skip
+            if kind == Kind.JOB:  # Background: a Job's pods go with it (the API's default orphans)
+                await self._call(
+                    self.batch.delete_namespaced_job, meta["name"], meta["namespace"], body=body
+                )
+            else:
+                await self._call(
+                    self.custom.delete_namespaced_custom_object,
+                    c.GROUP, c.VERSION, meta["namespace"], kind.value, meta["name"], body=body,
+                )  # fmt: skip
         except ApiException as exc:
             if exc.status not in (404, 409):
                 raise

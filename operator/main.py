@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -71,6 +72,10 @@ for _kind in (Kind.SANDBOX, Kind.REPLICASET, Kind.DEPLOYMENT, Kind.ENDPOINTS, Ki
     kopf.on.event(c.GROUP, c.VERSION, _kind.value, id=f"observe-{_kind.value}")(_observer(_kind))
 # Namespace labels: which SandboxPools a namespace's sandboxes may use (namespaceSelector).
 kopf.on.event("", "v1", "namespaces", id="observe-namespaces")(_observer(Kind.NAMESPACE))
+# SandboxDeployments' build Jobs (source.build): their end decides status.build.
+kopf.on.event("batch", "v1", "jobs", labels={c.BUILD_LABEL: kopf.PRESENT}, id="observe-jobs")(
+    _observer(Kind.JOB)
+)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -81,8 +86,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--liveness", default="http://0.0.0.0:8080/healthz",
                         help="kopf liveness endpoint (default %(default)s)")  # fmt: skip
+    parser.add_argument("--build-image", default=os.environ.get("NEST_BUILD_IMAGE", "nest:latest"),
+                        help="image of source.build Jobs, the pool's (env NEST_BUILD_IMAGE; "
+                        "default %(default)s)")  # fmt: skip
+    parser.add_argument("--build-deadline", type=int, metavar="SECONDS",
+                        default=int(os.environ.get("NEST_BUILD_DEADLINE", "900")),
+                        help="build Jobs' activeDeadlineSeconds (default %(default)s)")  # fmt: skip
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
+    # The manager reads its settings from the environment (Settings.from_env), flags included.
+    os.environ["NEST_BUILD_IMAGE"] = args.build_image
+    os.environ["NEST_BUILD_DEADLINE"] = str(args.build_deadline)
     kopf.configure(verbose=args.verbose)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     if not args.verbose:  # kopf reports every handled event at INFO: one line per watch event

@@ -22,6 +22,8 @@ from kubernetes.client.exceptions import ApiException
 from crds import constants as c
 from nest_operator import adapters
 from nest_operator.autoscaler_controller import AutoscalerController
+from nest_operator.build_controller import BuildController
+from nest_operator.build_logic import BuildSettings
 from nest_operator.deployment_controller import DeploymentController
 from nest_operator.endpoints_controller import EndpointsController
 from nest_operator.kube import Kube
@@ -47,6 +49,8 @@ class Settings:
     resync_seconds: float = 2.0
     workers: int = 16
     autoscale_seconds: float = 1.0
+    build_image: str = "nest:latest"  # --build-image: the image of build Jobs
+    build_deadline: int = 900  # --build-deadline: their activeDeadlineSeconds
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -57,6 +61,8 @@ class Settings:
             resync_seconds=float(env.get("NEST_RESYNC_SECONDS", cls.resync_seconds)),
             workers=int(env.get("NEST_WORKERS", cls.workers)),
             autoscale_seconds=float(env.get("NEST_AUTOSCALE_SECONDS", cls.autoscale_seconds)),
+            build_image=env.get("NEST_BUILD_IMAGE") or cls.build_image,
+            build_deadline=int(env.get("NEST_BUILD_DEADLINE", cls.build_deadline)),
         )
 
 
@@ -75,7 +81,10 @@ class ControllerManager:
             self.store, self.kube, self.cache, scheduler, self.pools
         )
         self.replicasets = ReplicaSetController(self.store, self.kube, self.cache)
-        self.deployments = DeploymentController(self.store, self.kube)
+        builds = BuildSettings(settings.build_image, settings.build_deadline)
+        self.deployments = DeploymentController(
+            self.store, self.kube, builds=BuildController(self.store, self.kube, builds)
+        )
         self.endpoints = EndpointsController(self.store, self.kube)
         self.autoscaler = AutoscalerController(self.store, self.kube, settings.autoscale_seconds)
         self.lifecycle = LifecycleController(
@@ -191,6 +200,11 @@ class ControllerManager:
             q["endpoints"].add(key_of(obj))
         elif kind == Kind.ENDPOINTS and controller_uid(obj) is not None:
             q["endpoints"].add(key_of(obj))
+        elif kind == Kind.JOB:  # a build Job: its deployment decides what its end means
+            owner = controller_uid(obj)
+            built = self.store.by_uid(Kind.DEPLOYMENT, owner) if owner else None
+            if built is not None:
+                q["deployments"].add(key_of(built))
 
     def _readiness_changed(self, sandbox: Obj, deleted: bool) -> bool:
         uid = sandbox["metadata"]["uid"]

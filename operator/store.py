@@ -32,6 +32,8 @@ class Kind(StrEnum):
     # SandboxPools select tenants by.
     POOL = c.POOL_PLURAL
     NAMESPACE = "namespaces"
+    # SandboxDeployments' build Jobs (label nest.sandbox.dev/build), owned by their deployment.
+    JOB = "jobs"
 
 
 def key_of(obj: Mapping[str, Any]) -> str:

@@ -17,6 +17,12 @@ The artifact (an OCI image manifest, schemaVersion 2):
   wrote, without `bin/` and without .pyc files, which are not reproducible: compile after
   unpacking if wanted); the code layer's root is the function's code directory.
 
+Both directions are here, so the CLI, the gateway and the build Job push the same way
+(`push_artifact`: blobs the registry holds are not sent again, the manifest's canonical bytes
+fix its digest before the registry confirms it) and every puller verifies the same way; the rule
+for which tar members may be unpacked (`member_problem`) is shared by the sidecar's layers and
+the build contexts of `sandbox.context`.
+
 Pull contract for the sidecar: `pull_layers(ref, blob_dir)` returns the config and the layers'
 blobs as verified files `blob_dir/sha256/<hex>`; a blob already there is not fetched again, so
 a pod fetches a layer shared by many functions once. Unpacking (and its cache budget) is the
@@ -35,10 +41,11 @@ import ipaddress
 import json
 import os
 import re
+import tarfile
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from crds.sandbox import OCI_REF_PATTERN
@@ -55,6 +62,7 @@ LAYER_TITLES = {DEPENDENCIES_MEDIA_TYPE: "dependencies.tar.gz", CODE_MEDIA_TYPE:
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # distribution's own limit for a manifest
 MAX_CONFIG_BYTES = 1024 * 1024
 MAX_BLOB_BYTES = 2 * 1024 * 1024 * 1024
+CHUNKED_ABOVE = 32 * 1024 * 1024  # larger blobs go up in chunks, not read into memory at once
 _REF_RE = re.compile(OCI_REF_PATTERN)
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 
@@ -171,9 +179,9 @@ def _descriptor(value: object, where: str) -> Descriptor:
     return Descriptor(media_type, digest, size)
 
 
-def parse_manifest(raw: bytes, digest: str) -> tuple[Descriptor, list[Descriptor]]:
-    """The config and layer descriptors of a manifest fetched for `digest`, once its bytes are
-    proven to be that digest's and it has the shape of a Nest package."""
+def read_manifest(raw: bytes, digest: str) -> tuple[Descriptor, list[Descriptor]]:
+    """The config and layer descriptors of an OCI image manifest fetched for `digest`, once its
+    bytes are proven to be that digest's (any artifact: packages and build contexts alike)."""
     if sha256_digest(raw) != digest:
         raise PackageError(f"the manifest served for {digest} has another digest", permanent=True)
     try:
@@ -185,15 +193,21 @@ def parse_manifest(raw: bytes, digest: str) -> tuple[Descriptor, list[Descriptor
     if manifest.get("mediaType", MANIFEST_MEDIA_TYPE) != MANIFEST_MEDIA_TYPE:
         raise PackageError(f"manifest {digest} is a {manifest.get('mediaType')}", permanent=True)
     config = _descriptor(manifest.get("config"), "config")
+    listed = manifest.get("layers")
+    if not isinstance(listed, list):
+        raise PackageError(f"manifest {digest} has no layers list", permanent=True)
+    return config, [_descriptor(d, f"layers[{i}]") for i, d in enumerate(listed)]
+
+
+def parse_manifest(raw: bytes, digest: str) -> tuple[Descriptor, list[Descriptor]]:
+    """The config and layer descriptors of a manifest fetched for `digest`, once its bytes are
+    proven to be that digest's and it has the shape of a Nest package."""
+    config, layers = read_manifest(raw, digest)
     if config.media_type != CONFIG_MEDIA_TYPE:
         raise PackageError(
             f"{digest} is not a Nest function package (config {config.media_type})",
             permanent=True,
         )
-    listed = manifest.get("layers")
-    if not isinstance(listed, list):
-        raise PackageError(f"manifest {digest} has no layers list", permanent=True)
-    layers = [_descriptor(d, f"layers[{i}]") for i, d in enumerate(listed)]
     kinds = [layer.media_type for layer in layers]
     unknown = sorted(set(kinds) - LAYER_MEDIA_TYPES)
     if unknown:
@@ -201,6 +215,29 @@ def parse_manifest(raw: bytes, digest: str) -> tuple[Descriptor, list[Descriptor
     if kinds.count(CODE_MEDIA_TYPE) != 1 or kinds[-1] != CODE_MEDIA_TYPE:
         raise PackageError("a package has exactly one code layer, the last", permanent=True)
     return config, layers
+
+
+def shown_name(name: str, keep: int = 60) -> str:
+    """A file name for a message: quoted, and shortened when long (its length said instead)."""
+    if len(name) <= keep:
+        return repr(name)
+    return repr(f"{name[: keep - 20]}…{name[-12:]}") + f" ({len(name.encode())} bytes)"
+
+
+def member_problem(member: tarfile.TarInfo, where: str = "the layer's directory") -> str | None:
+    """Why a tar member may not be unpacked (None: it may): only regular files and
+    directories, by relative names that stay inside `where`."""
+    name = member.name
+    path = PurePosixPath(name)
+    if path.is_absolute() or ".." in path.parts or not name or "\0" in name:
+        return f"member {shown_name(name)} would escape {where}"
+    if member.issym() or member.islnk():
+        return f"member {shown_name(name)} is a link"
+    if not (member.isfile() or member.isdir()):
+        return f"member {shown_name(name)} is not a regular file or directory"
+    if not path.parts and not member.isdir():  # "." as a file
+        return f"member {shown_name(name)} would escape {where}"
+    return None
 
 
 def credentials_for(dockerconfigjson: bytes, registry: str) -> Credentials | None:
@@ -266,7 +303,7 @@ def _fetch(reg: Any, url: str, accept: str | None = None, stream: bool = False) 
     return response
 
 
-def _download(reg: Any, ref: Reference, layer: Descriptor, blob_dir: Path) -> Path:
+def download_blob(reg: Any, ref: Reference, layer: Descriptor, blob_dir: Path) -> Path:
     """Stream one blob into a temporary file, verify size and digest, rename it into place."""
     import requests
 
@@ -298,6 +335,32 @@ def _download(reg: Any, ref: Reference, layer: Descriptor, blob_dir: Path) -> Pa
     return final
 
 
+def fetch_manifest(reg: Any, ref: Reference) -> bytes:
+    """The manifest's bytes at `ref`'s digest (verified by the caller's `read_manifest`)."""
+    url = f"{reg.prefix}://{ref.registry}/v2/{ref.repository}/manifests/{ref.digest}"
+    raw = bytes(_fetch(reg, url, accept=MANIFEST_MEDIA_TYPE).content)
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise PackageError(f"manifest {ref.digest} is larger than {MAX_MANIFEST_BYTES}", True)
+    return raw
+
+
+def fetch_config(reg: Any, ref: Reference, config: Descriptor) -> dict[str, Any]:
+    """The config blob `config` describes, verified and decoded (a JSON object)."""
+    if config.size > MAX_CONFIG_BYTES:
+        raise PackageError(f"config {config.digest} is larger than {MAX_CONFIG_BYTES}", True)
+    url = f"{reg.prefix}://{ref.registry}/v2/{ref.repository}/blobs/{config.digest}"
+    raw = _fetch(reg, url).content
+    if sha256_digest(raw) != config.digest:
+        raise PackageError(f"config {config.digest} does not match its digest", True)
+    try:
+        found = json.loads(raw)
+    except ValueError as exc:
+        raise PackageError(f"config {config.digest} is not JSON", permanent=True) from exc
+    if not isinstance(found, dict):
+        raise PackageError(f"config {config.digest} is not a JSON object", permanent=True)
+    return found
+
+
 def pull_layers(
     ref: str, blob_dir: Path, credentials: Credentials | None = None, timeout: float = 30.0
 ) -> Package:
@@ -305,25 +368,79 @@ def pull_layers(
     docstring for the contract). Raises PackageError (`.permanent` says whether to retry)."""
     parsed = Reference.parse(ref)
     reg = client(parsed.registry, credentials, timeout)
-    base = f"{reg.prefix}://{parsed.registry}/v2/{parsed.repository}"
-    response = _fetch(reg, f"{base}/manifests/{parsed.digest}", accept=MANIFEST_MEDIA_TYPE)
-    raw = response.content
-    if len(raw) > MAX_MANIFEST_BYTES:
-        raise PackageError(f"manifest {parsed.digest} is larger than {MAX_MANIFEST_BYTES}", True)
-    config_desc, layers = parse_manifest(raw, parsed.digest)
-    if config_desc.size > MAX_CONFIG_BYTES:
-        raise PackageError(f"config {config_desc.digest} is larger than {MAX_CONFIG_BYTES}", True)
-    config_bytes = _fetch(reg, f"{base}/blobs/{config_desc.digest}").content
-    if sha256_digest(config_bytes) != config_desc.digest:
-        raise PackageError(f"config {config_desc.digest} does not match its digest", True)
-    try:
-        config = json.loads(config_bytes)
-    except ValueError as exc:
-        raise PackageError(f"config {config_desc.digest} is not JSON", permanent=True) from exc
-    if not isinstance(config, dict):
-        raise PackageError(f"config {config_desc.digest} is not a JSON object", permanent=True)
+    config_desc, layers = parse_manifest(fetch_manifest(reg, parsed), parsed.digest)
+    config = fetch_config(reg, parsed, config_desc)
     pulled = [
-        PulledLayer(d.digest, d.media_type, d.size, _download(reg, parsed, d, blob_dir))
+        PulledLayer(d.digest, d.media_type, d.size, download_blob(reg, parsed, d, blob_dir))
         for d in layers
     ]
     return Package(parsed, config, pulled)
+
+
+def canonical_manifest(config: Descriptor, layers: Sequence[Descriptor]) -> bytes:
+    """A manifest's bytes as pushed: canonical JSON (sorted keys, no spaces), one digest."""
+    doc = manifest_json(config, list(layers))
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+Blob = tuple[Descriptor, Path | bytes]  # what to upload: its descriptor, a file or the bytes
+
+
+def push_artifact(
+    registry: str,
+    repository: str,
+    config: Blob,
+    layers: Sequence[Blob],
+    tag: str | None = None,
+    credentials: Credentials | None = None,
+    say: Callable[[str], None] | None = None,
+    timeout: float = 120.0,
+) -> str:
+    """Push the blobs (those the registry lacks) and the manifest naming them to `registry`
+    (as this process reaches it); the manifest goes under `tag`, else by its digest. Returns
+    the manifest's digest. Raises PackageError (not permanent: registries fail and recover)."""
+    manifest = canonical_manifest(config[0], [d for d, _ in layers])
+    digest = sha256_digest(manifest)
+    reg = client(registry, credentials, timeout)
+    container = reg.get_container(f"{registry}/{repository}" + (f":{tag}" if tag else f"@{digest}"))
+    try:
+        with tempfile.TemporaryDirectory(prefix="nest-push-") as tmp:
+            for i, (desc, content) in enumerate([config, *layers]):
+                if isinstance(content, bytes):  # oras-py uploads blobs from files
+                    path = Path(tmp) / f"blob-{i}"
+                    path.write_bytes(content)
+                    content = path
+                _upload(reg, container, content, desc, say if i else None)
+        url = f"{reg.prefix}://{container.manifest_url()}"
+        response = reg.do_request(
+            url, "PUT", data=manifest, headers={"Content-Type": MANIFEST_MEDIA_TYPE}
+        )
+    except PackageError:
+        raise
+    except Exception as exc:  # requests and oras errors: connection refused, HTTP errors
+        raise PackageError(f"cannot push to {registry}: {exc}", permanent=False) from exc
+    if response.status_code not in (200, 201):
+        raise PackageError(
+            f"{registry} refused the manifest: HTTP {response.status_code} {response.text}", False
+        )
+    confirmed = response.headers.get("Docker-Content-Digest")
+    if confirmed and confirmed != digest:
+        raise PackageError(f"{registry} stored the manifest as {confirmed}, not {digest}", False)
+    return digest
+
+
+def _upload(
+    reg: Any, container: Any, path: Path, desc: Descriptor, say: Callable[[str], None] | None
+) -> None:
+    layer = {"mediaType": desc.media_type, "digest": desc.digest, "size": desc.size}
+    if reg.blob_exists(layer, container):
+        if say is not None:
+            say(f"layer {desc.digest[:19]} already in the registry")
+        return
+    if say is not None:
+        say(f"uploading layer {desc.digest[:19]} ({desc.size} bytes)")
+    response = reg.upload_blob(str(path), container, layer, do_chunked=desc.size > CHUNKED_ABOVE)
+    if response.status_code not in (200, 201, 202):
+        raise PackageError(
+            f"{container.registry} refused blob {desc.digest}: HTTP {response.status_code}", False
+        )

@@ -7,7 +7,8 @@ under it (`nest cluster down --purge` removes it), its port chosen free once and
 cluster.json, kept across restarts so published references stay valid.
 
 Its address is published the way kind, k3d and minikube publish theirs (KEP-1755): ConfigMap
-`kube-public/local-registry-hosting`, so the CLI, the tests and in-cluster builders find it from
+`kube-public/local-registry-hosting` (its format is `sandbox.hosting`'s, which the gateway and
+the build Job read too), so the CLI, the tests and in-cluster builders find it from
 the kubeconfig alone and work unchanged against any cluster that follows the same convention.
 Pods of the local node share the host's loopback, so `127.0.0.1:PORT` is also the address pods
 pull from. It serves plain HTTP without authentication: it listens only on 127.0.0.1, and every
@@ -23,33 +24,22 @@ import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from nest.cluster.procs import ProcessSpec
+from sandbox.hosting import HOSTING_CONFIGMAP as HOSTING_CONFIGMAP
+from sandbox.hosting import HOSTING_KEY as HOSTING_KEY
+from sandbox.hosting import HOSTING_NAMESPACE as HOSTING_NAMESPACE
+from sandbox.hosting import RegistryHosting as RegistryHosting
+from sandbox.hosting import parse_hosting as parse_hosting
 
 NAME = "registry"  # the component's name in `nest cluster status` and its pid/log files
 BINARY = "docker-registry"
 PACKAGE = "docker-registry"  # the Debian package that ships BINARY
-HOSTING_NAMESPACE = "kube-public"
-HOSTING_CONFIGMAP = "local-registry-hosting"
-HOSTING_KEY = "localRegistryHosting.v1"
 HELP = "docs/functions.md (function packages)"
-
-
-@dataclass(frozen=True)
-class RegistryHosting:
-    """A cluster's published registry: where clients push, and the name pods pull from."""
-
-    host: str
-    host_from_cluster_network: str
-
-    @property
-    def pull_host(self) -> str:
-        return self.host_from_cluster_network or self.host
 
 
 def address(port: int) -> str:
@@ -107,21 +97,6 @@ def hosting_configmap(hosting: RegistryHosting) -> dict[str, Any]:
         "metadata": {"name": HOSTING_CONFIGMAP, "namespace": HOSTING_NAMESPACE},
         "data": {HOSTING_KEY: yaml.safe_dump(document, sort_keys=True)},
     }
-
-
-def parse_hosting(data: Mapping[str, str] | None) -> RegistryHosting | None:
-    """The registry a KEP-1755 ConfigMap's data announces; None when it announces none."""
-    try:
-        document = yaml.safe_load((data or {}).get(HOSTING_KEY) or "")
-    except yaml.YAMLError:
-        return None
-    if not isinstance(document, dict) or not isinstance(document.get("host"), str):
-        return None
-    in_cluster = document.get("hostFromClusterNetwork")
-    return RegistryHosting(
-        host=document["host"],
-        host_from_cluster_network=in_cluster if isinstance(in_cluster, str) else "",
-    )
 
 
 class LocalRegistry:

@@ -93,6 +93,14 @@ def installed_distributions(site: Path) -> tuple[Distribution, ...]:
     return tuple(sorted(found, key=lambda d: project_name(d.name)))
 
 
+def pip_error(output: str) -> str:
+    """The line of pip's output that says what failed (its last `ERROR:` line), for the first
+    line of a message (a build Job's status shows that line); else its last line."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    errors = [line.removeprefix("ERROR: ") for line in lines if line.startswith("ERROR:")]
+    return (errors or lines or ["no output"])[-1]
+
+
 def source_build_problem(name: str, wheel: str, target: Target, host: Target) -> str | None:
     """Why a wheel this machine built from `name`'s source distribution cannot go into the
     target's layer (None when it fits: pure Python, or this interpreter is the pool's)."""
@@ -208,7 +216,9 @@ class Builder:
             missing = missing_distribution(output)
             name = project_name(missing) if missing else None
             if missing is None or name in built or len(built) >= MAX_SOURCE_BUILDS:
-                raise PackageBuildError(f"pip could not install the requirements:\n{output}")
+                raise PackageBuildError(
+                    f"pip could not install the requirements: {pip_error(output)}\n{output}"
+                )
             self._build_from_source(missing, directory, target, wheels)
             built.add(str(name))
 
@@ -225,6 +235,11 @@ class Builder:
             ]  # fmt: skip
             ok, output = self._pip(argv, directory)
             made = sorted(Path(out).glob("*.whl"))
+            if not ok and missing_distribution(output) is not None:
+                raise PackageBuildError(
+                    f"{name}: no wheel for {requirement} fits {target.describe()}, and the index "
+                    f"has no source distribution of it either:\n{output}"
+                )
             if not ok or not made:
                 raise PackageBuildError(
                     f"{name}: no wheel fits {target.describe()} and building it from source "

@@ -1,6 +1,7 @@
 """Layers as reproducible tarballs: the same files always give the same bytes, hence digest.
 
-Content addressing only pays if nothing but content reaches the bytes: entries are sorted (parents
+Content addressing only pays if nothing but content reaches the bytes (layers, and the build
+contexts `nest deploy --build-in-cluster` uploads): entries are sorted (parents
 before children), owners are root, modes are 0644 or 0755 (executable or not), mtimes are 0, the
 gzip header has no name and no time, and only regular files and directories are written (the
 format sandbox.layers states). Two functions with the same requirements then share one blob in
@@ -136,3 +137,13 @@ def file_digest(path: Path) -> str:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
     return f"sha256:{h.hexdigest()}"
+
+
+def context_archive(root: Path, out: Path) -> Blob:
+    """A function directory as a build context (`sandbox.context`): every file a package would
+    be built from, requirements.txt included (the in-cluster build reads it), caches left out,
+    written reproducibly to `out`: unchanged code uploads as the same digest."""
+    files = select_files(root)
+    if not files:
+        raise PackageBuildError(f"{root}: the directory holds no code")
+    return write_layer(files, out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -68,9 +69,13 @@ def test_status_everywhere_and_scale_on_workloads() -> None:
 
 
 def _resolve(schema: dict[str, Any], json_path: str) -> dict[str, Any] | None:
+    """The schema of a column's field; a filter (`conditions[?(@.type=="Built")]`) selects
+    list items, so it resolves to the list's item schema."""
     node: dict[str, Any] | None = schema
-    for name in json_path.lstrip(".").split("."):
-        node = (node or {}).get("properties", {}).get(name)
+    for name in re.sub(r"\[\?\(.*?\)\]", "[]", json_path).lstrip(".").split("."):
+        node = (node or {}).get("properties", {}).get(name.removesuffix("[]"))
+        if name.endswith("[]"):
+            node = (node or {}).get("items")
     return node
 
 

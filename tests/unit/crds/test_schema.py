@@ -88,6 +88,7 @@ def test_code_source_is_exactly_one_of_required_lists() -> None:
         {"required": ["url", "sha256"]},
         {"required": ["path"]},
         {"required": ["oci"]},
+        {"required": ["build"]},
     ]
 
 
