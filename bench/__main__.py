@@ -8,7 +8,7 @@ import importlib
 import json
 
 NAMES = (
-    "hotplug", "memory", "density", "invoke", "hotplug-e2e", "schedule", "e2e",
+    "hotplug", "memory", "density", "invoke", "hotplug-e2e", "schedule", "schedule-churn", "e2e",
     "coldstart", "coldstart-layer", "gateway", "isolation-cost",
 )  # fmt: skip
 

@@ -225,8 +225,8 @@ class ControllerManager:
     async def _resync(self) -> None:
         """Time-based conditions no event announces: Lease expiry, assumed bindings' TTL.
 
-        Lease freshness is judged against the clock at decision time, so re-deciding the
-        unschedulable sandboxes is all the scheduler needs; the cache itself stays as it is.
+        An expiring Lease only makes pods unusable, so the scheduler re-decides nothing for it;
+        its resync drops expired assumptions (capacity freed) and flushes its queue's timers.
         """
         while True:
             await asyncio.sleep(self.settings.resync_seconds)  # a period, not a synchronisation
@@ -234,7 +234,7 @@ class ControllerManager:
                 self.store.bound_pod_uids()
             ):
                 self.queues["lifecycle"].add(uid)
-            self.scheduler.retry_unschedulable()
+            self.scheduler.resync()
 
 
 def _tolerant(handler: Callable[[str], Awaitable[None]]) -> Callable[[str], Awaitable[None]]:

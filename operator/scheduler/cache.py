@@ -4,7 +4,8 @@ Why: a decision is made, then the shell patches the Sandbox, then the watch repo
 Between the decision and the watch event the pod must already count the sandbox, or the next
 decisions would overbook it (kube-scheduler's AssumePod). An assumed binding is confirmed by the
 watch (`add_sandbox`), dropped when the bind patch fails (`forget`) and expires after a TTL in
-case the watch never reports it (`expire`). Time is injected; nothing here does I/O.
+case the watch never reports it (`expire`); each of these says what it freed, since freed
+capacity is what lets a waiting sandbox fit. Time is injected; nothing here does I/O.
 The per-pool index keeps pods sorted by name so every walk over them is deterministic.
 The cache also holds what tenancy decisions read besides pods: each SandboxPool's policy (also
 attached to its pods' `PodInfo`, so a filter reaches it without a lookup) and namespace labels.
@@ -148,12 +149,19 @@ class SchedulerCache:
         target.add(sandbox)
         self._sandbox_pod[sandbox.uid] = sandbox.pod_uid
 
-    def remove_sandbox(self, uid: str) -> None:
-        """The sandbox is gone or unbound: stop counting it."""
+    def remove_sandbox(self, uid: str) -> BoundSandbox | None:
+        """The sandbox is gone or unbound: stop counting it; returns what it held, if anything
+        (freed capacity: what the scheduling queue's hints are told)."""
         self._assumed.pop(uid, None)
         pod_uid = self._sandbox_pod.pop(uid, None)
-        if pod_uid is not None:
-            self._pods[pod_uid].remove(uid)
+        if pod_uid is None:
+            return None
+        return self._pods[pod_uid].remove(uid)
+
+    def bound(self, uid: str) -> BoundSandbox | None:
+        """The sandbox as counted now (bound or assumed), None when it is on no known pod."""
+        pod_uid = self._sandbox_pod.get(uid)
+        return None if pod_uid is None else self._pods[pod_uid].sandboxes.get(uid)
 
     def assume(self, request: SandboxRequest, pod_uid: str, now: float) -> None:
         """Count `request` on the pod right away, until the watch confirms it or it expires."""
@@ -165,17 +173,19 @@ class SchedulerCache:
         self._sandbox_pod[request.uid] = pod_uid
         self._assumed[request.uid] = _Assumed(pod_uid, now + self._assume_ttl)
 
-    def forget(self, uid: str) -> None:
-        """The bind patch failed: undo the assumption (a confirmed binding stays)."""
+    def forget(self, uid: str) -> BoundSandbox | None:
+        """The bind patch failed: undo the assumption (a confirmed binding stays); returns the
+        capacity it gave back."""
         if uid in self._assumed:
-            self.remove_sandbox(uid)
+            return self.remove_sandbox(uid)
+        return None
 
     def is_assumed(self, uid: str) -> bool:
         return uid in self._assumed
 
-    def expire(self, now: float) -> list[str]:
-        """Drop assumptions older than the TTL that no watch event confirmed; returns their UIDs."""
+    def expire(self, now: float) -> list[BoundSandbox]:
+        """Drop assumptions older than the TTL that no watch event confirmed; returns them,
+        sorted by sandbox UID."""
         expired = sorted(uid for uid, a in self._assumed.items() if a.deadline <= now)
-        for uid in expired:
-            self.remove_sandbox(uid)
-        return expired
+        freed = [self.remove_sandbox(uid) for uid in expired]
+        return [sandbox for sandbox in freed if sandbox is not None]

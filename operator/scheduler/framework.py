@@ -3,7 +3,9 @@
 Why: this is the one place that decides which pool pod runs a sandbox. It must be fast (the
 target is 10,000 decisions/s over 1,000 pods in pure Python), deterministic (the same cache and
 the same calls give the same bindings; ties go to the smallest pod name, nothing is random) and
-explain itself when it fails ("0/3 pods available: 2 insufficient memory, 1 not ready.").
+explain itself when it fails ("0/3 pods available: 2 ResourcesFit: insufficient memory,
+1 PodReady: not ready."), telling the scheduling queue which plugins refused (`Rejection`).
+Plugins are found by name in a registry; a `Profile` lists the names, as kube's profiles do.
 
 Speed comes from two things. Plugins read `PodInfo` aggregates, so a pod costs the same whatever
 it holds. And, like kube-scheduler's percentageOfNodesToScore, the cycle may stop once
@@ -15,69 +17,112 @@ candidates) and full pods behind the start cost nothing until the walk wraps aro
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from nest_operator.scheduler.cache import SchedulerCache
-from nest_operator.scheduler.plugins import (
-    CodeLocality,
+from nest_operator.scheduler.interface import (
+    Code,
+    Decision,
     FilterPlugin,
+    Plugin,
+    PoolCheck,
+    PreFilterPlugin,
+    Rejection,
+    ScorePlugin,
+    Status,
+)
+from nest_operator.scheduler.plugins import (
+    ISOLATION_SUPPORTED,
+    NATIVE_DEPENDENCIES,
+    POD_READY,
+    POOL_MATCH,
+    RESOURCES_FIT,
+    TENANT_ISOLATION,
+    CodeLocality,
     IsolationSupported,
     MostAllocated,
     NativeDependencies,
     PodReady,
-    PoolCheck,
     PoolMatch,
-    PreFilterPlugin,
     ReplicaSpread,
     ResourcesFit,
-    ScorePlugin,
     TenantIsolation,
 )
-from nest_operator.scheduler.snapshot import PoolPod, SandboxRequest
+from nest_operator.scheduler.snapshot import SandboxRequest
 
-# Spread outweighs packing so that a replica set's sandboxes land on at least two pods before
-# packing wins (kube-scheduler weighs PodTopologySpread 2 against resources 1 for the same
-# reason); code locality breaks near-ties towards pods that skip the code download.
-DEFAULT_SCORES: tuple[tuple[ScorePlugin, int], ...] = (
-    (MostAllocated(), 1),
-    (ReplicaSpread(), 2),
-    (CodeLocality(), 1),
-)
 DEFAULT_FEASIBLE_PODS_TO_SCORE = 16
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
-class Decision:
-    """Where a sandbox goes, or why it goes nowhere."""
+class PluginArgs:
+    """What plugins may be configured with."""
 
-    pod: PoolPod | None
-    # When unschedulable: (reason, number of pods) sorted by count descending, then reason.
-    reasons: tuple[tuple[str, int], ...] = ()
-    total_pods: int = 0
-    score: int = 0
+    lease_ttl: float = 40.0
 
-    @property
-    def scheduled(self) -> bool:
-        return self.pod is not None
 
-    @property
-    def message(self) -> str:
-        """kube-scheduler's FitError text, e.g. `0/3 pods available: 2 insufficient memory.`"""
-        if self.pod is not None:
-            return f"assigned to {self.pod.namespace}/{self.pod.name}"
-        details = ", ".join(f"{count} {reason}" for reason, count in self.reasons)
-        return f"0/{self.total_pods} pods available" + (f": {details}." if details else ".")
+# The registry: every plugin by the name a profile lists it under (kube's in-tree registry).
+PRE_FILTERS: Mapping[str, Callable[[PluginArgs], PreFilterPlugin]] = {
+    POOL_MATCH: lambda args: PoolMatch(),
+}
+FILTERS: Mapping[str, Callable[[PluginArgs], FilterPlugin]] = {
+    POD_READY: lambda args: PodReady(args.lease_ttl),
+    ISOLATION_SUPPORTED: lambda args: IsolationSupported(),
+    TENANT_ISOLATION: lambda args: TenantIsolation(),
+    NATIVE_DEPENDENCIES: lambda args: NativeDependencies(),
+    RESOURCES_FIT: lambda args: ResourcesFit(),
+}
+SCORES: Mapping[str, Callable[[PluginArgs], ScorePlugin]] = {
+    MostAllocated.name: lambda args: MostAllocated(),
+    ReplicaSpread.name: lambda args: ReplicaSpread(),
+    CodeLocality.name: lambda args: CodeLocality(),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """A scheduler by plugin names, as a KubeSchedulerProfile lists them.
+
+    Filters run in the order their refusals are reported: health, isolation, tenancy, native
+    dependencies, resources (a pod another tenant holds is unavailable however much room it
+    has). Spread outweighs packing so that a replica set's sandboxes land on at least two pods
+    before packing wins (kube-scheduler weighs PodTopologySpread 2 against resources 1 for the
+    same reason); code locality breaks near-ties towards pods that skip the code download.
+    """
+
+    pre_filter: str = POOL_MATCH
+    filters: tuple[str, ...] = (
+        POD_READY, ISOLATION_SUPPORTED, TENANT_ISOLATION, NATIVE_DEPENDENCIES, RESOURCES_FIT,
+    )  # fmt: skip
+    scores: tuple[tuple[str, int], ...] = (
+        (MostAllocated.name, 1), (ReplicaSpread.name, 2), (CodeLocality.name, 1),
+    )  # fmt: skip
+    feasible_pods_to_score: int | None = DEFAULT_FEASIBLE_PODS_TO_SCORE
+
+
+DEFAULT_PROFILE = Profile()
+
+
+def _build(
+    registry: Mapping[str, Callable[[PluginArgs], T]], name: str, what: str, args: PluginArgs
+) -> T:
+    if name not in registry:
+        known = ", ".join(sorted(registry))
+        raise ValueError(f"unknown {what} plugin {name!r} (known: {known})")
+    return registry[name](args)
+
+
+DEFAULT_SCORES: tuple[tuple[ScorePlugin, int], ...] = tuple(
+    (_build(SCORES, name, "score", PluginArgs()), weight) for name, weight in DEFAULT_PROFILE.scores
+)
 
 
 def default_filters(lease_ttl: float = 40.0) -> tuple[FilterPlugin, ...]:
-    """The filters in the order their reasons are reported: health, isolation, tenancy, native
-    dependencies, resources (a pod another tenant holds is unavailable however much room it
-    has)."""
-    return (
-        PodReady(lease_ttl), IsolationSupported(), TenantIsolation(), NativeDependencies(),
-        ResourcesFit(),
-    )  # fmt: skip
+    """The default profile's filters."""
+    args = PluginArgs(lease_ttl)
+    return tuple(_build(FILTERS, name, "filter", args) for name in DEFAULT_PROFILE.filters)
 
 
 class Scheduler:
@@ -97,15 +142,32 @@ class Scheduler:
         self.feasible_pods_to_score = feasible_pods_to_score
         self._pool_checks = tuple(p.pre_filter for p in self.filters if isinstance(p, PoolCheck))
         self._last_chosen: dict[str, str] = {}  # pool -> name of the pod chosen last
+        # The plugins that can refuse, by name: what a Rejection names, whose hints the queue asks.
+        self.plugins: dict[str, Plugin] = {p.name: p for p in (self.prefilter, *self.filters)}
+        if len(self.plugins) != 1 + len(self.filters):
+            raise ValueError("two plugins of one profile share a name")
+
+    @classmethod
+    def from_profile(
+        cls, profile: Profile = DEFAULT_PROFILE, args: PluginArgs | None = None
+    ) -> Scheduler:
+        """The scheduler a profile names, its plugins taken from the registry."""
+        args = args if args is not None else PluginArgs()
+        return cls(
+            _build(PRE_FILTERS, profile.pre_filter, "pre-filter", args),
+            [_build(FILTERS, name, "filter", args) for name in profile.filters],
+            [(_build(SCORES, name, "score", args), weight) for name, weight in profile.scores],
+            profile.feasible_pods_to_score,
+        )
 
     def schedule(self, request: SandboxRequest, cache: SchedulerCache, now: float) -> Decision:
         """Choose a pod for `request`; the cache is not changed (see `schedule_and_assume`)."""
         candidates = self.prefilter.candidates(request, cache)
         n = len(candidates)
         for pool_check in self._pool_checks:
-            reason = pool_check(request, cache)
-            if reason is not None:  # every pod of the pool fails alike
-                return self._unschedulable({reason: n} if n else {}, cache, n)
+            status = pool_check(request, cache)
+            if status is not None:  # every pod of the pool fails alike
+                return self._unschedulable({status: n} if n else {}, cache, n)
         limit = self.feasible_pods_to_score
         start = 0
         if limit is not None and n:
@@ -113,16 +175,16 @@ class Scheduler:
             start = cache.pool_position(request.pool, last) % n if last is not None else 0
         filters = [plugin.filter for plugin in self.filters]
         scores = [(plugin.score, weight) for plugin, weight in self.scores]
-        failures: dict[str, int] = {}
+        failures: dict[Status, int] = {}
         best = None
         best_score = -1
         feasible = 0
         for i in range(n):
             info = candidates[(start + i) % n]
             for check in filters:
-                reason = check(request, info, now)
-                if reason is not None:
-                    failures[reason] = failures.get(reason, 0) + 1
+                status = check(request, info, now)
+                if status is not None:
+                    failures[status] = failures.get(status, 0) + 1
                     break
             else:
                 total = 0
@@ -140,12 +202,18 @@ class Scheduler:
         self._last_chosen[request.pool] = best.pod.name
         return Decision(best.pod, (), cache.pod_count, best_score)
 
-    def _unschedulable(self, failures: dict[str, int], cache: SchedulerCache, n: int) -> Decision:
+    def _unschedulable(
+        self, failures: dict[Status, int], cache: SchedulerCache, n: int
+    ) -> Decision:
         outside = cache.pod_count - n
         if outside:
-            failures[self.prefilter.reason] = outside
-        reasons = tuple(sorted(failures.items(), key=lambda item: (-item[1], item[0])))
-        return Decision(None, reasons, cache.pod_count)
+            failures[self.prefilter.outside] = outside
+        reasons = tuple(sorted(failures.items(), key=lambda item: (-item[1], item[0].message)))
+        rejection = Rejection(
+            frozenset({self.prefilter.name, *(status.plugin for status in failures)}),
+            frozenset(s.plugin for s in failures if s.code == Code.UNSCHEDULABLE),
+        )
+        return Decision(None, reasons, cache.pod_count, rejection=rejection)
 
     def schedule_and_assume(
         self, request: SandboxRequest, cache: SchedulerCache, now: float

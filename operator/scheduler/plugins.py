@@ -1,109 +1,110 @@
-"""The scheduler's filter and score plugins, one small named class each.
+"""The scheduler's filter and score plugins, one small named class each, with their hints.
 
 Why: like kube-scheduler's framework, each concern (pool, health, capacity, isolation, tenancy,
 packing, spread, code locality) is a plugin that can be tested alone, reordered, weighted or
-left out, instead of one scoring function nobody can reason about. Filters return None when the
-pod fits or a short reason ("insufficient memory") that the framework counts into the
-unschedulable message; scores return 0..100, higher is better. A filter may also check, once per
-decision, what holds for every pod of the pool alike (`pre_filter`, kube-scheduler's PreFilter):
-that costs one call instead of one per pod.
+left out, instead of one scoring function nobody can reason about. A filter returns None when
+the pod fits, else a `Status` naming it, with a code: Unschedulable when a change of what the
+pod holds may let the sandbox in, UnschedulableAndUnresolvable when only a change of the pod or
+the pool can. Its statuses are constants where the reason is fixed, so a refusal allocates
+nothing. Scores return 0..100, higher is better. A filter may also check, once per decision,
+what holds for every pod of the pool alike (`pre_filter`, kube-scheduler's PreFilter).
 
-TenantIsolation is the one place that decides who may share a pod; its reasons start with its
-name ("TenantIsolation: ...") so a FailedScheduling message says which rule kept a sandbox out.
+Each filter also says which cluster events may undo its refusals (`events`) and, for one event
+and one sandbox, whether this one may (`hint`, kube's QueueingHint): a Lease renewal that only
+moves renewTime matters to PodReady alone, and only when the Lease had expired. Every hint is
+cheap and pure: the queue asks it for each waiting sandbox the plugin refused.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from typing import Protocol, runtime_checkable
 
 from nest_operator.scheduler.cache import SchedulerCache
-from nest_operator.scheduler.snapshot import NAMESPACE_MODE, PodInfo, SandboxRequest
+from nest_operator.scheduler.interface import (
+    ClusterEvent,
+    EventKind,
+    Status,
+    unresolvable,
+    unschedulable,
+)
+from nest_operator.scheduler.snapshot import NAMESPACE_MODE, PodInfo, PoolPod, SandboxRequest
 
 MAX_SCORE = 100
 
-NOT_IN_POOL = "in another pool"
-NOT_READY = "not ready"
-LEASE_EXPIRED = "lease expired"
-CORDONED = "cordoned"
-INSUFFICIENT_MEMORY = "insufficient memory"
-INSUFFICIENT_CPU = "insufficient cpu"
-TOO_MANY_SANDBOXES = "too many sandboxes"
-ISOLATION_UNSUPPORTED = "isolation unsupported"
+POOL_MATCH = "PoolMatch"
+POD_READY = "PodReady"
+ISOLATION_SUPPORTED = "IsolationSupported"
 TENANT_ISOLATION = "TenantIsolation"
-HOLDS_OTHER_NAMESPACE_MODE = (
-    f"{TENANT_ISOLATION}: holds another namespace's namespace-mode sandboxes"
+NATIVE_DEPENDENCIES = "NativeDependencies"
+RESOURCES_FIT = "ResourcesFit"
+
+NOT_IN_POOL = unresolvable(POOL_MATCH, "in another pool")
+NOT_READY = unresolvable(POD_READY, "not ready")
+LEASE_EXPIRED = unresolvable(POD_READY, "lease expired")
+CORDONED = unresolvable(POD_READY, "cordoned")
+ISOLATION_UNSUPPORTED = unresolvable(ISOLATION_SUPPORTED, "isolation unsupported")
+TOO_MANY_SANDBOXES = unschedulable(RESOURCES_FIT, "too many sandboxes")
+INSUFFICIENT_MEMORY = unschedulable(RESOURCES_FIT, "insufficient memory")
+INSUFFICIENT_CPU = unschedulable(RESOURCES_FIT, "insufficient cpu")
+# More than the pod has when empty: no sandbox leaving will make room.
+TAKES_NO_SANDBOXES = unresolvable(RESOURCES_FIT, "takes no sandboxes")
+MEMORY_ABOVE_CAPACITY = unresolvable(RESOURCES_FIT, "memory above the pod's capacity")
+CPU_ABOVE_CAPACITY = unresolvable(RESOURCES_FIT, "cpu above the pod's capacity")
+HOLDS_OTHER_NAMESPACE_MODE = unschedulable(
+    TENANT_ISOLATION, "holds another namespace's namespace-mode sandboxes"
 )
-HOLDS_OTHER_NAMESPACE = f"{TENANT_ISOLATION}: holds another namespace's sandboxes (namespace mode)"
-DEDICATED_TO_OTHER = f"{TENANT_ISOLATION}: dedicated to another namespace"
+HOLDS_OTHER_NAMESPACE = unschedulable(
+    TENANT_ISOLATION, "holds another namespace's sandboxes (namespace mode)"
+)
+DEDICATED_TO_OTHER = unschedulable(TENANT_ISOLATION, "dedicated to another namespace")
 
 
-def mode_not_offered(pool: str, isolation: str) -> str:
-    return f"{TENANT_ISOLATION}: SandboxPool {pool} does not offer {isolation} isolation"
+def mode_not_offered(pool: str, isolation: str) -> Status:
+    return unresolvable(
+        TENANT_ISOLATION, f"SandboxPool {pool} does not offer {isolation} isolation"
+    )
 
 
-def namespace_not_allowed(pool: str, namespace: str) -> str:
-    return f"{TENANT_ISOLATION}: namespace {namespace} may not use SandboxPool {pool}"
+def namespace_not_allowed(pool: str, namespace: str) -> Status:
+    return unresolvable(TENANT_ISOLATION, f"namespace {namespace} may not use SandboxPool {pool}")
 
 
-class PreFilterPlugin(Protocol):
-    """Narrows the pods worth looking at before any per-pod filter runs."""
-
-    name: str
-
-    def candidates(self, request: SandboxRequest, cache: SchedulerCache) -> Sequence[PodInfo]:
-        """The pods that may run `request`, sorted by name; the others fail with `reason`."""
-        ...
-
-    reason: str
-
-
-class FilterPlugin(Protocol):
-    name: str
-
-    def filter(self, request: SandboxRequest, info: PodInfo, now: float) -> str | None:
-        """None when `info` can run `request`, else why not."""
-        ...
-
-
-@runtime_checkable
-class PoolCheck(Protocol):
-    """The once-per-decision part of a filter: a reason that holds for every pod of the pool."""
-
-    def pre_filter(self, request: SandboxRequest, cache: SchedulerCache) -> str | None:
-        """None when the pool's pods may be looked at for `request`, else why none fits."""
-        ...
-
-
-class ScorePlugin(Protocol):
-    name: str
-
-    def score(self, request: SandboxRequest, info: PodInfo) -> int:
-        """0..MAX_SCORE: how good `info` is for `request`."""
-        ...
+def _in_pool(request: SandboxRequest, event: ClusterEvent) -> bool:
+    return event.pool == request.pool
 
 
 class PoolMatch:
-    """Only pods of the sandbox's pool: a pre-filter, since the cache already indexes by pool."""
+    """Only pods of the sandbox's pool: a pre-filter, since the cache already indexes by pool.
 
-    name = "PoolMatch"
-    reason = NOT_IN_POOL
+    Every refusal also means "no pod of my pool could take it", so the framework counts this
+    plugin among the refusers of every unschedulable sandbox: a pod joining its pool re-queues
+    it, whichever filter refused the others."""
+
+    name = POOL_MATCH
+    outside = NOT_IN_POOL
+    events = frozenset({EventKind.POD_ADDED})
 
     def candidates(self, request: SandboxRequest, cache: SchedulerCache) -> Sequence[PodInfo]:
         return cache.pool(request.pool)
+
+    def hint(self, request: SandboxRequest, event: ClusterEvent) -> bool:
+        return _in_pool(request, event)
 
 
 class PodReady:
     """The pod is Ready, its sidecar's Lease is fresh and nobody cordoned it."""
 
-    name = "PodReady"
+    name = POD_READY
+    events = frozenset({EventKind.POD_UPDATED, EventKind.LEASE_RENEWED})
 
     def __init__(self, lease_ttl: float = 40.0) -> None:
         self.lease_ttl = lease_ttl
 
-    def filter(self, request: SandboxRequest, info: PodInfo, now: float) -> str | None:
-        pod = info.pod
+    def filter(self, request: SandboxRequest, info: PodInfo, now: float) -> Status | None:
+        return self._check(info.pod, now)
+
+    def _check(self, pod: PoolPod, now: float) -> Status | None:
         if not pod.ready:
             return NOT_READY
         if pod.lease_renewed_at is None or now - pod.lease_renewed_at > self.lease_ttl:
@@ -112,31 +113,48 @@ class PodReady:
             return CORDONED
         return None
 
+    def hint(self, request: SandboxRequest, event: ClusterEvent) -> bool:
+        """Only a pod that was unusable and is usable now: a renewal of a fresh Lease is not."""
+        new, old = event.new, event.old
+        if new is None or not _in_pool(request, event) or self._check(new, event.at) is not None:
+            return False
+        return old is None or self._check(old, event.at) is not None
+
 
 class IsolationSupported:
     """The pod's runtime offers the sandbox's isolation mode."""
 
-    name = "IsolationSupported"
+    name = ISOLATION_SUPPORTED
+    events = frozenset({EventKind.POD_UPDATED})
 
-    def filter(self, request: SandboxRequest, info: PodInfo, now: float) -> str | None:
+    def filter(self, request: SandboxRequest, info: PodInfo, now: float) -> Status | None:
         return None if request.isolation in info.pod.isolation else ISOLATION_UNSUPPORTED
+
+    def hint(self, request: SandboxRequest, event: ClusterEvent) -> bool:
+        new, old = event.new, event.old
+        return (
+            new is not None and _in_pool(request, event) and request.isolation in new.isolation
+            and (old is None or request.isolation not in old.isolation)
+        )  # fmt: skip
 
 
 class TenantIsolation:
     """Who may share a pod: tenants are Kubernetes namespaces, the rules are the SandboxPool's.
 
     Once per decision: the pool offers the sandbox's mode and its namespaceSelector admits the
-    sandbox's namespace. Per pod, whatever the pool says, a namespace-mode sandbox shares a pod
-    only with sandboxes of its own namespace (in one interpreter the tenant is the boundary),
-    and no sandbox joins a pod holding another namespace's namespace-mode sandboxes; in a
-    Dedicated pool a pod holds one namespace at a time. Reads only PodInfo's per-namespace
-    counts, so a pod costs the same whatever it holds; pods holding nothing or only the
-    sandbox's own namespace (the common case) are decided in two lookups.
+    sandbox's namespace (unresolvable but by a pool or namespace change). Per pod, whatever the
+    pool says, a namespace-mode sandbox shares a pod only with sandboxes of its own namespace
+    (in one interpreter the tenant is the boundary), and no sandbox joins a pod holding another
+    namespace's namespace-mode sandboxes; in a Dedicated pool a pod holds one namespace at a
+    time (all resolved when the other tenant's sandboxes leave). Reads only PodInfo's
+    per-namespace counts, so a pod costs the same whatever it holds; pods holding nothing or
+    only the sandbox's own namespace (the common case) are decided in two lookups.
     """
 
     name = TENANT_ISOLATION
+    events = frozenset({EventKind.CAPACITY_FREED, EventKind.NAMESPACE_CHANGED})
 
-    def pre_filter(self, request: SandboxRequest, cache: SchedulerCache) -> str | None:
+    def pre_filter(self, request: SandboxRequest, cache: SchedulerCache) -> Status | None:
         policy = cache.policy(request.pool)
         if policy is None:  # no SandboxPool known: its pods are no nodes (the operator's rule)
             return None
@@ -147,7 +165,7 @@ class TenantIsolation:
             return namespace_not_allowed(policy.name, request.namespace)
         return None
 
-    def filter(self, request: SandboxRequest, info: PodInfo, now: float) -> str | None:
+    def filter(self, request: SandboxRequest, info: PodInfo, now: float) -> Status | None:
         namespaces = info.namespaces
         if not namespaces:
             return None
@@ -165,8 +183,15 @@ class TenantIsolation:
             return DEDICATED_TO_OTHER
         return None
 
-
-NATIVE_DEPENDENCIES = "NativeDependencies"
+    def hint(self, request: SandboxRequest, event: ClusterEvent) -> bool:
+        if event.kind == EventKind.NAMESPACE_CHANGED:
+            return event.namespace == request.namespace
+        freed = event.freed
+        return (
+            _in_pool(request, event)
+            and freed is not None
+            and (freed.namespace != request.namespace)
+        )
 
 
 def _natives(specs: Iterable[str]) -> dict[str, str]:
@@ -194,11 +219,12 @@ class NativeDependencies:
     (by the pod's runtime, per its Lease) or promised (to a namespace-mode sandbox bound there)
     at another version: one interpreter loads one version of an extension, and the sandbox
     would fail there with DependencyConflict. Subprocess sandboxes have interpreters of their
-    own: always fine."""
+    own: always fine. Resolved when the promising sandbox leaves or the runtime restarts."""
 
     name = NATIVE_DEPENDENCIES
+    events = frozenset({EventKind.CAPACITY_FREED, EventKind.POD_UPDATED})
 
-    def filter(self, request: SandboxRequest, info: PodInfo, now: float) -> str | None:
+    def filter(self, request: SandboxRequest, info: PodInfo, now: float) -> Status | None:
         wanted = request.native_distributions
         if request.isolation != NAMESPACE_MODE or not wanted:
             return None
@@ -209,23 +235,65 @@ class NativeDependencies:
         if conflict is None:
             return None
         name, version, other = conflict
-        return f"{NATIVE_DEPENDENCIES}: its runtime holds {name}=={other}, not {version}"
+        return unschedulable(self.name, f"its runtime holds {name}=={other}, not {version}")
+
+    def hint(self, request: SandboxRequest, event: ClusterEvent) -> bool:
+        if not _in_pool(request, event):
+            return False
+        if event.kind == EventKind.CAPACITY_FREED:
+            freed = event.freed
+            return (
+                freed is not None
+                and freed.isolation == NAMESPACE_MODE
+                and bool(freed.native_distributions)
+            )
+        old, new = event.old, event.new
+        return (
+            old is not None
+            and new is not None
+            and bool(old.native_distributions - new.native_distributions)
+        )
 
 
 class ResourcesFit:
     """Memory, CPU and the sandbox count still fit the pod's declared capacity."""
 
-    name = "ResourcesFit"
+    name = RESOURCES_FIT
+    events = frozenset({EventKind.CAPACITY_FREED, EventKind.POD_UPDATED})
 
-    def filter(self, request: SandboxRequest, info: PodInfo, now: float) -> str | None:
+    def filter(self, request: SandboxRequest, info: PodInfo, now: float) -> Status | None:
         pod = info.pod
         if len(info.sandboxes) >= pod.max_sandboxes:
-            return TOO_MANY_SANDBOXES
-        if info.memory_requested + request.memory > pod.memory:
-            return INSUFFICIENT_MEMORY
-        if info.cpu_requested + request.cpu > pod.cpu:
-            return INSUFFICIENT_CPU
-        return None
+            status = TOO_MANY_SANDBOXES
+        elif info.memory_requested + request.memory > pod.memory:
+            status = INSUFFICIENT_MEMORY
+        elif info.cpu_requested + request.cpu > pod.cpu:
+            status = INSUFFICIENT_CPU
+        else:
+            return None
+        return _never_fits(request, pod) or status
+
+    def hint(self, request: SandboxRequest, event: ClusterEvent) -> bool:
+        """Freed capacity in the pool, or a pod's declared capacity grew to hold the sandbox
+        (the queue asks about freed capacity only when some refusal was not unresolvable)."""
+        if not _in_pool(request, event):
+            return False
+        if event.kind == EventKind.CAPACITY_FREED:
+            return True
+        old, new = event.old, event.new
+        if old is None or new is None or _never_fits(request, new) is not None:
+            return False
+        return new.memory > old.memory or new.cpu > old.cpu or new.max_sandboxes > old.max_sandboxes
+
+
+def _never_fits(request: SandboxRequest, pod: PoolPod) -> Status | None:
+    if pod.max_sandboxes < 1:
+        return TAKES_NO_SANDBOXES
+    if request.memory > pod.memory:
+        return MEMORY_ABOVE_CAPACITY
+    if request.cpu > pod.cpu:
+        return CPU_ABOVE_CAPACITY
+    return None
 
 
 class MostAllocated:

@@ -7,7 +7,14 @@ import json
 
 from crds import constants as c
 from nest_operator.adapters import bound_sandbox, native_distributions, pool_pod, sandbox_request
-from nest_operator.scheduler import BoundSandbox, PodInfo, SandboxRequest, Scheduler, SchedulerCache
+from nest_operator.scheduler import (
+    BoundSandbox,
+    Code,
+    PodInfo,
+    SandboxRequest,
+    Scheduler,
+    SchedulerCache,
+)
 from nest_operator.scheduler.plugins import NativeDependencies, native_conflict
 from tests.unit.operator.test_scheduler import MI, NOW, pod
 
@@ -30,8 +37,9 @@ def test_a_conflict_names_the_package_and_both_versions() -> None:
 
 def test_pods_whose_runtime_loaded_another_version_are_filtered() -> None:
     info = PodInfo(pod(native_distributions=frozenset({"numpy==1.26"})))
-    reason = PLUGIN.filter(request("namespace", "numpy==2.0"), info, NOW)
-    assert reason == "NativeDependencies: its runtime holds numpy==1.26, not 2.0"
+    status = PLUGIN.filter(request("namespace", "numpy==2.0"), info, NOW)
+    assert status is not None and status.code == Code.UNSCHEDULABLE  # the holder may leave
+    assert status.message == "NativeDependencies: its runtime holds numpy==1.26, not 2.0"
     assert PLUGIN.filter(request("namespace", "numpy==1.26"), info, NOW) is None
     assert PLUGIN.filter(request("namespace", "pandas==2"), info, NOW) is None
     # Subprocess sandboxes have an interpreter each; no natives declared: nothing to check.

@@ -12,7 +12,7 @@ from typing import Any, cast
 from nest_operator.kube import Kube
 from nest_operator.lifecycle_controller import Grace, LifecycleController, why_dead
 from nest_operator.pool_controller import NOT_IN_POOL, PoolController, Pools, pool_status
-from nest_operator.scheduler import Scheduler, SchedulerCache
+from nest_operator.scheduler import Rejection, SandboxRequest, Scheduler, SchedulerCache
 from nest_operator.scheduler_controller import SchedulerController
 from nest_operator.store import Kind, Store
 
@@ -246,11 +246,17 @@ def test_a_status_write_does_not_re_evaluate_the_pool() -> None:
 
 def test_namespace_labels_reach_the_cache_and_retry_unschedulable_sandboxes() -> None:
     controller = scheduler_on(Store())
-    controller.unschedulable["a/s1"] = "0/1 pods available."
+    refused = Rejection(frozenset({"PoolMatch", "TenantIsolation"}), frozenset())
+    for key in ("a/s1", "b/s2"):  # refused by the pool's namespaceSelector
+        controller.pending.add(key, 0.0)
+        assert controller.pending.pop() == key
+        namespace_of, name = key.split("/")
+        request = SandboxRequest(name, namespace_of, f"u-{name}", "default", 1, 1, "subprocess")
+        controller.pending.unschedulable(key, request, refused, 0.0)
     namespace = {"metadata": {"name": "a", "uid": "ns-a", "labels": {"team": "a"}}}
     controller.namespace_changed(namespace, deleted=False)
     assert controller.cache.namespace_labels("a") == {"team": "a"}
-    assert "a/s1" in controller.queue._waiting
+    assert controller.queue._waiting == {"a/s1"}  # b's labels did not change
     controller.namespace_changed(namespace, deleted=True)
     assert controller.cache.namespace_labels("a") == {}
 

@@ -11,8 +11,11 @@ from hypothesis import strategies as st
 from nest_operator.errors import AlreadyBound, UnknownPod
 from nest_operator.scheduler import (
     BoundSandbox,
+    Code,
     PodInfo,
     PoolPod,
+    Profile,
+    Rejection,
     SandboxRequest,
     Scheduler,
     SchedulerCache,
@@ -21,12 +24,15 @@ from nest_operator.scheduler import (
 )
 from nest_operator.scheduler.plugins import (
     CORDONED,
+    CPU_ABOVE_CAPACITY,
     INSUFFICIENT_CPU,
     INSUFFICIENT_MEMORY,
     ISOLATION_UNSUPPORTED,
     LEASE_EXPIRED,
+    MEMORY_ABOVE_CAPACITY,
     NOT_IN_POOL,
     NOT_READY,
+    TAKES_NO_SANDBOXES,
     TOO_MANY_SANDBOXES,
     CodeLocality,
     IsolationSupported,
@@ -131,11 +137,23 @@ def bound(uid: str, memory: int = 64 * MI, cpu: int = 100, rs: str | None = "rs1
 def test_resources_fit_each_resource() -> None:
     fit = ResourcesFit()
     assert fit.filter(request(memory=1024 * MI), info(), NOW) is None
-    assert fit.filter(request(memory=1024 * MI + 1), info(), NOW) == INSUFFICIENT_MEMORY
+    assert fit.filter(request(memory=961 * MI), info(pod(), bound("a")), NOW) == (
+        INSUFFICIENT_MEMORY
+    )
     assert fit.filter(request(cpu=901), info(pod(), bound("a")), NOW) == INSUFFICIENT_CPU
     assert fit.filter(request(cpu=900), info(pod(), bound("a")), NOW) is None
     full = info(pod(max_sandboxes=2), bound("a"), bound("b"))
     assert fit.filter(request(memory=1), full, NOW) == TOO_MANY_SANDBOXES
+    for status in (INSUFFICIENT_MEMORY, INSUFFICIENT_CPU, TOO_MANY_SANDBOXES):
+        assert status.code == Code.UNSCHEDULABLE and status.plugin == "ResourcesFit"
+
+
+def test_resources_fit_says_when_no_sandbox_leaving_would_make_room() -> None:
+    fit = ResourcesFit()
+    too_big = fit.filter(request(memory=1024 * MI + 1), info(pod(), bound("a")), NOW)
+    assert too_big == MEMORY_ABOVE_CAPACITY and too_big.code == Code.UNRESOLVABLE
+    assert fit.filter(request(cpu=1001), info(), NOW) == CPU_ABOVE_CAPACITY
+    assert fit.filter(request(), info(pod(max_sandboxes=0)), NOW) == TAKES_NO_SANDBOXES
 
 
 def test_most_allocated_prefers_fuller_pods() -> None:
@@ -182,11 +200,38 @@ def test_unschedulable_message_counts_reasons_deterministically() -> None:
     )
     decision = Scheduler().schedule(request(), cache, NOW)
     assert not decision.scheduled
-    assert decision.reasons == ((INSUFFICIENT_MEMORY, 2), (NOT_IN_POOL, 1), (NOT_READY, 1))
+    assert decision.reasons == ((MEMORY_ABOVE_CAPACITY, 2), (NOT_READY, 1), (NOT_IN_POOL, 1))
     assert decision.message == (
-        "0/4 pods available: 2 insufficient memory, 1 in another pool, 1 not ready."
+        "0/4 pods available: 2 ResourcesFit: memory above the pod's capacity, "
+        "1 PodReady: not ready, 1 PoolMatch: in another pool."
     )
-    assert Scheduler().schedule(request(), cache_of(), NOW).message == "0/0 pods available."
+    assert decision.rejection == Rejection(
+        frozenset({"PoolMatch", "PodReady", "ResourcesFit"}), frozenset()
+    )
+    empty = Scheduler().schedule(request(), cache_of(), NOW)
+    assert empty.message == "0/0 pods available."
+    assert empty.rejection == Rejection(frozenset({"PoolMatch"}), frozenset())
+
+
+def test_a_rejection_names_the_plugins_whose_refusals_waiting_may_resolve() -> None:
+    cache = cache_of(pod("a", max_sandboxes=1), pod("b", cordoned=True))
+    cache.assume(request("s1"), "uid-a", NOW)
+    decision = Scheduler().schedule(request("s2"), cache, NOW)
+    assert decision.rejection == Rejection(
+        frozenset({"PoolMatch", "PodReady", "ResourcesFit"}), frozenset({"ResourcesFit"})
+    )
+
+
+def test_profiles_name_plugins_from_the_registry() -> None:
+    scheduler = Scheduler.from_profile(Profile(filters=("ResourcesFit",), scores=()))
+    assert list(scheduler.plugins) == ["PoolMatch", "ResourcesFit"]
+    assert [p.name for p in Scheduler.from_profile().filters] == [
+        "PodReady", "IsolationSupported", "TenantIsolation", "NativeDependencies", "ResourcesFit",
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="unknown filter plugin 'Nope'"):
+        Scheduler.from_profile(Profile(filters=("Nope",)))
+    with pytest.raises(ValueError, match="share a name"):
+        Scheduler(filters=[ResourcesFit(), ResourcesFit()])
 
 
 def test_bin_packing_prefers_the_fuller_pod_and_ties_go_to_the_smallest_name() -> None:
@@ -228,7 +273,7 @@ def test_watch_confirms_and_expiry_spares_confirmed() -> None:
     assert not cache.is_assumed("s1")
     cache.forget("s1")  # confirmed: a late bind failure report must not drop it
     assert cache.expire(NOW + 29) == []
-    assert cache.expire(NOW + 30) == ["s2"]
+    assert [s.uid for s in cache.expire(NOW + 30)] == ["s2"]
     assert set(cache.pod("uid-a").sandboxes) == {"s1"}
 
 

@@ -16,12 +16,14 @@ from hypothesis import strategies as st
 
 from nest_operator.scheduler import (
     BoundSandbox,
+    Code,
     PodInfo,
     PoolPod,
     PoolPolicy,
     SandboxRequest,
     Scheduler,
     SchedulerCache,
+    Status,
 )
 from nest_operator.scheduler.plugins import (
     DEDICATED_TO_OTHER,
@@ -62,7 +64,7 @@ def held(*sandboxes: tuple[str, str], policy: PoolPolicy | None = SHARED) -> Pod
     return info
 
 
-def fits(req: SandboxRequest, info: PodInfo) -> str | None:
+def fits(req: SandboxRequest, info: PodInfo) -> Status | None:
     return TenantIsolation().filter(req, info, NOW)
 
 
@@ -113,13 +115,14 @@ def test_dedicated_pools_give_a_pod_to_one_namespace_at_a_time() -> None:
     assert fits(request(), info) is None
 
 
-def test_every_reason_names_the_plugin() -> None:
-    reasons = [
-        HOLDS_OTHER_NAMESPACE, HOLDS_OTHER_NAMESPACE_MODE, DEDICATED_TO_OTHER,
-        mode_not_offered("p", NS), namespace_not_allowed("p", "a"),
-    ]  # fmt: skip
-    assert all(r.startswith(f"{TENANT_ISOLATION}: ") for r in reasons)
+def test_every_reason_names_the_plugin_and_only_the_pool_s_rules_are_unresolvable() -> None:
+    per_pod = [HOLDS_OTHER_NAMESPACE, HOLDS_OTHER_NAMESPACE_MODE, DEDICATED_TO_OTHER]
+    per_pool = [mode_not_offered("p", NS), namespace_not_allowed("p", "a")]
+    assert all(s.message.startswith(f"{TENANT_ISOLATION}: ") for s in per_pod + per_pool)
     assert TenantIsolation.name == TENANT_ISOLATION
+    # The other tenant's sandboxes may leave; the pool's rules change only with the pool.
+    assert {s.code for s in per_pod} == {Code.UNSCHEDULABLE}
+    assert {s.code for s in per_pool} == {Code.UNRESOLVABLE}
 
 
 def test_aggregates_follow_add_and_remove() -> None:
@@ -157,10 +160,10 @@ def test_pre_filter_checks_the_pool_s_modes_and_namespace_selector() -> None:
     only_sub = PoolPolicy("default", frozenset({SUB}), allows_namespace=team_a)
     cache = cache_with(only_sub, a={"team": "a"}, b={"team": "b"})
     assert plugin.pre_filter(request(namespace="a"), cache) is None
-    assert plugin.pre_filter(request(namespace="a", isolation=NS), cache) == (
+    assert str(plugin.pre_filter(request(namespace="a", isolation=NS), cache)) == (
         "TenantIsolation: SandboxPool default does not offer namespace isolation"
     )
-    assert plugin.pre_filter(request(namespace="b"), cache) == (
+    assert str(plugin.pre_filter(request(namespace="b"), cache)) == (
         "TenantIsolation: namespace b may not use SandboxPool default"
     )
     # A namespace not seen yet has no labels: refused until its labels say otherwise.
@@ -179,7 +182,7 @@ def test_failed_scheduling_names_tenant_isolation_for_every_pod_of_the_pool() ->
     decision = Scheduler().schedule(request(namespace="b"), cache, NOW)
     assert decision.message == (
         "0/3 pods available: 2 TenantIsolation: namespace b may not use SandboxPool default, "
-        "1 in another pool."
+        "1 PoolMatch: in another pool."
     )
 
 
