@@ -43,6 +43,7 @@ from gateway.routing import (
     scale_target,
 )
 from sandbox import dataplane_auth as auth
+from sandbox.disconnects import cancelled_if_caller_leaves
 
 log = logging.getLogger(__name__)
 # Connection-level headers (RFC 9110 §7.6.1) and ones the client library recomputes.
@@ -182,14 +183,17 @@ async def relay(
     """A streamed answer passed on chunk by chunk as it arrives, never buffered. Cut short
     upstream (the runtime closed without the last chunk: the function failed or a bound ran
     out), the caller's connection is closed the same way, so it sees an incomplete answer; a
-    caller that leaves closes the upstream connection, which stops the function's stream."""
+    caller that leaves closes the upstream connection at once (not at the next chunk: the wait
+    for it is cancelled, sandbox.disconnects), which stops the function's stream."""
     out = web.StreamResponse(status=resp.status, headers=_kept(resp.headers))
     try:
-        await out.prepare(caller)
-        async for chunk in resp.content.iter_any():
-            await out.write(chunk)
-    except ConnectionError:
-        return out  # the caller left; leaving `async with` drops the upstream connection
+        async with cancelled_if_caller_leaves(caller):
+            await out.prepare(caller)
+            async for chunk in resp.content.iter_any():
+                await out.write(chunk)
+    except ConnectionError:  # the caller left: the runtime sees its connection go, and stops
+        resp.close()
+        return out
     except (aiohttp.ClientError, TimeoutError) as exc:
         log.info("stream of %s/%s cut short upstream: %s", *key, exc or type(exc).__name__)
         if caller.transport is not None:

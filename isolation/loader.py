@@ -341,12 +341,9 @@ class NamespaceFinder(importlib.abc.MetaPathFinder):
         # Snapshots (list() is atomic under the GIL): a thread of the sandbox's may still be
         # importing while it is unloaded (an import that overran its timeout).
         for name in [n for n in list(sys.modules) if n == ns.package or n.startswith(inside)]:
-            module = sys.modules.pop(name, None)
-            if module is None:
-                continue
-            # Break the module <-> function-globals cycles now rather than at the next GC.
-            if name != ns.package:
-                module.__dict__.clear()
+            # Not cleared: its functions may live on in shared modules (typing_extensions
+            # patches `typing._collect_parameters`), which must keep working; the GC frees them.
+            sys.modules.pop(name, None)
         # Its code and the layers no other sandbox uses (a layer's cache entries are shared).
         used = {root for other in self._namespaces.values() for root in other.roots()}
         for root in [r for r in ns.roots() if r not in used]:

@@ -258,6 +258,10 @@ class NamespaceBackend:
         """The compiled distributions this runtime holds, "name==version" (RuntimeInfo)."""
         return self._finder.natives.report()
 
+    def native_roots(self) -> list[str]:
+        """Where those natives load from (RuntimeInfo.native_roots): kept while we live."""
+        return self._finder.natives.import_roots()
+
     def _contain_sys_path(self, sb: _Sandbox) -> None:
         """Undo a change to the shared sys.path made while a sandbox's code ran (sandbox code
         edits its own view, see loader._SysView; this catches what reached the real one, e.g.

@@ -10,7 +10,11 @@ that ledger: what is loaded (or promised to a running sandbox), from which impor
 whether a new sandbox's `native_distributions` ("name==version") fit it. The runtime reports the
 ledger (RuntimeInfo.native_distributions), the sidecar publishes it on its Lease and the
 scheduler keeps conflicting sandboxes off the pod; what still lands here fails with
-`DependencyConflict`, naming the package and both versions.
+`DependencyConflict`, naming the package and both versions. The runtime also reports the import
+roots those natives load from (`Ledger.import_roots`, RuntimeInfo.native_roots): they are
+dependency layers in the sidecar's code cache, and an imported package keeps reading its
+directory (its lazy submodules, its pure-Python dependencies, its data files) for as long as the
+process lives, so the sidecar keeps them cached until this runtime ends, whoever still uses them.
 
 The runtime's own compiled dependencies (aiohttp's, pydantic's) count too: they are loaded in
 the same interpreter, so a sandbox wanting another pydantic-core conflicts with the runtime.
@@ -206,6 +210,12 @@ class Ledger:
                 for top in entry.names:
                     out.setdefault(top, entry.root)
         return out
+
+    def import_roots(self) -> list[str]:
+        """The import roots (dependency layers) this runtime loads or loaded natives from: every
+        entry's, imported or only promised (a later sandbox imports it from the first
+        claimant's root, whoever that was)."""
+        return sorted({entry.root for entry in self._dists.values() if entry.root is not None})
 
     def names(self) -> frozenset[str]:
         """Every top-level import name that belongs to a layer's native distribution."""

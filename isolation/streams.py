@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
 import time
 import types
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
@@ -105,34 +106,57 @@ def _step(source: Iterator[Any]) -> tuple[bool, Any]:
 
 
 class _SyncChunks:
-    """A sync iterator's items as chunks, each step on `run_sync` (never on the loop)."""
+    """A sync iterator's items as chunks, each step on `run_sync` (never on the loop).
+
+    Closed while a step runs on its thread (the caller left, or the step overran a bound: its
+    waiter was cancelled, the thread cannot be), the generator is closed by that step itself,
+    on its thread, as soon as it returns: its `finally` runs then, not whenever it is collected.
+    """
 
     def __init__(self, source: Iterator[Any], run_sync: RunSync) -> None:
         self._source = source
         self._run_sync = run_sync
-        self._stuck = False  # a step was given up on (its timeout) and may still run
+        self._lock = threading.Lock()  # the loop and the step's thread agree on who closes
+        self._stepping = False
+        self._closed = False
 
     def __aiter__(self) -> _SyncChunks:
         return self
 
     async def __anext__(self) -> bytes:
-        try:
-            more, item = await self._run_sync(lambda: _step(self._source))
-        except asyncio.CancelledError:
-            self._stuck = True
-            raise
+        more, item = await self._run_sync(self._next)
         if not more:
             raise StopAsyncIteration
         return encode_chunk(item)
 
-    async def aclose(self) -> None:
+    def _next(self) -> tuple[bool, Any]:
+        """One step, on the sandbox's thread; it closes the generator if closed meanwhile."""
+        with self._lock:
+            if self._closed:
+                return False, None
+            self._stepping = True
+        try:
+            return _step(self._source)
+        finally:
+            with self._lock:
+                self._stepping = False
+                orphaned = self._closed
+            if orphaned:
+                self._close_now()
+
+    def _close_now(self) -> None:
         close = getattr(self._source, "close", None)
-        if close is None or self._stuck:
-            # A step that overran still runs on its thread (counted against the sandbox's
-            # threads until it returns): the generator is dropped, and closed when collected.
-            return
+        if close is not None:
+            with contextlib.suppress(Exception):  # its finally's own error: nobody to tell
+                close()
+
+    async def aclose(self) -> None:
+        with self._lock:
+            closed, self._closed = self._closed, True
+            if closed or self._stepping:
+                return  # a step runs: it closes the generator when it returns
         with contextlib.suppress(ValueError):  # "generator already executing", all the same
-            await self._run_sync(close)  # its finally blocks are the function's code too
+            await self._run_sync(self._close_now)  # its finally blocks are the function's code
 
 
 class Bracketed:

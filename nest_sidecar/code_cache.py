@@ -11,9 +11,11 @@ package every dependency layer too, which other sandboxes may share) and the sid
 pin when the Sandbox is gone (`release`). Pins are also written to `.in-use/<sandbox uid>` (one
 digest a line),
 because a restarted sidecar adopts running sandboxes without fetching their code again and must
-not collect what they run. Collection is decided by `plan_eviction`, a pure function: entries
-nobody uses go once they have been idle `idle_seconds` (a re-created sandbox or a rollback
-within that time finds its code), or sooner, least recently used first, while the cache holds
+not collect what they run. The runtime pins too (`runtime-<pid>-<start>`, by nest_sidecar.
+runtime.NativePins): the layers its interpreter loaded native extensions from stay until it
+ends. Collection is decided by `plan_eviction`, a pure function: entries nobody uses go once
+they have been idle `idle_seconds` (a re-created sandbox or a rollback within that time finds
+its code), or sooner, least recently used first, while the cache holds
 more than its budget; an entry in use is never removed, whatever the budget says. Victims are
 renamed to `.trash-*` on the event loop (where the fetcher looks entries up, so a lookup never
 finds an entry half deleted) and removed in a thread. Leftover `.partial-*` and `.trash-*`
@@ -46,6 +48,7 @@ DEFAULT_IDLE_SECONDS = 30.0
 PARTIAL_PREFIX = ".partial-"
 TRASH_PREFIX = ".trash-"
 PINS_DIR = ".in-use"
+RUNTIME_PREFIX = "runtime-"  # a runtime's pins (its natives' layers), not a sandbox's
 MIN_WAIT = 0.05  # seconds: a timer that fires a hair early must not spin the collector
 FAILED_WAIT = 10.0  # seconds before a collection that failed is tried again
 
@@ -182,9 +185,15 @@ class CodeCache:
         )
 
     def retain(self, users: Collection[str]) -> None:
-        """Release the pins of every user not in `users` (Sandboxes gone while we were down)."""
+        """Release the pins of every sandbox not in `users` (Sandboxes gone while we were down).
+        A runtime's pins are not a sandbox's: NativePins releases them when that runtime ends."""
         for user in [u for u in self._users if u not in users]:
-            self.release(user)
+            if not user.startswith(RUNTIME_PREFIX):
+                self.release(user)
+
+    def users(self) -> list[str]:
+        """Who holds pins now (sandbox uids, runtimes)."""
+        return list(self._users)
 
     # -- entries -------------------------------------------------------------------------------
 

@@ -10,16 +10,29 @@ When the runtime did not exit cleanly, the new one says who was running code at 
 culprit is reported Failed with reason `RuntimeCrash` (final: it would crash the next shared
 runtime too), every other one Failed with reason `RuntimeRestarted` and a message naming the
 culprit (or the suspects), so its worker restarts it and the Event says why (`crash_notice`).
+
+The runtime also says which dependency layers its interpreter loaded native extensions from
+(`RuntimeInfo.native_roots`). Those stay pinned in the code cache while that runtime lives
+(`NativePins`), whoever still uses them: a compiled extension loads once per process, so its
+package stays in `sys.modules` with its `__path__` in that layer after its last sandbox is gone,
+and the next sandbox needing the distribution gets that module, whose lazy submodules, data
+files and pure-Python dependencies are read from that directory. Evicted, they were gone (a
+`ModuleNotFoundError` in a healthy sandbox), or re-unpacked by a later pull while the runtime's
+ledger still named the old path. A sandbox's own pins are dropped only once the runtime's are
+fresh, so nothing is collected in between; a restarted runtime's pins go with it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+import os
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 from typing import Protocol
 
+from nest_sidecar.code_cache import RUNTIME_PREFIX, CodeCache
 from sandbox.api import CreateSandbox, LastCrash, RuntimeInfo, SandboxEvent, SandboxInfo
 
 log = logging.getLogger(__name__)
@@ -85,8 +98,81 @@ def _by_id(sandbox_id: str) -> str:
     return sandbox_id
 
 
+def runtime_user(info: RuntimeInfo) -> str:
+    """The cache user a runtime pins as: one per process lifetime (pids are reused)."""
+    return f"{RUNTIME_PREFIX}{info.pid}-{info.started_at!r}"
+
+
+def cached_digests(roots: Iterable[str], cache_root: Path) -> frozenset[str]:
+    """The cache entries (digests) that hold these import roots; a root outside the cache (code
+    baked into the image) is nobody's to collect."""
+    base = os.path.normpath(os.path.abspath(cache_root))
+    found = set()
+    for root in roots:
+        relative = os.path.relpath(os.path.normpath(os.path.abspath(root)), base)
+        first = relative.split(os.sep, 1)[0]
+        if first not in ("", ".", "..") and not first.startswith("."):
+            found.add(first)
+    return frozenset(found)
+
+
+class NativePins:
+    """The layers the live runtime loaded native extensions from, pinned in the code cache.
+
+    `observe` is fed every RuntimeInfo the sidecar gets (the pump's relists, the Lease's
+    renewals): it pins what this runtime reports and releases the pins of any other runtime (a
+    restarted one; one a previous sidecar saw). `release(sandbox)` replaces the cache's own
+    `release`: the sandbox's pins go only after a RuntimeInfo asked for afterwards is observed,
+    so a layer is never unpinned between its last sandbox leaving and the runtime's pin."""
+
+    def __init__(self, cache: CodeCache, runtime: RuntimeAPI, retry: float = 0.5) -> None:
+        self.cache = cache
+        self.runtime = runtime
+        self.retry = retry
+        self.user: str | None = None  # the live runtime's cache user, once one was observed
+        self._releasing: set[asyncio.Task[None]] = set()
+
+    def observe(self, info: RuntimeInfo) -> None:
+        user = runtime_user(info)
+        digests = cached_digests(info.native_roots, self.cache.root)
+        if digests:
+            self.cache.use(user, *digests)
+        else:
+            self.cache.release(user)
+        for other in self.cache.users():
+            if other.startswith(RUNTIME_PREFIX) and other != user:
+                log.info("runtime %s is gone: its native layers may be collected", other)
+                self.cache.release(other)
+        self.user = user
+
+    def release(self, sandbox_uid: str) -> None:
+        """`sandbox_uid` is gone (removed from the runtime): drop its pins once the runtime's
+        are fresh. Retried while the runtime does not answer (its pins stay until then)."""
+        task = asyncio.get_running_loop().create_task(self._release(sandbox_uid))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+
+    async def _release(self, sandbox_uid: str) -> None:
+        while True:
+            try:
+                info = await self.runtime.info()
+            except Exception as exc:  # restarting: its successor's first answer will do
+                log.debug("runtime unknown while releasing %s: %s", sandbox_uid, exc)
+                await asyncio.sleep(self.retry)
+                continue
+            self.observe(info)
+            self.cache.release(sandbox_uid)
+            return
+
+    async def settled(self) -> None:
+        """Wait for the releases asked for so far (tests, shutdown)."""
+        while self._releasing:
+            await asyncio.gather(*self._releasing, return_exceptions=True)
+
+
 class RuntimePump:
-    """Feeds runtime state changes to `listener`; `ready` holds while the runtime answers."""
+    """Feeds runtime state changes to `listener`; `ready` holds while the runtime answers.
+    `on_info` hears every RuntimeInfo it reads (NativePins.observe)."""
 
     def __init__(
         self,
@@ -94,11 +180,13 @@ class RuntimePump:
         listener: Listener,
         retry: float = 0.2,
         name_of: Namer = _by_id,
+        on_info: Callable[[RuntimeInfo], None] | None = None,
     ) -> None:
         self.runtime = runtime
         self.listener = listener
         self.retry = retry
         self.name_of = name_of
+        self.on_info = on_info
         self.ready = asyncio.Event()
         self.info: RuntimeInfo | None = None
         self.known: dict[str, SandboxInfo] = {}
@@ -115,6 +203,8 @@ class RuntimePump:
             self.restarts += 1
             log.warning("runtime restarted (pid %s -> %s)", self.info.pid, info.pid)
         self.info = info
+        if self.on_info is not None:
+            self.on_info(info)
         current = {s.id: s for s in await self.runtime.list()}
         crash = info.last_crash if restarted else None
         for sandbox_id in set(self.known) - set(current):

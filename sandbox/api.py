@@ -143,6 +143,9 @@ class RuntimeInfo(_Model):
     # "name==version" (normalised names): namespace sandboxes needing another version of one
     # of them fail here with DependencyConflict; the sidecar publishes this on its Lease.
     native_distributions: list[str] = Field(default_factory=list)
+    # The import roots (dependency layers) those natives load from: the sidecar keeps them in
+    # its code cache while this runtime lives (an imported package reads its directory again).
+    native_roots: list[str] = Field(default_factory=list)
 
 
 class ErrorBody(_Model):

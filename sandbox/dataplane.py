@@ -22,6 +22,7 @@ from isolation.streams import BodyStream
 from sandbox import dataplane_auth as auth
 from sandbox import limits
 from sandbox.api import ErrorBody, SandboxInfo
+from sandbox.disconnects import cancelled_if_caller_leaves
 from sandbox.errors import http_error
 from sandbox.limits import DEFAULT_LIMITS, BodyLimits
 from sandbox.service import Runtime
@@ -107,13 +108,15 @@ async def _stream(
     """A streamed answer, each chunk written as it comes (chunked encoding, no buffering).
     Cut short — the function's error, a bound of isolation.streams — the connection is closed
     without the last chunk, so the caller sees an incomplete answer, never a complete-looking
-    one; a caller that leaves stops the stream (the function is told, see the backends)."""
+    one; a caller that leaves stops the stream at once, not at its next chunk (the wait for
+    it is cancelled: sandbox.disconnects), and the function is told (see the backends)."""
     response = web.StreamResponse(status=status, headers=CIMultiDict(headers))
     try:
-        await response.prepare(request)
-        async for chunk in body:
-            await response.write(chunk)
-    except ConnectionError:  # the caller left
+        async with cancelled_if_caller_leaves(request):
+            await response.prepare(request)
+            async for chunk in body:
+                await response.write(chunk)
+    except ConnectionError:  # the caller left (CallerLeft: while we waited on the function)
         return response
     except Exception as exc:  # StreamTimeout, StreamFailed, or the function's own error
         log.warning("stream of %s cut short: %s", request.match_info["id"], exc)

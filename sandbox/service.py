@@ -170,6 +170,7 @@ class Runtime:
             "last_crash": crash.as_report() if (crash := self.namespace.last_crash) else None,
             "threads": self.namespace.threads(),
             "native_distributions": self.namespace.loaded_natives(),
+            "native_roots": self.namespace.native_roots(),
         }
 
     async def close(self) -> None:

@@ -78,10 +78,15 @@ async def gateway() -> AsyncIterator[tuple[str, Upstream]]:
 
     app = web.Application()
     app.router.add_get("/events", trigger)
-    front = TestServer(app, host="127.0.0.1")
-    await front.start_server()
-    yield f"http://127.0.0.1:{front.port}/events", upstream
-    await front.close()
+    # As gateway.main serves it (web.run_app): a TestServer would cancel the handler of a
+    # caller that leaves (handler_cancellation=True), which the gateway does not rely on.
+    front = web.AppRunner(app, handler_cancellation=False)
+    await front.setup()
+    site = web.TCPSite(front, "127.0.0.1", 0)
+    await site.start()
+    port = front.addresses[0][1]
+    yield f"http://127.0.0.1:{port}/events", upstream
+    await front.cleanup()
     await inv.close()
     await runtime.close()
 
@@ -119,3 +124,15 @@ async def test_a_caller_that_leaves_closes_the_upstream_stream(
     upstream.release.set()
     async with asyncio.timeout(10):
         await upstream.closed.wait()  # the runtime's writes find the connection gone
+
+
+async def test_a_caller_that_leaves_between_chunks_closes_the_upstream_at_once(
+    gateway: tuple[str, Upstream],
+) -> None:
+    url, upstream = gateway
+    async with aiohttp.ClientSession() as http:
+        resp = await http.get(url)
+        assert await resp.content.readuntil(b"\n\n") == b"data: one\n\n"
+        resp.close()  # gone while the "function" waits, and nothing more ever comes
+    async with asyncio.timeout(10):
+        await upstream.closed.wait()  # the upstream request was dropped: the runtime sees it

@@ -240,3 +240,21 @@ async def test_a_native_packages_pure_dependencies_load_beside_it(
     assert isinstance(got, dict) and got["shared"] == f"{pkg}_pure"  # runtime-wide, beside it
     assert got["own"].startswith(loader.PREFIX)  # the sandbox's own import: its own copy
     del sys.modules[pkg], sys.modules[f"{pkg}_pure"]
+
+
+async def test_the_roots_natives_load_from_are_reported_while_the_runtime_holds_them(
+    backend: NamespaceBackend, tmp_path: Path
+) -> None:
+    imported, declared = pkg_name(), pkg_name()
+    code = make_code(tmp_path / "code", f"import {imported}\ndef handler(e, c):\n    return 1\n")
+    idle = make_code(tmp_path / "idle", "def handler(e, c):\n    return 1\n")
+    first = make_layer(tmp_path / "first", imported, "1.0", native=True)
+    other = make_layer(tmp_path / "other", declared, "1.0", native=True)
+    await backend.create(native_spec("a", code, first, f"{imported}==1.0"))
+    await backend.create(native_spec("b", idle, other, f"{declared}==1.0"))
+    assert {str(first), str(other)} <= set(backend.native_roots())  # the ledger is per process
+    await backend.remove("a")  # its package stays imported: the runtime still reads `first`
+    await backend.remove("b")  # promised only, never imported: `other` is nobody's any more
+    roots = backend.native_roots()
+    assert str(first) in roots and str(other) not in roots
+    del sys.modules[imported], sys.modules[f"{imported}_helper"]
