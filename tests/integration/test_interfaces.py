@@ -1,24 +1,25 @@
-"""Real web frameworks from PyPI, unmodified, through the gateway's HTTP trigger.
+"""Real web frameworks from PyPI, unmodified, deployed as users deploy them and called through
+the gateway's HTTP trigger.
 
-FastAPI (ASGI), Flask (WSGI), a Mangum-wrapped FastAPI app (apigateway-v2) and an
-aws-lambda-powertools APIGatewayRestResolver app (apigateway-v1) are installed with
-`pip install --target` into code directories of their own (the code directory is on the
-sandbox's sys.path), deployed as `path` sources through the gateway's management API, and
-called at /fn/{namespace}/{name}/... as a browser or an HTTP client would call them: each must
-answer exactly as on its home platform. The wheels are downloaded from PyPI once into
-~/.cache/nest/test-wheels and installed from there (no network after the first run).
+Each app is a directory of tests/apps (its module and a requirements.txt pinning real PyPI
+packages): FastAPI (ASGI), Flask (WSGI), a Mangum-wrapped FastAPI app (apigateway-v2) and an
+aws-lambda-powertools APIGatewayRestResolver app (apigateway-v1). `nest deploy DIR --interface
+...` builds its dependency layer with pip for the pool's interpreter, pushes the layers to the
+cluster's registry and deploys the function by digest (`source.oci`); the test then calls
+/fn/{namespace}/{name}/... as a browser or an HTTP client would, and each app must answer exactly
+as on its home platform. The builder's cache lives in ~/.cache/nest/test-apps (NEST_TEST_APPS_CACHE
+names another): pip runs once per requirements file, later runs reuse the layer (pip's own cache
+keeps the wheels should the layer be rebuilt).
 """
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import os
-import shutil
+import re
+import socket
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -32,163 +33,11 @@ from tests.integration.test_gateway import (  # noqa: F401 - fixtures used by na
     gateway_url,
     operator_active,
 )
-from tests.kube import wait_for
+from tests.kube import Kubectl, wait_for
 
-WHEELHOUSE = Path(os.environ.get("NEST_TEST_WHEELS", Path.home() / ".cache/nest/test-wheels"))
-APPS: dict[str, tuple[list[str], str]] = {}
-
-APPS["fastapi"] = (
-    ["fastapi"],
-    """
-import fcntl, os
-
-from fastapi import FastAPI, Query, Request
-from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
-
-app = FastAPI()
-GATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gate")
-
-
-@app.get("/events")
-def events():
-    def stream():
-        yield "data: one\\n\\n"
-        with open(GATE) as f:  # the test holds it until it has read the first event
-            fcntl.flock(f, fcntl.LOCK_SH)
-        yield "data: two\\n\\n"
-    return StreamingResponse(stream(), media_type="text/event-stream")
-
-
-class Item(BaseModel):
-    name: str
-    price: float
-
-
-@app.get("/items/{item_id}")
-def read_item(item_id: int, q: str | None = None, tag: list[str] = Query(default=[])):
-    return {"item_id": item_id, "q": q, "tag": tag}
-
-
-@app.post("/items", status_code=201)
-def create_item(item: Item):
-    return {"name": item.name, "price": item.price, "with_tax": round(item.price * 1.2, 2)}
-
-
-@app.get("/whoami")
-def whoami(request: Request):
-    return {"url": str(request.url), "root_path": request.scope["root_path"],
-            "client": request.client.host, "host": request.headers["host"],
-            "forwarded_for": request.headers.get("x-forwarded-for"),
-            "multi": request.headers.getlist("x-multi")}
-""",
-)
-APPS["flask"] = (
-    ["flask"],
-    """
-from flask import Flask, abort, jsonify, request
-
-app = Flask(__name__)
-
-
-@app.get("/hello/<name>")
-def hello(name):
-    return jsonify(hello=name, tags=request.args.getlist("tag"), url=request.url,
-                   script_root=request.script_root, remote=request.remote_addr,
-                   host=request.host)
-
-
-@app.post("/teapot")
-def teapot():
-    return jsonify(brewed=request.get_json()), 418, {"X-Brewer": "flask"}
-
-
-@app.get("/gone")
-def gone():
-    abort(410)
-""",
-)
-APPS["mangum"] = (
-    ["fastapi", "mangum"],
-    """
-from fastapi import FastAPI, Query, Request, Response
-from mangum import Mangum
-
-app = FastAPI()
-
-
-@app.get("/items/{item_id}")
-def read_item(item_id: int, request: Request, response: Response,
-              tag: list[str] = Query(default=[])):
-    response.set_cookie("seen", str(item_id))
-    response.set_cookie("again", "yes")
-    return {"item_id": item_id, "tag": tag, "cookie": request.cookies.get("flavour"),
-            "path": request.url.path}
-
-
-handler = Mangum(app, lifespan="off")
-""",
-)
-APPS["powertools"] = (
-    ["aws-lambda-powertools"],
-    """
-from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
-
-app = APIGatewayRestResolver()
-
-
-@app.get("/hello/<name>")
-def hello(name):
-    event = app.current_event
-    return {"hello": name, "q": event.get_query_string_value("q"),
-            "tags": (event.multi_value_query_string_parameters or {}).get("tag"),
-            "method": event.http_method}
-
-
-@app.post("/")
-def root():
-    return Response(202, "application/json", app.current_event.body,
-                    headers={"X-Seen": app.current_event.http_method})
-
-
-def handler(event, context):
-    return app.resolve(event, context)
-""",
-)
-PYTHON = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-
-
-def _wheelhouse(packages: list[str]) -> Path:
-    """The wheels for `packages`, downloaded from PyPI once (then reused, offline)."""
-    key = hashlib.sha256(" ".join(sorted(packages)).encode()).hexdigest()[:16]
-    marker = WHEELHOUSE / f".complete-{key}"
-    if not marker.exists():
-        WHEELHOUSE.mkdir(parents=True, exist_ok=True)
-        subprocess.run([*PYTHON, "download", "--only-binary=:all:", "-d", str(WHEELHOUSE),
-                        *packages], check=True, timeout=600)  # fmt: skip
-        marker.touch()
-    return WHEELHOUSE
-
-
-@pytest.fixture(scope="session")
-def app_dirs() -> Iterator[dict[str, Path]]:
-    """A code directory per app: its main.py plus its dependencies, readable by sandbox uids
-    (the pool's local node sees this machine's /tmp, as a pool image's own files)."""
-    every = sorted({p for packages, _ in APPS.values() for p in packages})
-    wheels = _wheelhouse(every)
-    root = Path(tempfile.mkdtemp(prefix="nest-test-apps-"))
-    os.chmod(root, 0o755)
-    dirs = {}
-    for name, (packages, source) in APPS.items():
-        target = root / name
-        subprocess.run([*PYTHON, "install", "--no-index", "--find-links", str(wheels),
-                        "--target", str(target), *packages], check=True, timeout=600)  # fmt: skip
-        (target / "main.py").write_text(source)
-        (target / "gate").touch()
-        subprocess.run(["chmod", "-R", "a+rX", str(target)], check=True)
-        dirs[name] = target
-    yield dirs
-    shutil.rmtree(root, ignore_errors=True)
+APPS = Path(__file__).resolve().parents[1] / "apps"
+BUILD_CACHE = Path(os.environ.get("NEST_TEST_APPS_CACHE", Path.home() / ".cache/nest/test-apps"))
+Deploy = Callable[..., str]
 
 
 @pytest.fixture(autouse=True)
@@ -197,30 +46,47 @@ def with_operator(operator_active: bool) -> None:  # noqa: F811
         pytest.skip("waits for the operator (deploy/operator/ or `nest operator run`)")
 
 
+@pytest.fixture
 def deploy(
+    kubeconfig: Path,
+    kubectl: Kubectl,
     developer: Client,  # noqa: F811
-    name: str,
-    code: Path,
-    interface: str,
-    handler: str,
-    isolation: str = "subprocess",
-) -> str:
-    """Create the function and wait until it answers; its trigger's base URL."""
-    body = {"name": name, "handler": handler, "code": {"path": str(code)},
-            "interface": interface, "isolation": isolation, "memory": "256Mi", "replicas": 1,
-            "timeoutSeconds": 60}  # fmt: skip
-    created = developer.create(**body)
-    assert created.status_code == 201, created.text
-    base = f"{developer.base}/fn/{developer.ns}/{name}"
+) -> Deploy:
+    """`nest deploy tests/apps/APP --interface ...` into the test's namespace, as a user runs
+    it; waits until the function answers through the gateway and returns its trigger's URL."""
+    env = {**os.environ, "NEST_KUBECONFIG": str(kubeconfig), "NEST_CACHE_DIR": str(BUILD_CACHE)}
+    env.pop("NEST_REGISTRY", None)  # the registry the cluster announces
 
-    def up() -> bool:
-        # Held by the activator until a sandbox is ready; 504 while it imports its framework.
-        resp = developer.request("GET", base + "/__nest_probe__")
-        assert resp.status_code not in (500, 502), resp.text
-        return resp.status_code not in (503, 504)
+    def run(
+        app: str, interface: str, handler: str, isolation: str = "subprocess",
+        name: str | None = None,
+    ) -> str:  # fmt: skip
+        name = name or app
+        argv = [sys.executable, "-m", "nest", "deploy", str(APPS / app), "--name", name,
+                "--interface", interface, "--handler", handler, "--isolation", isolation,
+                "--memory", "256Mi", "--replicas", "1", "--timeout", "180",
+                "-n", kubectl.namespace]  # fmt: skip
+        proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=900)
+        assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stderr}{proc.stdout}"
+        # Built into layers and deployed by digest, not sent inline.
+        assert "package: dependency layer sha256:" in proc.stderr, proc.stderr
+        refs = re.findall(r"\((\S+@sha256:[0-9a-f]{64})\)", proc.stderr)
+        assert refs, proc.stderr
+        function = kubectl.json("get", "sbxd", name)["spec"]["template"]["spec"]["function"]
+        assert function["source"] == {"oci": {"ref": refs[-1]}}
+        assert function["interface"] == interface
+        base = f"{developer.base}/fn/{developer.ns}/{name}"
 
-    wait_for(up, timeout=180, what=f"{name} to answer through the gateway")
-    return base
+        def up() -> bool:
+            # Held by the activator until a sandbox is ready; 504 while it imports its framework.
+            resp = developer.request("GET", base + "/__nest_probe__")
+            assert resp.status_code not in (500, 502), resp.text
+            return resp.status_code not in (503, 504)
+
+        wait_for(up, timeout=180, what=f"{name} to answer through the gateway")
+        return base
+
+    return run
 
 
 def get(developer: Client, url: str, **kw: Any) -> requests.Response:  # noqa: F811
@@ -229,9 +95,9 @@ def get(developer: Client, url: str, **kw: Any) -> requests.Response:  # noqa: F
 
 def test_fastapi_app_path_query_validation_and_json_body(
     developer: Client,  # noqa: F811
-    app_dirs: dict[str, Path],
+    deploy: Deploy,
 ) -> None:
-    base = deploy(developer, "fastapi", app_dirs["fastapi"], "asgi", "main:app")
+    base = deploy("fastapi", "asgi", "main:app")
     resp = get(developer, f"{base}/items/42", params=[("q", "x y"), ("tag", "a"), ("tag", "b")])
     assert resp.status_code == 200, resp.text
     assert resp.json() == {"item_id": 42, "q": "x y", "tag": ["a", "b"]}
@@ -255,10 +121,10 @@ def test_fastapi_app_path_query_validation_and_json_body(
 @pytest.mark.parametrize("isolation", ["subprocess", "namespace"])
 def test_flask_app_statuses_and_mount(
     developer: Client,  # noqa: F811
-    app_dirs: dict[str, Path],
+    deploy: Deploy,
     isolation: str,
 ) -> None:
-    base = deploy(developer, "flask", app_dirs["flask"], "wsgi", "main:app", isolation)
+    base = deploy("flask", "wsgi", "main:app", isolation)
     resp = get(developer, f"{base}/hello/ada", params=[("tag", "a"), ("tag", "b")])
     assert resp.status_code == 200, resp.text
     host = developer.base.removeprefix("http://")
@@ -277,13 +143,16 @@ def test_flask_app_statuses_and_mount(
 
 def test_mangum_fastapi_app_as_apigateway_v2(
     developer: Client,  # noqa: F811
-    app_dirs: dict[str, Path],
+    deploy: Deploy,
 ) -> None:
-    base = deploy(developer, "mangum", app_dirs["mangum"], "apigateway-v2", "main:handler")
-    resp = get(developer, f"{base}/items/7", params=[("tag", "a"), ("tag", "b")],
+    base = deploy("mangum", "apigateway-v2", "main:handler")
+    resp = get(developer, f"{base}/items/7", params=[("tag", "a"), ("n", "1"), ("tag", "b")],
                cookies={"flavour": "mint"})  # fmt: skip
     assert resp.status_code == 200, resp.text
-    assert resp.json() == {"item_id": 7, "tag": ["a", "b"], "cookie": "mint", "path": "/items/7"}
+    # The query as sent (payload 2.0's rawQueryString): from a REST API's (v1) per-name lists
+    # Mangum would rebuild it as tag=a&tag=b&n=1.
+    assert resp.json() == {"item_id": 7, "tag": ["a", "b"], "cookie": "mint", "path": "/items/7",
+                           "query": "tag=a&n=1&tag=b"}  # fmt: skip
     assert resp.cookies.get("seen") == "7" and resp.cookies.get("again") == "yes"
     assert len(resp.raw.headers.getlist("Set-Cookie")) == 2
     invalid = get(developer, f"{base}/items/seven")
@@ -292,14 +161,13 @@ def test_mangum_fastapi_app_as_apigateway_v2(
 
 def test_powertools_resolver_as_apigateway_v1_with_its_404_and_invoke(
     developer: Client,  # noqa: F811
-    app_dirs: dict[str, Path],
+    deploy: Deploy,
 ) -> None:
-    base = deploy(developer, "powertools", app_dirs["powertools"], "apigateway-v1",
-                  "main:handler")  # fmt: skip
+    base = deploy("powertools", "apigateway-v1", "main:handler")
     resp = get(developer, f"{base}/hello/ada", params=[("q", "1"), ("tag", "a"), ("tag", "b")])
     assert resp.status_code == 200, resp.text
     assert resp.json() == {"hello": "ada", "q": "1", "tags": ["a", "b"], "method": "GET"}
-    missing = get(developer, f"{base}/nowhere")
+    missing = get(developer, f"{base}/nowhere")  # the resolver's own 404, not the gateway's
     assert missing.status_code == 404, missing.text
     assert missing.json() == {"statusCode": 404, "message": "Not found"}
     # A JSON event sent to :invoke reaches the Lambda interface as a POST to / with that body.
@@ -309,25 +177,29 @@ def test_powertools_resolver_as_apigateway_v1_with_its_404_and_invoke(
 
 
 @contextmanager
-def gate_held(app_dir: Path) -> Iterator[Any]:
-    """The app's gate, shut: its stream's second event waits until the test releases it."""
-    with open(app_dir / "gate") as gate:
-        fcntl.flock(gate, fcntl.LOCK_EX)
-        yield gate
+def gate() -> Iterator[socket.socket]:
+    """A shut gate on loopback: the app's stream connects after its first event and sends the
+    second only once the test has accepted and written a byte."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(60)
+        yield listener
 
 
 @pytest.mark.parametrize("isolation", ["subprocess", "namespace"])
 def test_a_streaming_response_reaches_the_caller_event_by_event(
     developer: Client,  # noqa: F811
-    app_dirs: dict[str, Path],
+    deploy: Deploy,
     isolation: str,
 ) -> None:
-    base = deploy(developer, "events", app_dirs["fastapi"], "asgi", "main:app", isolation)
-    with gate_held(app_dirs["fastapi"]) as gate:
-        resp = developer.request("GET", f"{base}/events", stream=True)
+    with gate() as listener:
+        host, port = listener.getsockname()[:2]
+        base = deploy("fastapi", "asgi", "main:app", isolation, name="events")
+        resp = developer.request("GET", f"{base}/events?gate={host}:{port}", stream=True)
         assert resp.status_code == 200
         assert resp.headers["Content-Type"].startswith("text/event-stream")
         chunks = resp.iter_content(chunk_size=None)  # each as it arrives
         assert next(chunks) == b"data: one\n\n"  # while the app waits at the gate
-        fcntl.flock(gate, fcntl.LOCK_UN)
-        assert b"".join(chunks) == b"data: two\n\n"
+        opened, _ = listener.accept()  # the app, after its first event
+        with opened:
+            opened.sendall(b"go")
+            assert b"".join(chunks) == b"data: two\n\n"
