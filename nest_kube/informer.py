@@ -1,8 +1,8 @@
 """One informer for every component: list, then watch from the list's resourceVersion, forever.
 
 Nest had four list+watch loops (the sidecar's, the gateway's two, the runner's), each in a
-thread with its own retry rules; this one replaces them (the gateway's first), following
-client-go's reflector:
+thread with its own retry rules; this one replaces them (the gateway's and the sidecar's so
+far), following client-go's reflector:
 
 - The first list asks for resourceVersion "0" (served from the API server's watch cache, not
   etcd); the watch then resumes from the last version seen, with bookmarks (allowWatchBookmarks)

@@ -1,9 +1,17 @@
-"""The sidecar's writes to the API server (finalizers, status, Events), its ConfigMap reads and
-its reads of the pull Secrets that function packages name (one Secret by name, never a list).
+"""The sidecar's calls to the API server: finalizers, status, Events, ConfigMap and Secret reads.
 
-This is the thin I/O shell: every call here is a plain kubernetes-client call run in a thread,
-so the asyncio workers stay responsive. Finalizers are edited with JSON patches guarded by a
-`test` op, so a concurrent edit of the list fails instead of being overwritten.
+A thin I/O shell over the shared layer (`nest_kube.Api`: `HttpApi` on the sidecar's own event
+loop, no threads; `FakeApi` in unit tests), so the rules below are tested without a server:
+
+- Finalizers are edited with JSON patches; the removal is guarded by a `test` op, so a
+  concurrent edit of the list fails (409/422) instead of being overwritten, and is retried on a
+  fresh read. A Sandbox already gone (404) needs nothing more.
+- Calls that find no server (unreachable, 429, 5xx) are retried with the layer's exponential
+  back-off (0.8 s doubling to 30 s) for as long as the caller waits: a worker blocked on its
+  finalizer is cancelled by the Sandbox's deletion or by shutdown, never crashed by an outage.
+- Events go through `nest_kube.EventRecorder`: the caller never waits, repeats are counted on
+  one Event (client-go's correlator), and a failed Event is dropped, never raised.
+- Pull Secrets are read one by one, by name (the sidecar may never list them).
 """
 
 from __future__ import annotations
@@ -11,160 +19,180 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import socket
-from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
+from typing import Any, TypeVar
 
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
-
-from crds.constants import (
-    API_VERSION,
-    GROUP,
-    SANDBOX_KIND,
-    SANDBOX_PLURAL,
-    SIDECAR_FINALIZER,
-    VERSION,
-)
+from crds.constants import API_VERSION, SANDBOX_KIND, SIDECAR_FINALIZER
+from nest_kube import JSON_PATCH, MERGE_PATCH, Api, ApiError, Backoff, EventRecorder
+from nest_kube.api import is_transient
+from nest_kube.resources import CONFIGMAPS, SANDBOXES, SECRETS, Obj
 from nest_sidecar.packages import SecretData
 from nest_sidecar.status import brief
 
 log = logging.getLogger(__name__)
-EVENT_THREADS = 4
+T = TypeVar("T")
+EDIT_ATTEMPTS = 5  # fresh reads before a finalizer edit that keeps losing races gives up
+
+
+def _where(obj: Mapping[str, Any]) -> tuple[str, str]:
+    meta = obj["metadata"]
+    return str(meta["namespace"]), str(meta["name"])
+
+
+def add_finalizer_patch(finalizers: list[str]) -> list[dict[str, Any]] | None:
+    """The JSON patch adding ours to `finalizers`, None when it is there already."""
+    if SIDECAR_FINALIZER in finalizers:
+        return None
+    if finalizers:  # append: a concurrent append elsewhere is kept
+        return [{"op": "add", "path": "/metadata/finalizers/-", "value": SIDECAR_FINALIZER}]
+    return [{"op": "add", "path": "/metadata/finalizers", "value": [SIDECAR_FINALIZER]}]
+
+
+def remove_finalizer_patch(finalizers: list[str]) -> list[dict[str, Any]] | None:
+    """The JSON patch removing ours, guarded so that a list changed meanwhile refuses it."""
+    if SIDECAR_FINALIZER not in finalizers:
+        return None
+    path = f"/metadata/finalizers/{finalizers.index(SIDECAR_FINALIZER)}"
+    return [
+        {"op": "test", "path": path, "value": SIDECAR_FINALIZER},
+        {"op": "remove", "path": path},
+    ]
 
 
 class KubeShell:
-    """API calls of one sidecar, identified in Events as `nest-sidecar/<pod>`."""
+    """The API calls of one sidecar; its Events come from `recorder`."""
 
-    def __init__(self, api: client.ApiClient, pod_name: str) -> None:
-        self.custom = client.CustomObjectsApi(api)
-        self.core = client.CoreV1Api(api)
-        self.pod_name = pod_name
-        self.host = socket.gethostname()
-        # Events get threads of their own: they must never queue ahead of a status write.
-        self._events = ThreadPoolExecutor(EVENT_THREADS, thread_name_prefix="events")
+    def __init__(
+        self,
+        api: Api,
+        recorder: EventRecorder,
+        *,
+        backoff: Callable[[], Backoff] = Backoff,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.api = api
+        self.recorder = recorder
+        self._backoff = backoff
+        self._sleep = sleep
+        self.retries = 0  # transient failures waited out (what the tests and logs read)
+
+    async def _patiently(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """`call()`, again after a back-off for as long as the API server is away or failing."""
+        backoff: Backoff | None = None
+        while True:
+            try:
+                return await call()
+            except ApiError as exc:
+                if not is_transient(exc):
+                    raise
+                backoff = backoff or self._backoff()
+                delay = backoff.next()
+                self.retries += 1
+                log.warning("%s: %s; retrying in %.1fs", what, exc, delay)
+                await self._sleep(delay)
 
     # -- finalizers ----------------------------------------------------------------------------
 
-    def _json_patch(self, obj: Mapping[str, Any], patch: list[dict[str, Any]]) -> None:
-        meta = obj["metadata"]
-        self.custom.patch_namespaced_custom_object(
-            GROUP, VERSION, meta["namespace"], SANDBOX_PLURAL, meta["name"], patch,
-            _content_type="application/json-patch+json",
-        )  # fmt: skip
+    async def _edit_finalizers(
+        self, obj: Mapping[str, Any], edit: Callable[[list[str]], list[dict[str, Any]] | None],
+        what: str,
+    ) -> None:  # fmt: skip
+        """Apply `edit` to the finalizers of the object, re-reading it after a lost race."""
+        namespace, name = _where(obj)
+        latest: Mapping[str, Any] = obj
+        for _ in range(EDIT_ATTEMPTS):
+            meta = latest["metadata"]
+            if what == "add" and meta.get("deletionTimestamp"):
+                return  # being deleted: no finalizer may be added, and none is needed now
+            patch = edit(list(meta.get("finalizers") or []))
+            if patch is None:
+                return
+            try:
+                call = partial(
+                    self.api.patch, SANDBOXES, namespace, name, patch, content_type=JSON_PATCH
+                )
+                await self._patiently(f"{what} finalizer of {namespace}/{name}", call)
+                return
+            except ApiError as exc:
+                if exc.status == 404:
+                    return  # gone: nothing left to guard
+                if exc.status not in (409, 422):  # 422: the test op lost a race; read again
+                    raise
+            try:
+                read = partial(self.api.get, SANDBOXES, namespace, name)
+                latest = await self._patiently(f"reading {namespace}/{name}", read)
+            except ApiError as exc:
+                if exc.status == 404:
+                    return
+                raise
+        log.warning("%s finalizer of %s/%s: lost %d races; giving up", what, namespace, name,
+                    EDIT_ATTEMPTS)  # fmt: skip
 
     async def ensure_finalizer(self, obj: Mapping[str, Any]) -> None:
-        finalizers = list(obj["metadata"].get("finalizers") or [])
-        if SIDECAR_FINALIZER in finalizers:
-            return
-        patch: list[dict[str, Any]]
-        if finalizers:
-            patch = [{"op": "add", "path": "/metadata/finalizers/-", "value": SIDECAR_FINALIZER}]
-        else:
-            patch = [{"op": "add", "path": "/metadata/finalizers", "value": [SIDECAR_FINALIZER]}]
-        await asyncio.to_thread(self._json_patch, obj, patch)
+        await self._edit_finalizers(obj, add_finalizer_patch, "add")
 
     async def release_finalizer(self, obj: Mapping[str, Any]) -> None:
         """Remove our finalizer from the latest version of the object; gone is fine."""
-        meta = obj["metadata"]
-        for _ in range(5):
-            try:
-                latest: Any = await asyncio.to_thread(
-                    self.custom.get_namespaced_custom_object,
-                    GROUP, VERSION, meta["namespace"], SANDBOX_PLURAL, meta["name"],
-                )  # fmt: skip
-                finalizers = list(latest["metadata"].get("finalizers") or [])
-                if SIDECAR_FINALIZER not in finalizers:
-                    return
-                index = finalizers.index(SIDECAR_FINALIZER)
-                path = f"/metadata/finalizers/{index}"
-                patch = [
-                    {"op": "test", "path": path, "value": SIDECAR_FINALIZER},
-                    {"op": "remove", "path": path},
-                ]
-                await asyncio.to_thread(self._json_patch, latest, patch)
-                return
-            except ApiException as exc:
-                if exc.status == 404:
-                    return
-                if exc.status not in (409, 422):  # 422: the test op lost a race; read again
-                    raise
+        await self._edit_finalizers(obj, remove_finalizer_patch, "remove")
 
     # -- status --------------------------------------------------------------------------------
 
-    async def patch_status(self, obj: Mapping[str, Any], patch: Mapping[str, Any]) -> None:
-        meta = obj["metadata"]
+    async def patch_status(self, obj: Mapping[str, Any], patch: Mapping[str, Any]) -> Obj | None:
+        """Merge-patch the status subresource: the object as stored, None when it is gone.
+
+        One attempt: the status manager keeps the report and retries it with its own back-off,
+        so a later report can replace it meanwhile."""
+        namespace, name = _where(obj)
         try:
-            await asyncio.to_thread(
-                self.custom.patch_namespaced_custom_object_status,
-                GROUP, VERSION, meta["namespace"], SANDBOX_PLURAL, meta["name"], dict(patch),
-                _content_type="application/merge-patch+json",
+            return await self.api.patch(
+                SANDBOXES, namespace, name, dict(patch), content_type=MERGE_PATCH,
+                subresource="status",
             )  # fmt: skip
-        except ApiException as exc:
-            if exc.status != 404:  # deleted meanwhile: nothing left to report on
-                raise
+        except ApiError as exc:
+            if exc.status == 404:  # deleted meanwhile: nothing left to report on
+                return None
+            raise
+
+    async def get_sandbox(self, obj: Mapping[str, Any]) -> Obj | None:
+        """The Sandbox as the API server has it now (a read past the informer), None if gone."""
+        namespace, name = _where(obj)
+        try:
+            return await self.api.get(SANDBOXES, namespace, name)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
 
     # -- events --------------------------------------------------------------------------------
 
     def event(self, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         """Record an Event for `kubectl describe`, without making the caller wait for it."""
-        asyncio.get_running_loop().run_in_executor(
-            self._events, self._create_event, obj, type_, reason, message
+        self.recorder.event(
+            obj, type_, reason, brief(message), kind=SANDBOX_KIND, api_version=API_VERSION
         )
-
-    def _create_event(self, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
-        meta = obj["metadata"]
-        now = datetime.now(UTC)
-        body = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(
-                generate_name=f"{meta['name']}.", namespace=meta["namespace"]
-            ),
-            involved_object=client.V1ObjectReference(
-                api_version=API_VERSION,
-                kind=SANDBOX_KIND,
-                name=meta["name"],
-                namespace=meta["namespace"],
-                uid=meta["uid"],
-                resource_version=meta.get("resourceVersion"),
-            ),
-            reason=reason,
-            message=brief(message),
-            type=type_,
-            first_timestamp=now,
-            last_timestamp=now,
-            count=1,
-            source=client.V1EventSource(component="nest-sidecar", host=self.pod_name),
-            reporting_component="nest.sandbox.dev/sidecar",
-            reporting_instance=self.pod_name,
-        )
-        try:
-            self.core.create_namespaced_event(meta["namespace"], body)
-        except ApiException as exc:
-            log.debug("event %s for %s not recorded: %s", reason, meta["name"], exc.reason)
 
     # -- reads ---------------------------------------------------------------------------------
 
     async def read_configmap(self, namespace: str, name: str) -> Mapping[str, str] | None:
         try:
-            cm = await asyncio.to_thread(self.core.read_namespaced_config_map, name, namespace)
-        except ApiException as exc:
+            cm = await self.api.get(CONFIGMAPS, namespace, name)
+        except ApiError as exc:
             if exc.status == 404:
                 return None
             raise
-        return dict(cm.data or {})
+        return dict(cm.get("data") or {})
 
     async def read_secret(self, namespace: str, name: str) -> SecretData | None:
         """One Secret by name (None when it does not exist); PermissionError when RBAC says no,
         so the message can say which grant is missing."""
         try:
-            secret = await asyncio.to_thread(self.core.read_namespaced_secret, name, namespace)
-        except ApiException as exc:
+            secret = await self.api.get(SECRETS, namespace, name)
+        except ApiError as exc:
             if exc.status == 404:
                 return None
             if exc.status == 403:
                 raise PermissionError(f"forbidden: get secrets {namespace}/{name}") from exc
             raise
-        data = {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
-        return SecretData(str(secret.type or ""), data)
+        data = {k: base64.b64decode(v) for k, v in (secret.get("data") or {}).items()}
+        return SecretData(str(secret.get("type") or ""), data)

@@ -4,6 +4,10 @@ This is the node lease of a kubelet, for a pod: the operator's scheduler treats 
 is older than its TTL as unschedulable and its pod-lifecycle controller evicts the sandboxes of a
 pod whose Lease expired. The Lease is owned by the pod, so it is garbage-collected with it.
 Capacity and usage ride as JSON annotations because a Lease has no free-form fields.
+
+Renewals are merge PATCHes through the shared layer (`nest_kube.Api`, on the sidecar's loop, no
+thread); the first one, answered 404, creates the Lease. A failed renewal is logged and the next
+one comes after the usual interval: a missed renewal is what the Lease's TTL is for.
 """
 
 from __future__ import annotations
@@ -16,11 +20,11 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 from kubernetes.utils.quantity import parse_quantity
 
 from crds import constants as c
+from nest_kube import MERGE_PATCH, Api, ApiError
+from nest_kube.resources import LEASES
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +119,7 @@ class Heartbeat:
 
     def __init__(
         self,
-        api: client.ApiClient,
+        api: Api,
         pod: PodRef,
         capacity: Capacity,
         usage: Callable[[], Usage],
@@ -126,7 +130,7 @@ class Heartbeat:
         """`natives`: asks the runtime which compiled distributions it loaded (RuntimeInfo);
         when it fails, the last answer is published again (they are only ever added to,
         until the runtime restarts)."""
-        self.coordination = client.CoordinationV1Api(api)
+        self.api = api
         self.pod = pod
         self.capacity = capacity
         self.usage = usage
@@ -136,8 +140,8 @@ class Heartbeat:
         self.natives = natives
         self.loaded_natives: tuple[str, ...] = ()
 
-    def renew(self) -> None:
-        body: Any = lease_body(
+    async def renew(self) -> None:
+        body = lease_body(
             self.pod,
             self.capacity,
             self.usage(),
@@ -147,13 +151,11 @@ class Heartbeat:
         )
         name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
         try:
-            self.coordination.patch_namespaced_lease(
-                name, namespace, body, _content_type="application/merge-patch+json"
-            )
-        except ApiException as exc:
+            await self.api.patch(LEASES, namespace, name, body, content_type=MERGE_PATCH)
+        except ApiError as exc:
             if exc.status != 404:
                 raise
-            self.coordination.create_namespaced_lease(namespace, body)
+            await self.api.create(LEASES, namespace, body)
         self.last_renewed = datetime.now(UTC)
 
     async def run(self) -> None:
@@ -164,7 +166,7 @@ class Heartbeat:
                 except Exception as exc:  # the runtime restarting: publish the last answer
                     log.debug("runtime natives unknown: %s", exc)
             try:
-                await asyncio.to_thread(self.renew)
+                await self.renew()
             except Exception as exc:  # keep beating: a missed renewal is what the TTL is for
                 log.warning("lease renewal failed: %s", exc)
             await asyncio.sleep(self.interval)

@@ -1,5 +1,11 @@
 """The sidecar process: wires the informer, the runtime pump, the workers and the heartbeat.
 
+Kubernetes is reached only through the shared layer (`nest_kube`): credentials by `connect()`'s
+rule (the pod's service account in a cluster), every call through one `HttpApi` on this loop,
+the Sandboxes bound to this pod through one `Informer` (a label selector on the pod's uid, so
+the API server filters and a pool pod never sees another pod's sandboxes), Events through one
+`EventRecorder`.
+
 Start-up order matters for restart safety: workers start only after both the watch has listed
 what is bound to this pod and the runtime has listed what it runs, so a worker that finds its
 sandbox already running adopts it (same process) instead of starting a second copy. Runtime
@@ -22,20 +28,30 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from kubernetes import client, config
 from kubernetes.utils.quantity import parse_quantity
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from crds.constants import POD_UID_LABEL
+from nest_kube import (
+    DELETED,
+    Api,
+    ConfigError,
+    Delta,
+    EventRecorder,
+    EventSource,
+    HttpApi,
+    Informer,
+    connect,
+)
+from nest_kube.resources import SANDBOXES
 from nest_sidecar.code_cache import DEFAULT_IDLE_SECONDS, CodeCache
 from nest_sidecar.fetcher import CodeFetcher, FetchTimeouts
-from nest_sidecar.informer import Event, SandboxInformer, on_events
 from nest_sidecar.kube import KubeShell
 from nest_sidecar.lease import Capacity, Heartbeat, PodRef, Usage, capacity_from_env
 from nest_sidecar.packages import PackageFetcher, PullCounters
-from nest_sidecar.runtime import RuntimeAPI, RuntimePump
-from nest_sidecar.server import SidecarMetrics, health_app
+from nest_sidecar.runtime import NativePins, RuntimeAPI, RuntimePump
+from nest_sidecar.server import SidecarMetrics, StateCollector, health_app
 from nest_sidecar.status import Observed
 from nest_sidecar.status_manager import StatusManager
 from nest_sidecar.worker import Backoff, PodIdentity, SandboxWorker
@@ -43,7 +59,11 @@ from sandbox.api import SandboxInfo
 from sandbox.client import RuntimeClient
 
 log = logging.getLogger("nest_sidecar")
-API_THREADS = 16
+# Threads only for file work (unpacking code into the cache); API calls need none.
+FILE_THREADS = 16
+UID_INDEX = "uid"
+EVENT_SOURCE = "nest-sidecar"
+REPORTING_CONTROLLER = "nest.sandbox.dev/sidecar"
 WORKER_RETRY = 1.0  # seconds before a worker that failed unexpectedly is replaced
 
 
@@ -65,6 +85,7 @@ class Settings:
     fetch_timeouts: FetchTimeouts = field(default_factory=FetchTimeouts)
     code_cache_bytes: int = 1 << 30
     code_cache_idle: float = DEFAULT_IDLE_SECONDS
+    kubeconfig: str | None = None
 
 
 def parse_settings(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settings:
@@ -118,6 +139,10 @@ def parse_settings(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settin
         "--code-cache-idle", type=float, default=DEFAULT_IDLE_SECONDS,
         help="seconds code no sandbox uses stays cached (less when over the budget)",
     )  # fmt: skip
+    p.add_argument(
+        "--kubeconfig", default=None,
+        help="kubeconfig file (else the pod's service account, else $KUBECONFIG)",
+    )  # fmt: skip
     a = p.parse_args(argv)
     if not a.pod_name or not a.pod_uid:
         p.error("--pod-name and --pod-uid (or POD_NAME and POD_UID) are required")
@@ -132,6 +157,7 @@ def parse_settings(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settin
         a.pod_name, a.pod_namespace, a.pod_uid, a.pod_ip, a.runtime_socket, a.runtime_port,
         Path(a.code_cache), a.health_port, a.lease_interval, a.backoff, a.grace, a.pool,
         capacity_from_env(env), FetchTimeouts(*timeouts), cache_bytes, a.code_cache_idle,
+        a.kubeconfig,
     )  # fmt: skip
 
 
@@ -161,28 +187,38 @@ class PullCollector(Collector):
         yield from (pulls, fetched, size, unpacked)
 
 
-def load_kube() -> client.ApiClient:
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-    return client.ApiClient()
+def by_uid(obj: Mapping[str, Any]) -> list[str]:
+    """The informer's index of Sandboxes by uid: workers, the runtime and the cache key by it."""
+    return [str(obj["metadata"]["uid"])]
 
 
 class Sidecar:
     """All the parts of one sidecar, on one event loop."""
 
-    def __init__(self, settings: Settings, api: client.ApiClient, runtime: RuntimeAPI) -> None:
+    def __init__(self, settings: Settings, api: Api, runtime: RuntimeAPI) -> None:
         self.settings = settings
         self.api = api
         self.runtime = runtime
-        self.kube = KubeShell(api, settings.pod_name)
+        self.informer = Informer(
+            api, SANDBOXES, label_selector=f"{POD_UID_LABEL}={settings.pod_uid}",
+            indexers={UID_INDEX: by_uid},
+        )  # fmt: skip
+        self.recorder = EventRecorder(
+            api,
+            EventSource(
+                EVENT_SOURCE, host=settings.pod_name,
+                reporting_controller=REPORTING_CONTROLLER, reporting_instance=settings.pod_name,
+            ),
+        )  # fmt: skip
+        self.kube = KubeShell(api, self.recorder)
         self.metrics = SidecarMetrics()
-        self.status = StatusManager(self._patch_status)
+        self.status = StatusManager(
+            self.kube, self.sandbox,
+            on_write=self.metrics.status_writes.inc, on_repair=self.metrics.status_repairs.inc,
+        )  # fmt: skip
         self.pump = RuntimePump(runtime, self._runtime_changed, name_of=self._name_of)
         self.workers: dict[str, SandboxWorker] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
-        self.pending_runtime: dict[str, SandboxInfo | None] = {}
         self.started = False
         self.heartbeat: Heartbeat | None = None
         self.pod = PodIdentity(settings.pod_name, settings.pod_ip, settings.runtime_port)
@@ -192,11 +228,23 @@ class Sidecar:
             idle_seconds=settings.code_cache_idle,
         )
         self.packages = PackageFetcher(self.cache, self.kube.read_secret)
+        # Layers the runtime loaded natives from stay while it lives (nest_sidecar.runtime).
+        self.native_pins = NativePins(self.cache, runtime)
+        self.pump.on_info = self.native_pins.observe
         self.metrics.registry.register(PullCollector(self.packages.counters))
+        self.metrics.registry.register(StateCollector(
+            lambda: [w.observed.phase.value for w in self.workers.values()],
+            lambda: self.pump.restarts,
+        ))  # fmt: skip
 
-    async def _patch_status(self, obj: Mapping[str, Any], patch: Mapping[str, Any]) -> None:
-        await self.kube.patch_status(obj, patch)
-        self.metrics.status_writes.inc()
+    def sandbox(self, uid: str) -> Mapping[str, Any] | None:
+        """The watch's latest Sandbox of that uid (bound to this pod), None when there is none."""
+        found = self.informer.store.by_index(UID_INDEX, uid)
+        return found[0] if found else None
+
+    def bound(self) -> dict[str, Mapping[str, Any]]:
+        """Every Sandbox bound to this pod, by uid, as the watch has them now."""
+        return {str(obj["metadata"]["uid"]): obj for obj in self.informer.store.list()}
 
     def _report(self, obj: Mapping[str, Any], observed: Observed) -> None:
         self.status.report(obj, observed)
@@ -204,7 +252,7 @@ class Sidecar:
     def _name_of(self, sandbox_id: str) -> str:
         """`namespace/name` of one of our sandboxes (ids are UIDs), for crash messages."""
         worker = self.workers.get(sandbox_id)  # else (its worker is being replaced): the watch's
-        obj = worker.obj if worker is not None else self.informer.known.get(sandbox_id)
+        obj = worker.obj if worker is not None else self.sandbox(sandbox_id)
         if obj is None:
             return sandbox_id
         meta = obj["metadata"]
@@ -227,7 +275,9 @@ class Sidecar:
 
     async def _loaded_natives(self) -> list[str]:
         """The runtime's loaded compiled distributions, for the Lease (the scheduler's)."""
-        return (await self.runtime.info()).native_distributions
+        info = await self.runtime.info()
+        self.native_pins.observe(info)
+        return info.native_distributions
 
     def usage(self) -> Usage:
         known = self.pump.known.values()
@@ -235,14 +285,14 @@ class Sidecar:
         memory = sum((s.usage.memory_bytes or 0) for s in live if s.usage is not None)
         return Usage(sandboxes=len(self.workers), memory_bytes=memory, cpu_millis=0)
 
-    def _on_event(self, event: Event) -> None:
-        uid = event.uid
-        if event.type == "DELETED":
+    def _on_event(self, event: Delta) -> None:
+        uid = str(event.obj["metadata"]["uid"])
+        if event.type == DELETED:
             # Gone without our finalizer being released (force-removed): stop what remains.
             task = self.tasks.pop(uid, None)
             self.workers.pop(uid, None)
             self.status.forget(uid)
-            self.cache.release(uid)
+            self.native_pins.release(uid)
             if task is not None:
                 task.cancel()
                 asyncio.get_running_loop().create_task(self._remove_quietly(uid))
@@ -285,22 +335,20 @@ class Sidecar:
                 # rather than leave the sandbox without anyone looking after it.
                 asyncio.get_running_loop().call_later(WORKER_RETRY, self._restart_worker, uid)
             else:  # it stopped the sandbox and released the finalizer: the code is unused
-                self.cache.release(uid)
+                self.native_pins.release(uid)
 
         task = asyncio.get_running_loop().create_task(worker.run(), name=f"sandbox-{uid}")
         task.add_done_callback(finished)
         self.tasks[uid] = task
 
     def _restart_worker(self, uid: str) -> None:
-        latest = self.informer.known.get(uid)
+        latest = self.sandbox(uid)
         if latest is not None and uid not in self.workers:
             self._start_worker(latest)
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
         loop = asyncio.get_running_loop()
-        selector = f"{POD_UID_LABEL}={s.pod_uid}"
-        self.informer = SandboxInformer(self.api, selector, loop)
         pod = PodRef(s.pod_name, s.pod_namespace, s.pod_uid, s.pool)
         log.info("pod %s/%s capacity %s", s.pod_namespace, s.pod_name, s.capacity)
         heartbeat = Heartbeat(
@@ -325,21 +373,21 @@ class Sidecar:
                 loop.create_task(self.status.run(), name="status-manager"),
                 loop.create_task(heartbeat.run(), name="heartbeat"),
             ]
-            self.informer.start()
-            background.append(on_events(self.informer, self._on_event))
+            self.informer.add_handler(self._on_event)
+            background.append(self.informer.start())
             try:
                 await self._start_workers(stop)
                 if self.started:
                     # Pins of Sandboxes deleted while no sidecar watched go; then collect.
-                    self.cache.retain({str(uid) for uid in self.informer.known})
+                    self.cache.retain(set(self.bound()))
                     background.append(loop.create_task(self.cache.run(), name="code-cache"))
                 await stop.wait()
             finally:
-                self.informer.stop()
                 for task in [*background, *self.tasks.values()]:
                     task.cancel()
                 await asyncio.gather(*background, *self.tasks.values(), return_exceptions=True)
                 await self.status.flush()
+                await self.recorder.close()
                 await runner.cleanup()
 
     async def _start_workers(self, stop: asyncio.Event) -> None:
@@ -352,10 +400,11 @@ class Sidecar:
                 return
         stopper.cancel()
         self.started = True
-        for obj in list(self.informer.known.values()):
-            if str(obj["metadata"]["uid"]) not in self.workers:
+        bound = self.bound()
+        for uid, obj in bound.items():
+            if uid not in self.workers:
                 self._start_worker(obj)
-        orphans = set(self.pump.known) - set(self.informer.known)
+        orphans = set(self.pump.known) - set(bound)
         for uid in orphans:
             log.info("removing runtime sandbox %s: no Sandbox is bound to this pod for it", uid)
             await self._remove_quietly(uid)
@@ -368,19 +417,25 @@ def main(argv: Sequence[str] | None = None) -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    try:
+        connection = connect(settings.kubeconfig)
+    except ConfigError as exc:
+        raise SystemExit(f"nest-sidecar: {exc}") from exc
 
     async def _main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        # API calls run in threads: a pod hot-plugging a hundred sandboxes needs more than the
-        # default handful in flight.
-        loop.set_default_executor(ThreadPoolExecutor(API_THREADS, thread_name_prefix="api"))
+        # File work (unpacking code) runs in threads: a pod hot-plugging sandboxes of many
+        # different functions unpacks several at once.
+        loop.set_default_executor(ThreadPoolExecutor(FILE_THREADS, thread_name_prefix="files"))
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        api = HttpApi(connection)
         runtime = RuntimeClient(settings.runtime_socket)
         try:
-            await Sidecar(settings, load_kube(), runtime).run(stop)
+            await Sidecar(settings, api, runtime).run(stop)
         finally:
             await runtime.close()
+            await api.close()
 
     asyncio.run(_main())

@@ -7,11 +7,33 @@ it) and the runtime answers (it can run what is bound to it).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import collections
+from collections.abc import Callable, Iterable, Iterator
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+
+class StateCollector(Collector):
+    """What the sidecar holds now, read at scrape time so it is never stale: its sandboxes by
+    phase, and the runtime restarts its pump has seen."""
+
+    def __init__(self, phases: Callable[[], Iterable[str]], runtime_restarts: Callable[[], int]):
+        self.phases = phases
+        self.runtime_restarts = runtime_restarts
+
+    def collect(self) -> Iterator[Metric]:
+        sandboxes = GaugeMetricFamily(
+            "nest_sidecar_sandboxes", "Sandboxes bound to this pod, by phase", labels=["phase"]
+        )
+        for phase, count in sorted(collections.Counter(self.phases()).items()):
+            sandboxes.add_metric([phase], count)
+        restarts = CounterMetricFamily("nest_sidecar_runtime_restarts", "Runtime restarts seen")
+        restarts.add_metric([], self.runtime_restarts())
+        yield from (sandboxes, restarts)
 
 
 class SidecarMetrics:
@@ -19,18 +41,13 @@ class SidecarMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.sandboxes = Gauge(
-            "nest_sidecar_sandboxes", "Sandboxes bound to this pod, by phase", ["phase"],
-            registry=self.registry,
-        )  # fmt: skip
         self.status_writes = Counter(
             "nest_sidecar_status_writes", "Status patches written", registry=self.registry
         )
-        self.runtime_restarts = Counter(
-            "nest_sidecar_runtime_restarts", "Runtime restarts observed", registry=self.registry
-        )
-        self.restarts = Counter(
-            "nest_sidecar_sandbox_restarts", "Sandbox restarts", registry=self.registry
+        self.status_repairs = Counter(
+            "nest_sidecar_status_repairs",
+            "Status patches putting right a status someone else changed",
+            registry=self.registry,
         )
 
 

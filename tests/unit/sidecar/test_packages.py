@@ -8,7 +8,6 @@ tests/integration/test_package_sandboxes.py.
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import io
 import json
@@ -16,19 +15,16 @@ import tarfile
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
 import pytest
-from kubernetes.client.exceptions import ApiException
 from prometheus_client import generate_latest
 
 from crds.sandbox import PERMANENT_FAILURE_REASONS, CodeSource
 from nest_sidecar.code_cache import PINS_DIR, CodeCache
 from nest_sidecar.errors import CodeFetchFailed, InvalidCodeArchive
 from nest_sidecar.fetcher import CodeFetcher, CodeRef
-from nest_sidecar.kube import KubeShell
 from nest_sidecar.main import PullCollector
 from nest_sidecar.packages import (
     LAYER_PREFIX,
@@ -413,36 +409,7 @@ async def test_an_oci_sandbox_is_created_with_its_dependency_layers(tmp_path: Pa
     assert packages.cache.pins("u1") == {p.name for p in (code.path, *code.dependency_paths)}
 
 
-# -- the thin shells: the Secret read and the pull counters on /metrics --------------------------
-
-
-class FakeCore:
-    def __init__(self, answer: Any) -> None:
-        self.answer = answer
-
-    def read_namespaced_secret(self, name: str, namespace: str) -> Any:
-        if isinstance(self.answer, Exception):
-            raise self.answer
-        return self.answer
-
-
-def shell(answer: Any) -> KubeShell:
-    kube = KubeShell.__new__(KubeShell)
-    kube.core = FakeCore(answer)  # type: ignore[assignment]
-    return kube
-
-
-async def test_the_secret_read_decodes_and_tells_forbidden_from_missing() -> None:
-    data = {".dockerconfigjson": base64.b64encode(DOCKERCONFIG).decode()}
-    found = SimpleNamespace(type="kubernetes.io/dockerconfigjson", data=data)
-    assert await shell(found).read_secret("ns", "creds") == SecretData(
-        "kubernetes.io/dockerconfigjson", {".dockerconfigjson": DOCKERCONFIG}
-    )
-    assert await shell(ApiException(status=404)).read_secret("ns", "creds") is None
-    with pytest.raises(PermissionError, match="get secrets ns/creds"):
-        await shell(ApiException(status=403)).read_secret("ns", "creds")
-    with pytest.raises(ApiException):
-        await shell(ApiException(status=500)).read_secret("ns", "creds")
+# -- the pull counters on /metrics (the Secret read: test_kube_shell.py) ----------------------
 
 
 def test_the_pull_counters_are_on_the_sidecars_metrics() -> None:
