@@ -14,8 +14,11 @@ COPY nest_sidecar nest_sidecar
 COPY sandbox sandbox
 COPY isolation isolation
 COPY gateway gateway
+COPY nest_api nest_api
+COPY nest_kube nest_kube
 COPY nest nest
-COPY bench bench
+# Product only: the local cluster (cluster/), bench/ and tests/ are development tools, not
+# copied (and in .dockerignore); pyproject.toml's package list leaves them out of the wheel too.
 # libseccomp2: the sandboxes' seccomp filters are compiled by it (pyseccomp binds it by ctypes).
 RUN apt-get update && apt-get install -y --no-install-recommends libseccomp2 \
     && rm -rf /var/lib/apt/lists/*

@@ -2,7 +2,7 @@
 .PHONY: demo test lint
 demo:
 	@scripts/bootstrap
-	@.venv/bin/nest demo
+	@.venv/bin/nest-cluster demo
 
 test:
 	@scripts/bootstrap

@@ -16,7 +16,8 @@ from typing import Any
 
 from kubernetes import client, config
 
-from nest.cluster.control_plane import ControlPlane
+from crds import constants as names
+from nest_cluster.control_plane import ControlPlane
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL_SELECTOR = "app.kubernetes.io/name=nest-pool"
@@ -45,13 +46,13 @@ class BenchCluster:
         (for benchmarks that bind by hand, or measure bare creates). Deleted on exit."""
         name = f"{prefix}-{self.namespace}"
         self.custom.create_cluster_custom_object(
-            "nest.sandbox.dev", "v1alpha1", "sandboxpools",
+            names.GROUP, names.VERSION, names.POOL_PLURAL,
             {
-                "apiVersion": "nest.sandbox.dev/v1alpha1", "kind": "SandboxPool",
+                "apiVersion": names.API_VERSION, "kind": names.POOL_KIND,
                 "metadata": {"name": name},
                 "spec": {
                     "podNamespace": self.namespace,
-                    "podSelector": {"matchLabels": {"nest.sandbox.dev/unserved": "true"}},
+                    "podSelector": {"matchLabels": {f"{names.GROUP}/unserved": "true"}},
                 },
             },
         )  # fmt: skip

@@ -1,7 +1,7 @@
 """The gateway's HTTP server: handlers for the route table, problem JSON, health and metrics.
 
 Each operation is `authorize → parse → call the API server → convert`, with the deciding done
-in `gateway.convert`, `gateway.auth` and `gateway.invoke`; this module only moves bytes. Every
+in `nest_api.convert`, `gateway.auth` and `gateway.invoke`; this module only moves bytes. Every
 failure leaves as an RFC 7807 problem (the middleware maps typed errors, aiohttp's own 404/405/
 413, and — as a bug report — anything unexpected), so clients never have to parse HTML errors.
 Every body, management or invocation, passes `sandbox.limits` first (size and JSON nesting,
@@ -23,8 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pydantic import BaseModel, ValidationError
 
 from crds import LabelSelector
-from gateway import convert, openapi
-from gateway import models as m
+from gateway import openapi
 from gateway.auth import Authorizer
 from gateway.contexts import RegistrySettings, Uploader
 from gateway.errors import (
@@ -41,6 +40,8 @@ from gateway.errors import (
 from gateway.invoke import Invoker, Metrics, caller_of, invoke_call, mounted_path, trigger_call
 from gateway.kube import Kube, Obj
 from gateway.routes import ROUTES, Route
+from nest_api import convert
+from nest_api import models as m
 from nest_kube import Api, Informer
 from nest_kube.resources import SANDBOX_DEPLOYMENTS, SANDBOX_ENDPOINTS
 from sandbox import dataplane_auth, limits

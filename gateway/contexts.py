@@ -23,7 +23,6 @@ from pathlib import Path
 
 from aiohttp import web
 
-from gateway import models as m
 from gateway.errors import (
     BadRequest,
     FieldError,
@@ -34,6 +33,7 @@ from gateway.errors import (
 )
 from gateway.kube import Kube
 from gateway.routes import UPLOAD_MEDIA_TYPES
+from nest_api import models as m
 from sandbox.context import MAX_CONTEXT_BYTES, ContextError, check_context, push_context
 from sandbox.hosting import (
     HOSTING_CONFIGMAP,

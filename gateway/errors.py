@@ -8,44 +8,23 @@ module is what lets `problem()` be total: anything not listed here is a bug, rep
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
-from pydantic import ValidationError
-
+from nest_api import errors as api
 from sandbox import limits
 from sandbox.limits import PROBLEM_BASE as PROBLEM_BASE  # one base for every problem type
 
 PROBLEM_JSON = "application/problem+json"
-
-
-@dataclass(frozen=True)
-class FieldError:
-    """One rejected input: where (`field`, dotted wire names) and why."""
-
-    field: str
-    message: str
-
-
-class GatewayError(Exception):
-    """Base of every error the gateway reports; `status`/`kind` choose the problem."""
-
-    status: ClassVar[int] = 500
-    kind: ClassVar[str] = "internal"
-    title: ClassVar[str] = "Internal error"
-
-    def __init__(self, detail: str, errors: list[FieldError] | None = None) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.errors = errors or []
-        self.headers: dict[str, str] = {}
-
-
-class BadRequest(GatewayError):
-    status, kind, title = 400, "bad-request", "Bad request"
-
-
-class InvalidInput(GatewayError):
-    status, kind, title = 422, "invalid", "Invalid input"
+# The function API's errors (nest_api, shared with the CLI) are the gateway's too, with their base
+# as GatewayError: every failure the gateway reports is still importable from this one module.
+GatewayError = api.ApiError
+FieldError = api.FieldError
+BadRequest = api.BadRequest
+InvalidInput = api.InvalidInput
+NotFound = api.NotFound
+Upstream = api.Upstream
+field_errors = api.field_errors
+invalid = api.invalid
 
 
 class Unauthenticated(GatewayError):
@@ -58,10 +37,6 @@ class Unauthenticated(GatewayError):
 
 class Forbidden(GatewayError):
     status, kind, title = 403, "forbidden", "Forbidden"
-
-
-class NotFound(GatewayError):
-    status, kind, title = 404, "not-found", "Not found"
 
 
 class MethodNotAllowed(GatewayError):
@@ -78,12 +53,6 @@ class PayloadTooLarge(GatewayError):
 
 class UnsupportedMediaType(GatewayError):
     status, kind, title = 415, "unsupported-media-type", "Unsupported media type"
-
-
-class Upstream(GatewayError):
-    """The API server or a sandbox failed in a way the caller cannot fix."""
-
-    status, kind, title = 502, "upstream", "Bad gateway"
 
 
 class QueueFull(GatewayError):
@@ -125,21 +94,3 @@ def problem(error: GatewayError, instance: str | None = None) -> Problem:
     if error.errors:
         body["errors"] = [{"field": e.field, "message": e.message} for e in error.errors]
     return Problem(error.status, body, dict(error.headers))
-
-
-def field_errors(exc: ValidationError, prefix: str = "") -> list[FieldError]:
-    """pydantic's errors as dotted wire paths (`autoscaling.maxReplicas`), model errors at root."""
-    found = []
-    for err in exc.errors(include_url=False):
-        path = ".".join(str(part) for part in err["loc"])
-        where = ".".join(p for p in (prefix, path) if p) or "(body)"
-        found.append(FieldError(where, err["msg"]))
-    return found
-
-
-def invalid(exc: ValidationError, what: str, prefix: str = "") -> InvalidInput:
-    """An InvalidInput naming the first bad field in its detail and listing all of them."""
-    errors = field_errors(exc, prefix)
-    first = errors[0]
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return InvalidInput(f"{what}: {first.field}: {first.message}{more}", errors)

@@ -19,10 +19,10 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from crds.generate import first_difference
-from gateway import models as m
 from gateway.errors import PROBLEM_JSON
-from gateway.models import DNS_LABEL_MAX, DNS_LABEL_PATTERN
 from gateway.routes import ROUTES, Route
+from nest_api import models as m
+from nest_api.models import DNS_LABEL_MAX, DNS_LABEL_PATTERN
 from sandbox import limits
 from sandbox.context import MAX_CONTEXT_BYTES
 

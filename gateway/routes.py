@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 
 from crds.constants import DEPLOYMENT_PLURAL, ENDPOINTS_PLURAL, SANDBOX_PLURAL
-from gateway import models as m
+from nest_api import models as m
 
 FUNCTIONS = "/v1/namespaces/{namespace}/functions"
 FUNCTION = FUNCTIONS + "/{name}"

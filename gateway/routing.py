@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from crds import Autoscaling, Function, SandboxDeploymentSpec
 from gateway.errors import QueueFull
 
 FunctionKey = tuple[str, str]  # (namespace, name)
@@ -38,6 +39,12 @@ class Address:
         return f"http://{self.host}:{self.port}/v1/sandboxes/{self.uid}"
 
 
+# The CRD's defaults, from the models that declare them.
+DEFAULT_REPLICAS = int(SandboxDeploymentSpec.model_fields["replicas"].default)
+DEFAULT_MIN_REPLICAS = int(Autoscaling.model_fields["min_replicas"].default)
+DEFAULT_MAX_DURATION = float(Function.model_fields["max_duration_seconds"].default)
+
+
 @dataclass(frozen=True, slots=True)
 class FunctionInfo:
     """What invocation needs of a SandboxDeployment, read from the watch."""
@@ -46,7 +53,7 @@ class FunctionInfo:
     min_replicas: int
     timeout_seconds: float
     resource_version: str
-    max_duration_seconds: float = 300.0  # a streamed answer's longest life
+    max_duration_seconds: float = DEFAULT_MAX_DURATION  # a streamed answer's longest life
 
 
 def addresses(status: Mapping[str, Any] | None) -> tuple[Address, ...]:
@@ -60,16 +67,26 @@ def addresses(status: Mapping[str, Any] | None) -> tuple[Address, ...]:
 
 
 def function_info(obj: Mapping[str, Any]) -> FunctionInfo:
-    """The invocation-relevant parts of a stored SandboxDeployment, with the CRD's defaults."""
+    """The invocation-relevant parts of a stored SandboxDeployment, with the CRD's defaults.
+
+    The function is read through its model without validating it again (`model_construct`):
+    the API server and the admission webhook already did, and a full parse re-checks inline
+    code of up to 1 MiB on every watch event of every function. Autoscaling is small: parsed.
+    """
     spec = obj.get("spec") or {}
-    function = ((spec.get("template") or {}).get("spec") or {}).get("function") or {}
-    autoscaling = spec.get("autoscaling") or {}
+    raw = ((spec.get("template") or {}).get("spec") or {}).get("function") or {}
+    function = Function.model_construct(**raw)
+    autoscaling = spec.get("autoscaling")
     return FunctionInfo(
-        replicas=int(spec.get("replicas", 1)),
-        min_replicas=int(autoscaling.get("minReplicas", 0)),
-        timeout_seconds=float(function.get("timeoutSeconds", 30)),
+        replicas=int(spec.get("replicas", DEFAULT_REPLICAS)),
+        min_replicas=(
+            Autoscaling.model_validate(autoscaling).min_replicas
+            if autoscaling
+            else DEFAULT_MIN_REPLICAS
+        ),
+        timeout_seconds=float(function.timeout_seconds),
         resource_version=str(obj.get("metadata", {}).get("resourceVersion", "")),
-        max_duration_seconds=float(function.get("maxDurationSeconds", 300)),
+        max_duration_seconds=float(function.max_duration_seconds),
     )
 
 

@@ -11,7 +11,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from nest import cluster_cmd, crds_cmd, demo_cmd, deploy_cmd, inspect_cmd, manage_cmd
+from nest import cluster_cmd, crds_cmd, deploy_cmd, inspect_cmd, manage_cmd
 from nest.errors import NestError
 
 EPILOG = """\
@@ -46,7 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     cluster_cmd.register(sub)
     crds_cmd.register(sub)
-    demo_cmd.register(sub)
     deploy_cmd.register(sub)
     inspect_cmd.register(sub)
     manage_cmd.register(sub)
@@ -58,9 +57,16 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpar
 
     argparse fills `nest invoke NAME [EVENT]` before it reads `-n NS`, so in
     `nest invoke hello -n ns '{}'` the event would be "unrecognized"; a command names such a
-    positional with `set_defaults(late_positional=...)` and gets the one leftover word.
+    positional with `set_defaults(late_positional=...)` and gets the one leftover word. A command
+    that runs another program says `set_defaults(passes_words=True)` and gets all its words.
     """
     args, extras = parser.parse_known_args(argv)
+    if getattr(args, "passes_words", False):
+        # A door to another program (nest.cluster_cmd): the words after the command are its.
+        # Top-level options are flags, so the command's first occurrence is the command.
+        words = list(sys.argv[1:] if argv is None else argv)
+        args.passed = words[words.index(args.command) + 1 :]
+        return args
     late = getattr(args, "late_positional", None)
     if (
         late

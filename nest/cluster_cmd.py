@@ -1,97 +1,72 @@
-"""`nest cluster`: bring the local control plane up and down, and tell its state."""
+"""`nest cluster ...` and `nest demo`: doors to the local development cluster, which is not product.
+
+The local cluster (a real control plane, an OCI registry and a node whose pods run as processes)
+is test and demo infrastructure. It is its own distribution, nest-cluster (`cluster/` in the
+source tree, installed by scripts/bootstrap), and is in neither the product wheel nor the image.
+These commands keep the spelling the docs and tests use by running its console entry as a
+separate process: the product never imports it, so a production install has no trace of it and
+only says how to get it.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
+import importlib.util
+import subprocess
+import sys
+from collections.abc import Sequence
 from typing import Any
 
-from nest.cluster.control_plane import ControlPlane
-from nest.cluster.paths import ClusterPaths
+from nest.errors import NestError
 
-EPILOG = """\
-examples:
-  nest cluster up                      # build once (~5 min), then start in seconds
-  eval "$(nest cluster env)"           # point kubectl at it
-  kubectl get nodes,ns
-  nest cluster logs kube-apiserver     # a component's log, or a pod's: NAMESPACE/POD[/CONTAINER]
-  nest cluster down --purge            # stop everything, remove state (the build cache stays)
-"""
+DEV_PACKAGE = "nest_cluster"
+NOT_INSTALLED = (
+    "the local cluster is development tooling and is not installed here: from a source "
+    "checkout run scripts/bootstrap (or `pip install -e ./cluster`), or set NEST_KUBECONFIG "
+    "to a cluster of your own"
+)
+# (our command, the local cluster's command prefix, help)
+DOORS = (
+    (
+        "cluster",
+        (),
+        "the local Kubernetes control plane (nest-cluster: up, down, status, env, logs)",
+    ),
+    ("demo", ("demo",), "a local cluster running Nest, example functions deployed and invoked"),
+)
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser(
-        "cluster",
-        help="a real local Kubernetes control plane",
-        description="A real Kubernetes control plane (etcd, kube-apiserver, "
-        "kube-controller-manager, kube-scheduler) and a local node whose pods run as processes.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    cmds = parser.add_subparsers(dest="cluster_command", required=True, metavar="COMMAND")
-
-    up = cmds.add_parser("up", help="build (first time) and start; idempotent")
-    up.add_argument("--timeout", type=float, default=120.0, help="seconds per component")
-    up.set_defaults(func=_up)
-
-    down = cmds.add_parser("down", help="stop every process of the local cluster")
-    down.add_argument("--purge", action="store_true", help="also delete the cluster state")
-    down.set_defaults(func=_down)
-
-    status = cmds.add_parser("status", help="what runs and whether it is healthy")
-    status.add_argument("-o", "--output", choices=["table", "json"], default="table")
-    status.set_defaults(func=_status)
-
-    env = cmds.add_parser("env", help="print the kubeconfig path as shell exports")
-    env.add_argument("--path", action="store_true", help="print only the kubeconfig path")
-    env.set_defaults(func=_env)
-
-    logs = cmds.add_parser("logs", help="a component's or a local pod's log")
-    logs.add_argument("name", help="component name, or NAMESPACE/POD[/CONTAINER]")
-    logs.set_defaults(func=_logs)
+    for name, prefix, summary in DOORS:
+        # No options of our own, not even --help: every word after the command is the local
+        # cluster's to parse, verbatim (nest.cli.parse hands them over as `passed`), so
+        # `nest cluster --help` shows its help.
+        parser = sub.add_parser(name, help=summary, add_help=False)
+        parser.set_defaults(func=_delegate, prefix=prefix, passes_words=True)
 
 
-def _up(args: argparse.Namespace) -> int:
-    plane = ControlPlane()
-    plane.up(timeout=args.timeout)
-    print(f"export KUBECONFIG={plane.paths.kubeconfig}")
-    return 0
+def local_cluster_argv(args: Sequence[str]) -> list[str]:
+    """The command line of `nest-cluster ARGS`, run by this interpreter (the venv's)."""
+    return [sys.executable, "-m", DEV_PACKAGE, *args]
 
 
-def _down(args: argparse.Namespace) -> int:
-    ControlPlane().down(purge=args.purge)
-    return 0
+def run_local_cluster(
+    args: Sequence[str], capture: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """Run `nest-cluster ARGS`; its exit code is the caller's to pass on."""
+    if importlib.util.find_spec(DEV_PACKAGE) is None:
+        raise NestError(NOT_INSTALLED)
+    return subprocess.run(local_cluster_argv(args), capture_output=capture, text=True, check=False)
 
 
-def _status(args: argparse.Namespace) -> int:
-    rows = ControlPlane().status()
-    if args.output == "json":
-        print(json.dumps([r.__dict__ for r in rows], indent=2))
-    else:
-        print(f"{'COMPONENT':<26}{'PID':<9}{'HEALTHY':<9}DETAIL")
-        for r in rows:
-            print(f"{r.name:<26}{r.pid or '-'!s:<9}{'yes' if r.healthy else 'no':<9}{r.detail}")
-    return 0 if all(r.healthy for r in rows) else 1
+def local_pod_log(namespace: str, pod: str, container: str) -> str:
+    """A container's log on the local node, which has no kubelet API: its runner keeps logs on
+    disk, and `nest-cluster logs` knows where."""
+    proc = run_local_cluster(["logs", f"{namespace}/{pod}/{container}"], capture=True)
+    if proc.returncode != 0:
+        raise NestError(proc.stderr.strip().removeprefix("nest: ") or "nest-cluster logs failed")
+    return proc.stdout
 
 
-def _env(args: argparse.Namespace) -> int:
-    paths = ClusterPaths.default()
-    if args.path:
-        print(paths.kubeconfig)
-    else:
-        print(f"export KUBECONFIG={paths.kubeconfig}")
-        print(f"export PATH={paths.bin_dir}:$PATH")
-    return 0
-
-
-def _logs(args: argparse.Namespace) -> int:
-    from nest.cluster.runner.logs import log_file  # the node keeps pod logs
-
-    plane = ControlPlane()
-    path = (
-        plane.procs.log_path(args.name)
-        if "/" not in args.name
-        else log_file(plane.paths.state / "node", args.name)
-    )
-    print(path.read_text(errors="replace"), end="")
-    return 0
+def _delegate(args: argparse.Namespace) -> int:
+    return run_local_cluster([*args.prefix, *args.passed]).returncode

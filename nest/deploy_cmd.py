@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import random
-import re
 import sys
 import time
 import urllib.error
@@ -28,11 +27,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from crds import SandboxDeployment
+from crds import Isolation, SandboxDeployment
 from crds.constants import DEPLOYMENT_PLURAL, NATIVE_DISTRIBUTIONS_ANNOTATION
-from gateway.models import FunctionCreate
+from crds.sandbox import OciSource, native_distributions_value
 from nest import functions
-from nest.cluster.paths import ClusterPaths
+from nest.dirs import cache_dir
 from nest.errors import (
     FunctionFailedError,
     InvokeFailedError,
@@ -41,6 +40,7 @@ from nest.errors import (
 )
 from nest.kube import Cluster
 from nest.package import incluster
+from nest_api.models import FunctionCreate
 from sandbox import dataplane_auth
 from sandbox.hosting import RegistryHosting
 
@@ -118,7 +118,7 @@ def register(sub: Any) -> None:
     )
     deploy.add_argument(
         "--isolation",
-        choices=["subprocess", "namespace"],
+        choices=[mode.value for mode in Isolation],
         help="subprocess (default), or namespace (trusted code)",
     )
     deploy.add_argument(
@@ -245,18 +245,14 @@ def with_package(
     so the scheduler knows them before placing a namespace-mode sandbox (an annotation, not a
     spec field: it is derived from the package, never written by hand, and the CRD stays as is)."""
     out = copy.deepcopy(deployment)
-    oci: dict[str, str] = {"ref": ref}
-    if pull_secret:
-        oci["pullSecret"] = pull_secret
-    out["spec"]["template"]["spec"]["function"]["source"] = {"oci": oci}
+    oci = OciSource(ref=ref, pull_secret=pull_secret or None)  # the model checks the ref
+    out["spec"]["template"]["spec"]["function"]["source"] = {"oci": oci.to_k8s()}
     meta = out["spec"]["template"].setdefault("metadata", {})
     annotations = meta.get("annotations") or {}
     annotations.pop(NATIVE_DISTRIBUTIONS_ANNOTATION, None)
     if natives:
-        # PEP 503 names, as the pods' Leases spell them.
-        named = (n.partition("==") for n in natives)
-        listed = sorted(f"{re.sub(r'[-_.]+', '-', n).lower()}=={v}" for n, _, v in named)
-        annotations[NATIVE_DISTRIBUTIONS_ANNOTATION] = json.dumps(listed)
+        # PEP 503 names, as the pods' Leases spell them (the operator's resolved builds too).
+        annotations[NATIVE_DISTRIBUTIONS_ANNOTATION] = native_distributions_value(natives)
     meta["annotations"] = annotations
     SandboxDeployment.model_validate(out)  # still a valid object (the ref's pattern included)
     return out
@@ -292,7 +288,7 @@ def build_and_push(
     def say(message: str) -> None:
         print(f"package: {message}", file=sys.stderr, flush=True)
 
-    builder = Builder(ClusterPaths.default().cache / "packages", say, rebuild=args.rebuild)
+    builder = Builder(cache_dir() / "packages", say, rebuild=args.rebuild)
     package = builder.build(args.path, target)
     ref = push(package, hosting, repository_for(cluster.namespace), name, say)
     return ref, tuple(f"{d.name}=={d.version}" for d in package.distributions if d.native)

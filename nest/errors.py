@@ -8,18 +8,6 @@ class NestError(Exception):
     exit_code: int = 1
 
 
-class ClusterError(NestError):
-    """The local control plane could not be built, started, stopped or reached."""
-
-
-class UnsupportedMachineError(ClusterError):
-    """This machine cannot run the local control plane (no apt/Debian)."""
-
-
-class RunnerError(ClusterError):
-    """The local node's process runner could not run or account for a pod."""
-
-
 class ApiError(NestError):
     """The Kubernetes API server refused or failed a request of a function command."""
 

@@ -2,9 +2,9 @@
 
 A command reads the cluster, calls one function here and writes or prints the result, so every
 rule — what a path becomes, which handler is the default, when a function counts as ready or as
-failed for good — has a fast unit test. Manifests are built by the gateway's own conversions
-(`gateway.convert`), so a function deployed with `nest` and one created through the gateway's
-OpenAPI are the same object, labelled the same way.
+failed for good — has a fast unit test. Manifests are built by the function API's conversions
+(`nest_api.convert`, which the gateway serves), so a function deployed with `nest` and one
+created through the gateway's OpenAPI are the same object, labelled the same way.
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ from typing import Any, ParamSpec, TypeVar
 from pydantic import ValidationError
 
 from crds import SandboxDeployment
+from crds.constants import FUNCTION_LABEL as FUNCTION_LABEL  # for nest.render and the tests
 from crds.constants import REVISION_ANNOTATION, TEMPLATE_HASH_LABEL
 from crds.sandbox import PERMANENT_FAILURE_REASONS
-from gateway import convert
-from gateway import models as m
-from gateway.errors import GatewayError, NotFound
 from nest.errors import InvalidFunctionError, NestError, NotFoundError
+from nest_api import convert
+from nest_api import models as m
+from nest_api.errors import ApiError, NotFound
 
 # Inline code lives in the SandboxDeployment (and in every replica set and sandbox stamped from
 # it); etcd objects stop at ~1.5 MiB, so anything near that belongs in a ConfigMap or at a URL.
@@ -45,7 +46,6 @@ SKIPPED_DIRS = frozenset(
     }
 )
 SKIPPED_SUFFIXES = (".pyc", ".pyo")
-FUNCTION_LABEL = convert.FUNCTION_LABEL
 P = ParamSpec("P")
 T = TypeVar("T")
 _NOT_DNS = re.compile(r"[^a-z0-9-]+")
@@ -179,12 +179,13 @@ def updated(stored: dict[str, Any], request: m.FunctionCreate) -> dict[str, Any]
 
 
 def gateway_call(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-    """Call one of the gateway's pure conversions, turning its HTTP-minded errors into ours."""
+    """Call one of the function API's pure conversions, turning its HTTP-minded errors into
+    ours."""
     try:
         return fn(*args, **kwargs)
     except NotFound as exc:
         raise NotFoundError(exc.detail) from exc
-    except GatewayError as exc:
+    except ApiError as exc:
         fields = "; ".join(f"{e.field}: {e.message}" for e in exc.errors)
         raise InvalidFunctionError(f"{exc.detail}{': ' + fields if fields else ''}") from exc
 

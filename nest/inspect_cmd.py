@@ -13,8 +13,9 @@ import sys
 from typing import Any
 
 from crds.constants import DEPLOYMENT_PLURAL, SANDBOX_PLURAL
-from nest.cluster.paths import ClusterPaths
+from nest.cluster_cmd import local_pod_log
 from nest.deploy_cmd import add_namespace
+from nest.dirs import local_kubeconfig
 from nest.errors import ApiError, NestError
 from nest.kube import Cluster, Obj
 from nest.render import (
@@ -186,13 +187,8 @@ def filter_lines(lines: list[str], others: set[str]) -> list[str]:
 
 
 def _read_log(cluster: Cluster, namespace: str, pod: str, tail: int | None) -> str:
-    local = ClusterPaths.default()
-    if cluster.kubeconfig.resolve() == local.kubeconfig.resolve():
-        # The local node has no kubelet API: its runner writes container logs to disk.
-        from nest.cluster.runner.logs import log_file
-
-        path = log_file(local.state / "node", f"{namespace}/{pod}/{RUNTIME_CONTAINER}")
-        lines = path.read_text(errors="replace").splitlines(keepends=True)
+    if cluster.kubeconfig.resolve() == local_kubeconfig().resolve():
+        lines = local_pod_log(namespace, pod, RUNTIME_CONTAINER).splitlines(keepends=True)
         return "".join(lines[-tail:] if tail else lines)
     return cluster.pod_log(namespace, pod, RUNTIME_CONTAINER, tail)
 

@@ -26,7 +26,7 @@ from crds.constants import (
     SANDBOX_PLURAL,
     VERSION,
 )
-from nest.cluster.paths import ClusterPaths
+from nest.dirs import local_kubeconfig
 from nest.errors import ApiError, NestError, NotFoundError
 
 Obj = dict[str, Any]
@@ -39,7 +39,7 @@ GATEWAY_PORT = 8090
 def kubeconfig_path(env: Mapping[str, str]) -> Path:
     """NEST_KUBECONFIG, else the first file of KUBECONFIG, else the local cluster's."""
     named = env.get("NEST_KUBECONFIG") or (env.get("KUBECONFIG") or "").split(os.pathsep)[0]
-    path = Path(named) if named else ClusterPaths.default().kubeconfig
+    path = Path(named) if named else local_kubeconfig()
     if not path.exists():
         raise NestError(
             f"no kubeconfig at {path}: run `nest cluster up`, or set NEST_KUBECONFIG to a cluster's"

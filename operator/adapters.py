@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from crds import Function, Resources, SandboxDeploymentSpec, SandboxSpec, Strategy
 from crds import constants as c
 from nest_operator.conditions import Condition
 from nest_operator.deployment_logic import DeploymentInfo, DeploymentStatus, ReplicaSetInfo
@@ -20,8 +21,20 @@ from nest_operator.scheduler import BoundSandbox, PoolPod, SandboxRequest, parse
 from nest_operator.store import controller_uid
 
 Obj = Mapping[str, Any]
-DEFAULT_MEMORY = "64Mi"
-DEFAULT_CPU = "100m"
+# The CRD's defaults, read from the models that declare them (and generate the CRDs' `default:`),
+# never re-typed: the API server fills them in on write, so these only cover objects it has not
+# defaulted (tests' fakes, objects from before a default existed). Plain values, not a model
+# parse per call: the scheduler converts every pending sandbox on every cycle.
+_RESOURCES = Resources()
+_STRATEGY = Strategy()
+_FUNCTION = Function.model_fields
+_SANDBOX = SandboxSpec.model_fields
+_DEPLOYMENT = SandboxDeploymentSpec.model_fields
+DEFAULT_MEMORY = _RESOURCES.memory
+DEFAULT_CPU = _RESOURCES.cpu
+DEFAULT_ISOLATION = str(_FUNCTION["isolation"].default)
+DEFAULT_POOL = str(_SANDBOX["pool"].default)
+DEFAULT_REPLICAS = int(_DEPLOYMENT["replicas"].default)
 
 
 def timestamp(value: str | None) -> float:
@@ -99,7 +112,7 @@ def bound_sandbox(sandbox: Obj) -> BoundSandbox | None:
     return BoundSandbox(
         sandbox["metadata"]["uid"], pod_uid, memory, cpu,
         controller_uid(sandbox), code_key(function),
-        sandbox["metadata"]["namespace"], function.get("isolation") or "subprocess",
+        sandbox["metadata"]["namespace"], function.get("isolation") or DEFAULT_ISOLATION,
         _promised_natives(sandbox),
     )  # fmt: skip
 
@@ -119,10 +132,10 @@ def sandbox_request(sandbox: Obj) -> SandboxRequest:
         name=meta["name"],
         namespace=meta["namespace"],
         uid=meta["uid"],
-        pool=(sandbox.get("spec") or {}).get("pool") or "default",
+        pool=(sandbox.get("spec") or {}).get("pool") or DEFAULT_POOL,
         memory=memory,
         cpu=cpu,
-        isolation=_function(sandbox).get("isolation") or "subprocess",
+        isolation=_function(sandbox).get("isolation") or DEFAULT_ISOLATION,
         code_digest=code_key(_function(sandbox)),
         replica_set=controller_uid(sandbox),
         native_distributions=native_distributions(meta.get("annotations")),
@@ -148,7 +161,7 @@ def replicaset_info(rs: Obj) -> ReplicaSetInfo:
     return ReplicaSetInfo(
         name=meta["name"],
         revision=int((meta.get("annotations") or {}).get(c.REVISION_ANNOTATION) or 0),
-        replicas=int(spec.get("replicas", 1)),
+        replicas=int(spec.get("replicas", DEFAULT_REPLICAS)),
         template=spec.get("template") or {},
         created_at=timestamp(meta.get("creationTimestamp")),
         status_replicas=int(status.get("replicas", 0)),
@@ -160,19 +173,24 @@ def replicaset_info(rs: Obj) -> ReplicaSetInfo:
 
 def deployment_info(d: Obj, conditions: tuple[Any, ...]) -> DeploymentInfo:
     meta, spec, status = d["metadata"], d.get("spec") or {}, d.get("status") or {}
-    strategy = spec.get("strategy") or {}
-    rolling = strategy.get("rollingUpdate") or {}
+    # The strategy is small and its defaults nest (rollingUpdate's maxSurge/maxUnavailable), so
+    # it is parsed with its model rather than read key by key.
+    strategy = Strategy.model_validate(spec["strategy"]) if spec.get("strategy") else _STRATEGY
     return DeploymentInfo(
         name=meta["name"],
         generation=int(meta.get("generation", 1)),
-        replicas=int(spec.get("replicas", 1)),
+        replicas=int(spec.get("replicas", DEFAULT_REPLICAS)),
         template=spec.get("template") or {},
-        strategy=strategy.get("type") or "RollingUpdate",
-        max_surge=rolling.get("maxSurge", "25%"),
-        max_unavailable=rolling.get("maxUnavailable", "25%"),
-        revision_history_limit=int(spec.get("revisionHistoryLimit", 10)),
-        paused=bool(spec.get("paused", False)),
-        progress_deadline_seconds=int(spec.get("progressDeadlineSeconds", 600)),
+        strategy=strategy.type.value,
+        max_surge=strategy.rolling_update.max_surge,
+        max_unavailable=strategy.rolling_update.max_unavailable,
+        revision_history_limit=int(
+            spec.get("revisionHistoryLimit", _DEPLOYMENT["revision_history_limit"].default)
+        ),
+        paused=bool(spec.get("paused", _DEPLOYMENT["paused"].default)),
+        progress_deadline_seconds=int(
+            spec.get("progressDeadlineSeconds", _DEPLOYMENT["progress_deadline_seconds"].default)
+        ),
         status=DeploymentStatus(
             observed_generation=int(status.get("observedGeneration", 0)),
             replicas=int(status.get("replicas", 0)),

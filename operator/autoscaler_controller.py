@@ -21,9 +21,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import aiohttp
-from kubernetes.client.exceptions import ApiException
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import ValidationError
 
+from crds import Autoscaling, Function, SandboxDeploymentSpec
+from nest_kube import ApiError
 from nest_operator.autoscaler_policy import Autoscaler, AutoscalerConfig
 from nest_operator.dataplane_key import SecretKeys
 from nest_operator.kube import Kube
@@ -35,6 +37,9 @@ RUNTIME_PORT = 8080
 GATEWAY_PORT = 8090
 GATEWAY_SELECTOR = "app.kubernetes.io/name=nest-gateway"
 METRICS_PATH = "/metrics"
+# The CRD's defaults, from the models that declare them.
+DEFAULT_CONCURRENCY = int(Function.model_fields["concurrency"].default)
+DEFAULT_REPLICAS = int(SandboxDeploymentSpec.model_fields["replicas"].default)
 
 
 @dataclass(frozen=True)
@@ -72,23 +77,46 @@ def parse_gateway(text: str) -> dict[tuple[str, str], float]:
 
 
 def config_of(deployment: Obj) -> AutoscalerConfig | None:
-    """The policy's configuration from spec.autoscaling; None when autoscaling is off."""
+    """The policy's configuration from spec.autoscaling, parsed with the CRD's own model (its
+    defaults included); None when autoscaling is off or the stored value does not fit it."""
     spec = deployment.get("spec") or {}
     scaling = spec.get("autoscaling")
     if not scaling:
         return None
+    try:
+        parsed = Autoscaling.model_validate(scaling)
+    except ValidationError as exc:  # admission refuses these; one that slipped by is skipped
+        meta = deployment.get("metadata") or {}
+        log.warning("%s/%s: spec.autoscaling ignored: %s", meta.get("namespace"),
+                    meta.get("name"), exc)  # fmt: skip
+        return None
     function = ((spec.get("template") or {}).get("spec") or {}).get("function") or {}
-    target = scaling.get("targetConcurrency") or function.get("concurrency") or 1
-    return AutoscalerConfig(
-        max_replicas=int(scaling["maxReplicas"]),
-        target_concurrency=float(target),
-        min_replicas=int(scaling.get("minReplicas", 0)),
-        target_utilization=float(scaling.get("targetUtilization", 0.7)),
-        scale_to_zero_after_seconds=float(scaling.get("scaleToZeroAfterSeconds", 120)),
-        stable_window_seconds=float(scaling.get("stableWindowSeconds", 60)),
-        panic_window_seconds=float(scaling.get("panicWindowSeconds", 6)),
-        panic_threshold=float(scaling.get("panicThreshold", 2.0)),
-    )
+    return AutoscalerConfig.of(parsed, int(function.get("concurrency") or DEFAULT_CONCURRENCY))
+
+
+class ConfigCache:
+    """`config_of` per deployment, parsed again only when its resourceVersion changes: the tick
+    runs every second over every deployment, and a model parse costs more than dict lookups."""
+
+    def __init__(self) -> None:
+        self._by_uid: dict[str, tuple[str, AutoscalerConfig | None]] = {}
+
+    def scaled(self, deployments: Iterable[Obj]) -> list[tuple[Obj, AutoscalerConfig]]:
+        """The deployments that autoscale, with their configuration; forgets deleted ones."""
+        fresh: dict[str, tuple[str, AutoscalerConfig | None]] = {}
+        found = []
+        for d in deployments:
+            meta = d.get("metadata") or {}
+            uid, version = str(meta.get("uid", "")), str(meta.get("resourceVersion", ""))
+            known = self._by_uid.get(uid)
+            # Without a resourceVersion (a test's fake) nothing tells a change: parse each time.
+            fresh_enough = bool(version) and known is not None and known[0] == version
+            cfg = known[1] if known is not None and fresh_enough else config_of(d)
+            fresh[uid] = (version, cfg)
+            if cfg is not None:
+                found.append((d, cfg))
+        self._by_uid = fresh
+        return found
 
 
 @dataclass
@@ -129,6 +157,7 @@ class AutoscalerController:
         self.namespace = os.environ.get("POD_NAMESPACE", "nest-system")
         self.policies: dict[str, tuple[AutoscalerConfig, Autoscaler]] = {}
         self.meter = ConcurrencyMeter()
+        self.configs = ConfigCache()
         self.keys = SecretKeys(kube.core, self.namespace)
         self._refused_logged = 0.0
 
@@ -168,7 +197,7 @@ class AutoscalerController:
         return {auth.HEADER: ring.sign("GET", METRICS_PATH)}  # the same for every pod
 
     async def tick(self, http: aiohttp.ClientSession, now: float) -> None:
-        scaled = [(d, cfg) for d in self.store.all(Kind.DEPLOYMENT) if (cfg := config_of(d))]
+        scaled = self.configs.scaled(self.store.all(Kind.DEPLOYMENT))
         if not scaled:
             return
         pods = [p for p in self.store.all(Kind.POD) if (p.get("status") or {}).get("podIP")]
@@ -195,7 +224,7 @@ class AutoscalerController:
     async def _gateway_queues(self, http: aiohttp.ClientSession) -> dict[tuple[str, str], float]:
         try:
             ips = await self.kube.pod_ips(self.namespace, GATEWAY_SELECTOR)
-        except ApiException:
+        except ApiError:
             return {}
         texts = await asyncio.gather(
             *(self._get(http, f"http://{ip}:{GATEWAY_PORT}/metrics") for ip in ips)
@@ -227,7 +256,7 @@ class AutoscalerController:
         ]
         held = queued.get((meta["namespace"], meta["name"]), 0.0)
         policy.observe(now, deployment_concurrency(uids, per_sandbox, held))
-        current = int(d["spec"].get("replicas", 1))
+        current = int(d["spec"].get("replicas", DEFAULT_REPLICAS))
         # The policy is told the current scale, not the ready count: a function the activator
         # just woke has no ready sandbox yet and must not be scaled straight back to zero.
         decision = policy.decide(now, current)

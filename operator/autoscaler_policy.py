@@ -14,6 +14,11 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
+from crds import Autoscaling
+
+# The CRD's defaults come from its model; the config below only converts them to floats.
+_D = {name: field.default for name, field in Autoscaling.model_fields.items()}
+
 
 @dataclass(frozen=True, slots=True)
 class AutoscalerConfig:
@@ -21,12 +26,27 @@ class AutoscalerConfig:
 
     max_replicas: int
     target_concurrency: float
-    min_replicas: int = 0
-    target_utilization: float = 0.7
-    scale_to_zero_after_seconds: float = 120.0
-    stable_window_seconds: float = 60.0
-    panic_window_seconds: float = 6.0
-    panic_threshold: float = 2.0
+    min_replicas: int = int(_D["min_replicas"])
+    target_utilization: float = float(_D["target_utilization"])
+    scale_to_zero_after_seconds: float = float(_D["scale_to_zero_after_seconds"])
+    stable_window_seconds: float = float(_D["stable_window_seconds"])
+    panic_window_seconds: float = float(_D["panic_window_seconds"])
+    panic_threshold: float = float(_D["panic_threshold"])
+
+    @classmethod
+    def of(cls, scaling: Autoscaling, concurrency: int) -> AutoscalerConfig:
+        """The policy's view of a parsed spec.autoscaling; `concurrency` is the template's
+        function concurrency, the target when targetConcurrency is unset."""
+        return cls(
+            max_replicas=scaling.max_replicas,
+            target_concurrency=float(scaling.target_concurrency or concurrency),
+            min_replicas=scaling.min_replicas,
+            target_utilization=scaling.target_utilization,
+            scale_to_zero_after_seconds=float(scaling.scale_to_zero_after_seconds),
+            stable_window_seconds=float(scaling.stable_window_seconds),
+            panic_window_seconds=float(scaling.panic_window_seconds),
+            panic_threshold=scaling.panic_threshold,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,8 +15,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException
-
+from nest_kube import ApiError
 from nest_operator import build_logic as logic
 from nest_operator.kube import Kube
 from nest_operator.replicaset_controller import api_message
@@ -96,7 +95,7 @@ class BuildController:
         namespace = deployment["metadata"]["namespace"]
         try:
             await self.kube.create(Kind.JOB, namespace, body)
-        except ApiException as exc:
+        except ApiError as exc:
             if exc.status == 409:
                 name = body["metadata"]["name"]
                 existing = self.store.get(Kind.JOB, f"{namespace}/{name}")

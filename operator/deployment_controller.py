@@ -23,10 +23,9 @@ from dataclasses import replace
 from enum import Enum
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException
-
 from crds import constants as c
 from crds.common import LabelSelector
+from nest_kube import ApiError
 from nest_operator import adapters, build_logic
 from nest_operator import deployment_failures as failures
 from nest_operator.build_controller import BuildController, status_build_body
@@ -118,7 +117,9 @@ class DeploymentController:
         if plan.create is not None:
             try:
                 created = await self._create(d, selector, plan)
-            except ApiException as exc:
+            except ApiError as exc:
+                if not exc.status:  # no answer: not a refusal, retried with back-off
+                    raise
                 await self._refused(key, d, info, plan, api_message(exc), now, build)
                 return
             self.failures.pop(key, None)
@@ -182,7 +183,7 @@ class DeploymentController:
         self._requeue(key, failure.retry_at)
 
     async def _create(self, d: Obj, selector: LabelSelector, plan: DeploymentPlan) -> Created:
-        """Create the new replica set; how that went (an ApiException: the server refused)."""
+        """Create the new replica set; how that went (an ApiError: the server refused)."""
         new = plan.create
         assert new is not None
         labels = dict((new.template.get("metadata") or {}).get("labels") or {})
@@ -204,7 +205,7 @@ class DeploymentController:
         }
         try:
             created = await self.kube.create(Kind.REPLICASET, d["metadata"]["namespace"], body)
-        except ApiException as exc:
+        except ApiError as exc:
             if exc.status != 409:
                 raise
             existing = self.store.get(Kind.REPLICASET, f"{d['metadata']['namespace']}/{new.name}")

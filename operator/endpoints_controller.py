@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException
-
 from crds import constants as c
+from nest_kube import ApiError
 from nest_operator import adapters
 from nest_operator.kube import Kube
 from nest_operator.replicaset_controller import owner_reference
@@ -92,7 +91,7 @@ class EndpointsController:
             }  # fmt: skip
             try:
                 endpoints = await self.kube.create(Kind.ENDPOINTS, namespace, body)
-            except ApiException as exc:
+            except ApiError as exc:
                 if exc.status != 409:
                     raise
                 return  # created meanwhile; its watch event brings us back

@@ -1,44 +1,85 @@
-"""Every write the operator makes to the API server, and the reads of its initial sync.
+"""Every write the operator makes to the API server, and the informers that feed its store.
 
-Why one module: this is the operator's whole I/O shell towards Kubernetes. Calls are plain
-kubernetes-client calls run on a dedicated thread pool (big enough for the bursts of creates
-and bindings a 200-replica apply causes), and each successful write is fed back into the store
-(write-through) so the next decision already sees it.
+Why one module: this is the operator's whole I/O shell towards Kubernetes, on the shared layer
+(`nest_kube`): credentials from `connect()` (the same rule kopf's login gets, see main.py), calls
+over `HttpApi` (aiohttp on the operator's loop: no thread pool sized for the bursts of creates
+and bindings a 200-replica apply causes), Events through `EventRecorder` (client-go's
+aggregation, counts for repeats and a rate limit), and one `Informer` per kind (list once, then
+watch from that version). Each successful write is fed back into the store (write-through) so
+the next decision already sees it. Failures are `nest_kube.ApiError` (status 0: no answer).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
-from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
+from kubernetes import client
 
+import nest_kube
 from crds import constants as c
+from nest_kube import ApiError, Connection, EventRecorder, EventSource, HttpApi, Informer
+from nest_kube import resources as r
 from nest_operator.store import Kind, Obj, Store
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-MERGE = "application/merge-patch+json"
-JSON_PATCH = "application/json-patch+json"
-THREADS = 32
-EVENT_THREADS = 4
+MERGE = nest_kube.MERGE_PATCH
+JSON_PATCH = nest_kube.JSON_PATCH
+JOBS = r.Resource("batch", "v1", "jobs", "Job")
+# Each kind the operator keeps, and the label that selects the objects it cares about.
+RESOURCES: dict[Kind, tuple[r.Resource, str]] = {
+    Kind.POD: (r.PODS, c.POOL_LABEL),
+    Kind.LEASE: (r.LEASES, c.POOL_LABEL),
+    Kind.SANDBOX: (r.SANDBOXES, ""),
+    Kind.REPLICASET: (r.SANDBOX_REPLICASETS, ""),
+    Kind.DEPLOYMENT: (r.SANDBOX_DEPLOYMENTS, ""),
+    Kind.ENDPOINTS: (r.SANDBOX_ENDPOINTS, ""),
+    Kind.POOL: (r.SANDBOX_POOLS, ""),
+    Kind.NAMESPACE: (r.NAMESPACES, ""),
+    Kind.JOB: (JOBS, c.BUILD_LABEL),
+}
+SOURCE = EventSource("nest-operator", reporting_controller="nest.sandbox.dev/operator")
+# The scheduler reports as a component of its own, as kube-scheduler does beside the controller
+# manager: the correlator's rate limit is per source and object, so a replica set's burst of
+# Scheduled Events cannot use up the budget of its controller's FailedCreate warnings.
+SCHEDULER_SOURCE = EventSource("nest-scheduler", reporting_controller="nest.sandbox.dev/scheduler")
+SCHEDULER_REASONS = frozenset({"Scheduled", "FailedScheduling"})
 
 
-def load_api() -> client.ApiClient:
-    """In-cluster credentials when running in a pod, the kubeconfig otherwise."""
-    configuration = client.Configuration()
-    try:
-        config.load_incluster_config(client_configuration=configuration)
-    except config.ConfigException:
-        config.load_kube_config(client_configuration=configuration)
-    configuration.connection_pool_maxsize = THREADS
-    return client.ApiClient(configuration)
+def load_api(connection: Connection | None = None) -> client.ApiClient:
+    """A synchronous kubernetes-library client by `connect()`'s rule (the webhook's facts and
+    the data-plane key's Secret still use one, from their own threads)."""
+    return (connection or nest_kube.connect()).api_client()
+
+
+def terminating(exc: ApiError) -> bool:
+    """A namespace being deleted refused a create: nothing to retry, its objects are going."""
+    causes = " ".join(str(cause.get("reason") or "") for cause in exc.causes)
+    return exc.status == 403 and "NamespaceTerminating" in f"{causes} {exc.message}"
+
+
+def on_controller(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    """What a routine Event about `obj` is recorded on: its controller if it has one.
+
+    Why: an Event per sandbox for routine progress (Scheduled) was a write per sandbox; on the
+    replica set, with one message per pool pod, the recorder counts them on one Event (and
+    coalesces a burst into one write). A bare sandbox keeps its own Events.
+    """
+    meta = obj["metadata"]
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("controller"):
+            return {
+                "apiVersion": ref["apiVersion"],
+                "kind": ref["kind"],
+                "metadata": {
+                    "name": ref["name"],
+                    "namespace": meta["namespace"],
+                    "uid": ref["uid"],
+                },
+            }
+    return obj
 
 
 class Kube:
@@ -46,180 +87,125 @@ class Kube:
 
     def __init__(
         self,
-        api: client.ApiClient,
+        connection: Connection,
         store: Store,
         on_write: Callable[[Kind, Obj, bool], None] | None = None,
+        api: nest_kube.Api | None = None,
     ) -> None:
-        self.api = api
+        self.connection = connection
+        self.api: nest_kube.Api = api or HttpApi(connection)
         self.store = store
         # Called with what a write produced, so the controllers it concerns react at once
         # rather than when the watch echoes it back.
         self.on_write = on_write
-        self.custom = client.CustomObjectsApi(api)
-        self.core = client.CoreV1Api(api)
-        self.coordination = client.CoordinationV1Api(api)
-        self.batch = client.BatchV1Api(api)
-        self._pool = ThreadPoolExecutor(THREADS, thread_name_prefix="kube")
-        # Events get threads of their own: they must never queue ahead of a create or a bind.
-        self._events = ThreadPoolExecutor(EVENT_THREADS, thread_name_prefix="events")
-
-    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, partial(fn, *args, **kwargs))
-
-    async def _write(self, kind: Kind, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Obj:
-        result: Obj = await self._call(fn, *args, **kwargs)
-        if isinstance(result, dict) and "metadata" in result:
-            self._record(kind, "MODIFIED", result)
-        return result
+        self.recorder = EventRecorder(self.api, SOURCE)
+        self.scheduler_recorder = EventRecorder(self.api, SCHEDULER_SOURCE)
+        # The synchronous client only for the data-plane key's Secret (dataplane_key.SecretKeys
+        # reads it in a thread every few minutes); everything else goes through `api`.
+        self.core = client.CoreV1Api(connection.api_client(pool_size=2))
 
     def _record(self, kind: Kind, event: str, obj: Obj) -> None:
         if self.store.apply(kind, event, obj) and self.on_write is not None:
             self.on_write(kind, obj, event == "DELETED")
 
-    # -- initial sync --------------------------------------------------------------------------
+    def _written(self, kind: Kind, event: str, result: Obj) -> Obj:
+        if "metadata" in result:
+            self._record(kind, event, _typed(kind, result))
+        return result
 
-    async def list_all(self, kind: Kind) -> list[Obj]:
-        raw: Any
-        if kind == Kind.POD:
-            raw = await self._call(
-                self.core.list_pod_for_all_namespaces, label_selector=c.POOL_LABEL
-            )
-        elif kind == Kind.LEASE:
-            raw = await self._call(
-                self.coordination.list_lease_for_all_namespaces, label_selector=c.POOL_LABEL
-            )
-        elif kind == Kind.NAMESPACE:
-            raw = await self._call(self.core.list_namespace)
-        elif kind == Kind.JOB:
-            raw = await self._call(
-                self.batch.list_job_for_all_namespaces, label_selector=c.BUILD_LABEL
-            )
-        else:
-            raw = await self._call(
-                self.custom.list_cluster_custom_object, c.GROUP, c.VERSION, kind.value
-            )
-        items: list[Obj] = self.api.sanitize_for_serialization(raw)["items"]
-        return items
+    # -- informers -----------------------------------------------------------------------------
 
-    # -- custom objects ------------------------------------------------------------------------
+    def informer(self, kind: Kind, observe: Callable[[Kind, str, Obj], None]) -> Informer:
+        """An informer of `kind` whose every delta goes to `observe(kind, type, object)`."""
+        resource, label = RESOURCES[kind]
+        informer = Informer(self.api, resource, label_selector=label)
+
+        def handle(delta: nest_kube.Delta) -> None:
+            observe(kind, delta.type, _typed(kind, delta.obj))
+
+        informer.add_handler(handle)
+        return informer
+
+    # -- writes --------------------------------------------------------------------------------
 
     async def create(self, kind: Kind, namespace: str, body: Obj) -> Obj:
-        if kind == Kind.JOB:
-            job = await self._call(self.batch.create_namespaced_job, namespace, body)
-            stored: Obj = self.api.sanitize_for_serialization(job)
-            self._record(kind, "ADDED", stored)
-            return stored
-        created = await self._write(
-            kind, self.custom.create_namespaced_custom_object,
-            c.GROUP, c.VERSION, namespace, kind.value, body,
-        )  # fmt: skip
-        self._record(kind, "ADDED", created)
-        return created
+        created = await self.api.create(RESOURCES[kind][0], namespace, body)
+        return self._written(kind, "ADDED", created)
 
     async def patch(
         self, kind: Kind, namespace: str, name: str, patch: Any, content_type: str = MERGE
     ) -> Obj:
-        return await self._write(
-            kind, self.custom.patch_namespaced_custom_object,
-            c.GROUP, c.VERSION, namespace, kind.value, name, patch, _content_type=content_type,
-        )  # fmt: skip
+        result = await self.api.patch(
+            RESOURCES[kind][0], namespace, name, patch, content_type=content_type
+        )
+        return self._written(kind, "MODIFIED", result)
 
     async def patch_status(self, kind: Kind, namespace: str, name: str, status: Obj) -> Obj:
-        if not namespace:  # a cluster-scoped kind (SandboxPool)
-            return await self._write(
-                kind, self.custom.patch_cluster_custom_object_status,
-                c.GROUP, c.VERSION, kind.value, name, {"status": status}, _content_type=MERGE,
-            )  # fmt: skip
-        return await self._write(
-            kind, self.custom.patch_namespaced_custom_object_status,
-            c.GROUP, c.VERSION, namespace, kind.value, name, {"status": status},
-            _content_type=MERGE,
-        )  # fmt: skip
+        """Merge `status` into the status subresource (namespace "": a cluster-scoped kind)."""
+        result = await self.api.patch(
+            RESOURCES[kind][0], namespace or None, name, {"status": status}, subresource="status"
+        )
+        return self._written(kind, "MODIFIED", result)
 
     async def scale(self, kind: Kind, namespace: str, name: str, replicas: int) -> None:
         """Write replicas through the scale subresource, as `kubectl scale` and HPAs do."""
-        await self._call(
-            self.custom.patch_namespaced_custom_object_scale,
-            c.GROUP, c.VERSION, namespace, kind.value, name, {"spec": {"replicas": replicas}},
-            _content_type=MERGE,
+        await self.api.patch(
+            RESOURCES[kind][0], namespace, name, {"spec": {"replicas": replicas}},
+            subresource="scale",
         )  # fmt: skip
 
-    async def pod_ips(self, namespace: str, selector: str) -> list[str]:
-        listed: Any = await self._call(
-            self.core.list_namespaced_pod, namespace, label_selector=selector
-        )
-        return [p.status.pod_ip for p in listed.items if p.status and p.status.pod_ip]
-
-    async def job_pods(self, namespace: str, job_uid: str) -> list[Obj]:
-        """The pods of a Job (the Job controller labels them with its UID), status included."""
-        listed: Any = await self._call(
-            self.core.list_namespaced_pod, namespace, label_selector=f"controller-uid={job_uid}"
-        )
-        pods: list[Obj] = self.api.sanitize_for_serialization(listed)["items"]
-        return pods
-
     async def delete(self, kind: Kind, obj: Obj) -> None:
-        """Delete exactly this object (UID precondition); already gone is fine."""
+        """Delete exactly this object (UID precondition); already gone is fine.
+
+        Background propagation: a Job's pods go with it (the API's default for Jobs orphans).
+        """
         meta = obj["metadata"]
-        body = {"preconditions": {"uid": meta["uid"]}, "propagationPolicy": "Background"}
         try:
-            if kind == Kind.JOB:  # Background: a Job's pods go with it (the API's default orphans)
-                await self._call(
-                    self.batch.delete_namespaced_job, meta["name"], meta["namespace"], body=body
-                )
-            else:
-                await self._call(
-                    self.custom.delete_namespaced_custom_object,
-                    c.GROUP, c.VERSION, meta["namespace"], kind.value, meta["name"], body=body,
-                )  # fmt: skip
-        except ApiException as exc:
+            await self.api.delete(
+                RESOURCES[kind][0], meta["namespace"], meta["name"],
+                propagation="Background", preconditions={"uid": meta["uid"]},
+            )  # fmt: skip
+        except ApiError as exc:
             if exc.status not in (404, 409):
                 raise
-        deleted = {**obj, "metadata": {**meta, "deletionTimestamp": _now()}}
         if not meta.get("finalizers"):
             self._record(kind, "DELETED", obj)
         else:
-            self._record(kind, "MODIFIED", deleted)
+            self._record(
+                kind, "MODIFIED", {**obj, "metadata": {**meta, "deletionTimestamp": _now()}}
+            )
+
+    # -- reads that no informer serves ---------------------------------------------------------
+
+    async def pod_ips(self, namespace: str, selector: str) -> list[str]:
+        listed = await self.api.list(r.PODS, namespace, label_selector=selector)
+        ips = [(p.get("status") or {}).get("podIP") for p in listed.get("items") or []]
+        return [ip for ip in ips if ip]
+
+    async def job_pods(self, namespace: str, job_uid: str) -> list[Obj]:
+        """The pods of a Job (the Job controller labels them with its UID), status included."""
+        listed = await self.api.list(r.PODS, namespace, label_selector=f"controller-uid={job_uid}")
+        return list(listed.get("items") or [])
 
     # -- events --------------------------------------------------------------------------------
 
     def event(self, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         """Record an Event for `kubectl describe` without making the caller wait."""
-        loop = asyncio.get_running_loop()
-        loop.run_in_executor(self._events, self._create_event, obj, type_, reason, message)
+        recorder = self.scheduler_recorder if reason in SCHEDULER_REASONS else self.recorder
+        recorder.event(obj, type_, reason, message[:1024])
 
-    def _create_event(self, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
-        meta = obj["metadata"]
-        now = datetime.now(UTC)
-        body = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(
-                generate_name=f"{meta['name']}.", namespace=meta["namespace"]
-            ),
-            involved_object=client.V1ObjectReference(
-                api_version=obj.get("apiVersion", c.API_VERSION),
-                kind=obj.get("kind"),
-                name=meta["name"],
-                namespace=meta["namespace"],
-                uid=meta["uid"],
-            ),
-            reason=reason,
-            message=message[:1024],
-            type=type_,
-            first_timestamp=now,
-            last_timestamp=now,
-            count=1,
-            source=client.V1EventSource(component="nest-operator"),
-            reporting_component="nest.sandbox.dev/operator",
-        )
-        try:
-            self.core.create_namespaced_event(meta["namespace"], body)
-        except ApiException as exc:
-            log.debug("event %s for %s not recorded: %s", reason, meta["name"], exc.reason)
+    async def close(self) -> None:
+        await self.recorder.close()
+        await self.scheduler_recorder.close()
+        await self.api.close()
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        self._events.shutdown(wait=False, cancel_futures=True)
+
+def _typed(kind: Kind, obj: Obj) -> Obj:
+    """`obj` with its kind and apiVersion (list items come without; Events need them)."""
+    if "kind" not in obj:
+        resource = RESOURCES[kind][0]
+        obj["kind"], obj["apiVersion"] = resource.kind, resource.api_version
+    return obj
 
 
 def _now() -> str:

@@ -24,10 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException
-
 from crds import constants as c
 from crds.sandbox import EVICTED_REASON
+from nest_kube import ApiError
 from nest_operator import adapters
 from nest_operator.kube import JSON_PATCH, Kube
 from nest_operator.store import Kind, Obj, Store, key_of
@@ -128,7 +127,7 @@ class LifecycleController:
                     {"op": "remove", "path": path},
                 ]
                 await self.kube.patch(Kind.SANDBOX, namespace, name, patch, JSON_PATCH)
-        except ApiException as exc:
+        except ApiError as exc:
             if exc.status != 404:
                 raise
         log.info("evicted sandbox %s/%s: %s", namespace, name, why)

@@ -1,13 +1,17 @@
-"""The operator's entry point: kopf handlers wired to the controller manager, and nothing else.
+"""The operator's entry point: kopf for the process, the controller manager for the cluster.
 
 Run it as `nest-operator` (or `nest operator run`, or `kopf run -m nest_operator.main -A`).
-Every handler is a raw event handler: kopf watches and delivers, our controllers decide; kopf
-keeps no progress annotations and adds no finalizers, so it costs no extra API writes.
+kopf runs what it does well here: start-up and clean-up, the liveness endpoint and its probes,
+signals. It serves no resource: the manager's informers watch (one LIST per kind, not kopf's and
+then ours), and kopf's per-object handlers would cost API writes the controllers do not make
+(docs/operator.md has the numbers). kopf logs in with the credentials `nest_kube.connect()`
+chooses, so the operator has one credentials rule for every client it makes.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
@@ -16,28 +20,53 @@ from typing import Any
 
 import kopf
 
-from crds import constants as c
+import nest_kube
 from nest_operator import dataplane_key
 from nest_operator.kube import load_api
 from nest_operator.manager import ControllerManager, Settings
-from nest_operator.store import Kind
 from nest_operator.webhook import WebhookServer, WebhookSettings, WebhookThread
+
+
+@functools.cache
+def connection() -> nest_kube.Connection:
+    """This process's API server and identity, by the shared layer's one rule."""
+    return nest_kube.connect()
+
+
+def connection_info(conn: nest_kube.Connection) -> kopf.ConnectionInfo:
+    """The same credentials as kopf wants them (token or client certificate, the same CA)."""
+    cfg = conn.configuration
+    authorization = conn.authorization()
+    return kopf.ConnectionInfo(
+        server=conn.host,
+        ca_path=cfg.ssl_ca_cert or None,
+        insecure=not cfg.verify_ssl,
+        scheme="Bearer" if authorization else None,
+        token=authorization.partition(" ")[2] if authorization else None,
+        certificate_path=cfg.cert_file or None,
+        private_key_path=cfg.key_file or None,
+    )
+
+
+@kopf.on.login()
+def login(**_: Any) -> kopf.ConnectionInfo:
+    return connection_info(connection())
 
 
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.peering.standalone = True
-    settings.posting.enabled = False  # the controllers post their own Events
-    # The webhook's thread answers the API server while the controllers' threads hold the GIL;
-    # a shorter switch interval than the default 5 ms bounds how long each answer waits for it.
+    settings.scanning.disabled = True  # it serves no resource: nothing to discover
+    settings.posting.enabled = False  # nothing of kopf's to post: the controllers' recorder does
+    # The webhook's thread answers the API server while the controllers hold the GIL; a shorter
+    # switch interval than the default 5 ms bounds how long each answer waits for it.
     sys.setswitchinterval(0.001)
-    settings.watching.server_timeout = 300
-    settings.networking.request_timeout = 60
     await dataplane_key.ensure_at_startup()  # the gateway and pool pods wait for this Secret
-    memo["manager"] = manager = ControllerManager(load_api(), Settings.from_env())
+    memo["manager"] = manager = ControllerManager(connection(), Settings.from_env())
     hook = WebhookSettings.from_env()
     if hook.enabled:  # SandboxRestriction first: every Sandbox write waits for it
-        memo["webhook"] = WebhookThread(WebhookServer(load_api(), hook, manager.store))
+        server = WebhookServer(load_api(connection()), hook, manager.store)
+        memo["webhook"] = WebhookThread(server)
         await memo["webhook"].start()
     await manager.start()
 
@@ -52,30 +81,6 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.probe(id="synced")
 def synced(memo: kopf.Memo, **_: Any) -> bool:
     return bool(memo["manager"].synced)
-
-
-def _observer(kind: Kind) -> Any:
-    async def observe(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-        memo["manager"].observe(kind, event.get("type"), dict(event["object"]))
-
-    observe.__name__ = f"observe_{kind.name.lower()}"
-    return observe
-
-
-kopf.on.event("", "v1", "pods", labels={c.POOL_LABEL: kopf.PRESENT}, id="observe-pods")(
-    _observer(Kind.POD)
-)
-kopf.on.event(
-    "coordination.k8s.io", "v1", "leases", labels={c.POOL_LABEL: kopf.PRESENT}, id="observe-leases"
-)(_observer(Kind.LEASE))
-for _kind in (Kind.SANDBOX, Kind.REPLICASET, Kind.DEPLOYMENT, Kind.ENDPOINTS, Kind.POOL):
-    kopf.on.event(c.GROUP, c.VERSION, _kind.value, id=f"observe-{_kind.value}")(_observer(_kind))
-# Namespace labels: which SandboxPools a namespace's sandboxes may use (namespaceSelector).
-kopf.on.event("", "v1", "namespaces", id="observe-namespaces")(_observer(Kind.NAMESPACE))
-# SandboxDeployments' build Jobs (source.build): their end decides status.build.
-kopf.on.event("batch", "v1", "jobs", labels={c.BUILD_LABEL: kopf.PRESENT}, id="observe-jobs")(
-    _observer(Kind.JOB)
-)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,9 +1,12 @@
-"""The controller manager: one store, the controllers, their work queues, and the event routing.
+"""The controller manager: one store, the informers that fill it, the controllers, their queues.
 
-Why a manager between kopf and the controllers: kopf delivers watch events per object, while each
-controller works on its own key (a deployment, a replica set, a pod UID) and must only start once
-every kind has been listed — the restart-safety rule that the operator never acts on a partial
-view. The manager lists everything first, then routes each event to the keys it affects.
+Why a manager between the watches and the controllers: watch events arrive per object, while
+each controller works on its own key (a deployment, a replica set, a pod UID) and must only start
+once every kind has been listed — the restart-safety rule that the operator never acts on a
+partial view. The manager runs one `nest_kube.Informer` per kind (one LIST each, then a watch
+from its version), waits for all of them to be synced, then routes each event to the keys it
+affects. docs/operator.md says why these are informers and queues of ours rather than kopf's
+per-object handlers (API writes, measured).
 """
 
 from __future__ import annotations
@@ -16,17 +19,15 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
-
 from crds import constants as c
+from nest_kube import ApiError, Connection, Informer
 from nest_operator import adapters
 from nest_operator.autoscaler_controller import AutoscalerController
 from nest_operator.build_controller import BuildController
 from nest_operator.build_logic import BuildSettings
 from nest_operator.deployment_controller import DeploymentController
 from nest_operator.endpoints_controller import EndpointsController
-from nest_operator.kube import Kube
+from nest_operator.kube import Kube, terminating
 from nest_operator.lifecycle_controller import Grace, LifecycleController
 from nest_operator.pool_controller import PoolController, Pools, pool_key, pool_of
 from nest_operator.replicaset_controller import ReplicaSetController
@@ -67,12 +68,16 @@ class Settings:
 
 
 class ControllerManager:
-    """Owns the store and runs every controller; `observe` is fed by kopf's watches."""
+    """Owns the store and runs every controller; `observe` is fed by the informers."""
 
-    def __init__(self, api: client.ApiClient, settings: Settings) -> None:
+    def __init__(self, connection: Connection, settings: Settings, kube: Kube | None = None):
         self.settings = settings
-        self.store = Store()
-        self.kube = Kube(api, self.store, on_write=self._written)
+        self.store = kube.store if kube is not None else Store()
+        self.kube = kube or Kube(connection, self.store)
+        self.kube.on_write = self._written
+        self.informers: dict[Kind, Informer] = {
+            kind: self.kube.informer(kind, self.observe) for kind in Kind
+        }
         self.cache = SchedulerCache()
         self.pools = Pools(self.store)  # which pods are nodes: asked by everything below
         self.pool_status = PoolController(self.store, self.kube, self.pools)
@@ -108,11 +113,13 @@ class ControllerManager:
         self._ready: set[str] = set()  # sandbox UIDs last seen Ready: flips skip the throttle
 
     async def start(self) -> None:
-        """List every kind, then start the controllers on that complete view."""
+        """List every kind (each informer once), then start the controllers on that view."""
         started = time.monotonic()
-        listed = await asyncio.gather(*(self.kube.list_all(kind) for kind in Kind))
-        for kind, objects in zip(Kind, listed, strict=True):
-            self.store.replace_all(kind, objects)
+        for informer in self.informers.values():
+            informer.start()
+        # No deadline: an unreachable API server is waited out by the informers' back-off,
+        # and the `synced` probe reports not-ready meanwhile.
+        await asyncio.gather(*(informer.synced.wait() for informer in self.informers.values()))
         routed = (Kind.NAMESPACE, Kind.POOL, Kind.POD, Kind.LEASE, Kind.SANDBOX, Kind.REPLICASET,
                   Kind.DEPLOYMENT)  # fmt: skip
         for kind in routed:  # tenancy inputs first: pods are judged against their pools
@@ -142,15 +149,16 @@ class ControllerManager:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self.kube.close()
+        for informer in self.informers.values():
+            await informer.stop()
+        await self.kube.close()
 
-    def observe(self, kind: Kind, event: str | None, obj: Obj) -> None:
-        """A watch event from kopf; None is kopf's initial listing, an ADDED."""
-        kind_event = event or "ADDED"
-        if not self.store.apply(kind, kind_event, obj):
+    def observe(self, kind: Kind, event: str, obj: Obj) -> None:
+        """An informer's delta: ADDED, MODIFIED or DELETED (also what a relist found)."""
+        if not self.store.apply(kind, event, obj):
             return
         if self.synced:
-            self._route(kind, obj, deleted=kind_event == "DELETED")
+            self._route(kind, obj, deleted=event == "DELETED")
 
     def _written(self, kind: Kind, obj: Obj, deleted: bool) -> None:
         if self.synced:
@@ -243,8 +251,8 @@ def _tolerant(handler: Callable[[str], Awaitable[None]]) -> Callable[[str], Awai
     async def run(key: str) -> None:
         try:
             await handler(key)
-        except ApiException as exc:
-            if exc.status == 403 and "NamespaceTerminating" in (exc.body or ""):
+        except ApiError as exc:
+            if terminating(exc):
                 log.debug("%s: namespace is terminating", key)
                 return
             raise

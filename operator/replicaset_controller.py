@@ -13,18 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import json
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from crds import constants as c
 from crds.common import LabelSelector
 from crds.workloads import unusable_selector
+from nest_kube import ApiError
 from nest_operator import adapters
 from nest_operator.kube import Kube
 from nest_operator.replicaset_logic import (
@@ -101,20 +100,16 @@ def status_body(result: ReplicaSetStatus, selector: str) -> dict[str, Any]:
 
 def api_message(exc: Exception) -> str:
     """What the API server said, for conditions and Events: its Status message if it sent one."""
-    if isinstance(exc, ApiException):
-        try:
-            message = json.loads(exc.body or "").get("message")
-        except (ValueError, AttributeError):
-            message = None
-        return f"{exc.status} {exc.reason}: {message or (exc.body or '')[:200]}"
+    if isinstance(exc, ApiError):
+        return f"{exc.status} {exc.reason}: {exc.message[:200]}"
     return f"{type(exc).__name__}: {exc}"
 
 
 def outcome_unknown(exc: Exception) -> bool:
     """Whether a failed create may still have been stored: no answer, or the server's timeout."""
-    if not isinstance(exc, ApiException) or not exc.status:
+    if not isinstance(exc, ApiError) or not exc.status:
         return True
-    return exc.status == 504 or (exc.status == 500 and "timed out" in (exc.body or ""))
+    return exc.status == 504 or (exc.status == 500 and "timed out" in exc.message)
 
 
 class ReplicaSetController:

@@ -28,12 +28,11 @@ import logging
 import time
 from collections.abc import Callable
 
-from kubernetes.client.exceptions import ApiException
-
 from crds import constants as c
+from nest_kube import ApiError
 from nest_operator import adapters
 from nest_operator.errors import UnknownPod
-from nest_operator.kube import Kube
+from nest_operator.kube import Kube, on_controller, terminating
 from nest_operator.pool_controller import Pools, pool_key
 from nest_operator.scheduler import BoundSandbox, PoolPod, SandboxRequest, Scheduler, SchedulerCache
 from nest_operator.scheduler.interface import ClusterEvent, EventKind
@@ -276,7 +275,7 @@ class SchedulerController:
         }
         try:
             await self.kube.patch(Kind.SANDBOX, meta["namespace"], meta["name"], binding)
-        except ApiException as exc:
+        except ApiError as exc:
             self._freed(self.cache.forget(meta["uid"]))
             if exc.status == 404:
                 self._forget(key)
@@ -284,17 +283,19 @@ class SchedulerController:
                 self.pending.retry_after(key, self.clock(), CONFLICT_RETRY)
             else:
                 self.pending.error(key, self.clock())
-                if not (exc.status == 403 and "NamespaceTerminating" in (exc.body or "")):
+                if not terminating(exc):
                     log.warning("binding %s to %s failed (%s); backing off", key, pod.name, exc)
             return
         self.pending.done(key)
         self.unschedulable.pop(key, None)
         self._requests.pop(key, None)
+        subject = on_controller(sandbox)  # a replica set's: one counted Event per pool pod
+        what = key if subject is sandbox else "sandboxes"
         self.kube.event(
-            sandbox,
+            subject,
             "Normal",
             "Scheduled",
-            f"Successfully assigned {key} to {pod.namespace}/{pod.name}",
+            f"Successfully assigned {what} to {pod.namespace}/{pod.name}",
         )
 
 

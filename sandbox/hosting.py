@@ -3,9 +3,10 @@
 Function packages and build contexts are pushed to, and pulled from, a registry every component
 must find the same way: the CLI (`nest deploy DIR`), the gateway (source uploads) and the build
 Job all read the KEP-1755 announcement, ConfigMap `kube-public/local-registry-hosting`, which kind,
-k3d, minikube and `nest cluster up` publish. The gateway may not import `nest.cluster` (the CLI's
-package), so the announcement's format lives here, in the lower layer every component imports;
-`nest.cluster.registry` (which publishes it) imports it from here.
+k3d, minikube and `nest cluster up` publish. The local cluster (`nest_cluster`, development
+tooling outside the product) is imported by no component, so the announcement's format lives
+here, in the lower layer every component imports; `nest_cluster.registry` (which publishes it)
+imports it from here.
 
 The announcement separates two names of one registry: `host`, where clients outside the cluster
 push (the CLI, the gateway), and `hostFromClusterNetwork`, the name pods pull from, which is the

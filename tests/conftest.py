@@ -32,7 +32,7 @@ def kubeconfig() -> Iterator[Path]:
     if named:
         yield Path(named)
         return
-    from nest.cluster.control_plane import ControlPlane
+    from nest_cluster.control_plane import ControlPlane
 
     plane = ControlPlane()
     was_running = plane.procs.find("kube-apiserver") is not None
@@ -44,7 +44,7 @@ def kubeconfig() -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def kubectl_binary() -> str:
-    from nest.cluster.control_plane import ControlPlane
+    from nest_cluster.control_plane import ControlPlane
 
     return ControlPlane().kubectl_path()
 

@@ -23,7 +23,7 @@ def _kubeconfig() -> str:
     named = os.environ.get("NEST_KUBECONFIG")
     if named:
         return named
-    from nest.cluster.control_plane import ControlPlane
+    from nest_cluster.control_plane import ControlPlane
 
     return str(ControlPlane().paths.kubeconfig)
 

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from nest.cluster.registry import BINARY, config
+from nest_cluster.registry import BINARY, config
 from tests.kube import wait_for
 
 

@@ -4,7 +4,7 @@ The layer is installed by pip on the machine that runs `nest deploy` but importe
 interpreter, so pip is told the pool's tags (`--python-version`, `--implementation`, `--abi`,
 `--platform`) instead of reading this machine's. Where the pool's tags come from: by default
 this interpreter and this machine, which is exact for the local cluster (its pool pods run this
-very interpreter: see nest.cluster.control_plane.node_env) and for a pool image built from the
+very interpreter: see nest_cluster.control_plane.node_env) and for a pool image built from the
 same base; `nest deploy --python-version/--platform` names another pool's. pip does not widen
 `manylinux_2_X` tags to the older glibc versions a wheel may require, so `expand_platform` does,
 as the platform's own interpreter would (PEP 600).

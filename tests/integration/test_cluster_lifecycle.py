@@ -15,8 +15,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from nest.cluster.control_plane import ControlPlane
-from nest.cluster.paths import ClusterPaths
+from nest_cluster.control_plane import ControlPlane
+from nest_cluster.paths import ClusterPaths
 
 pytestmark = pytest.mark.skipif(
     bool(os.environ.get("NEST_KUBECONFIG")), reason="uses the local control plane"

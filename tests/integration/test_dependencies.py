@@ -20,10 +20,10 @@ import pytest
 from kubernetes import client
 
 from crds import constants as c
-from nest.cluster.registry import RegistryHosting
 from nest.package.build import Builder
 from nest.package.push import hosting_from_cluster, push, repository_for
 from nest.package.target import host_target
+from nest_cluster.registry import RegistryHosting
 from tests.integration.test_sidecar import bind, invoke, running, sandbox_where
 from tests.kube import Kubectl, wait_for
 

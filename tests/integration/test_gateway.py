@@ -26,8 +26,9 @@ import pytest
 import requests
 from kubernetes import client
 
-from gateway import convert, openapi
-from gateway import models as m
+from gateway import openapi
+from nest_api import convert
+from nest_api import models as m
 from tests.integration.test_sidecar import PID_HANDLER, bind, running
 from tests.kube import Kubectl, wait_for
 

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from nest.cluster.control_plane import NODE_NAME, ControlPlane
-from nest.cluster.runner import cgroups
+from nest_cluster.control_plane import NODE_NAME, ControlPlane
+from nest_cluster.runner import cgroups
 from tests.integration.test_local_node import _create, _logs, _phase, _status
 from tests.kube import wait_for
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from nest.cluster.runner.security import CAPABILITIES, DEFAULT_CAPABILITIES, mask
+from nest_cluster.runner.security import CAPABILITIES, DEFAULT_CAPABILITIES, mask
 from tests.integration.test_local_node import _create, _logs, _phase, _pod, _status
 from tests.kube import wait_for
 

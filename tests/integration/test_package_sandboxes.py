@@ -26,10 +26,10 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from nest.cluster.paths import ClusterPaths
 from nest.package.build import Builder
 from nest.package.push import hosting_from_cluster, push, repository_for
 from nest.package.target import host_target
+from nest_cluster.paths import ClusterPaths
 from sandbox.layers import MANIFEST_MEDIA_TYPE, Reference
 from sandbox.layers import client as layers_client
 from tests.integration.test_gateway import (  # noqa: F401

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from nest.cluster.registry import RegistryHosting
 from nest.package.build import Builder
 from nest.package.push import hosting_from_cluster, push, repository_for
 from nest.package.target import host_target
+from nest_cluster.registry import RegistryHosting
 from sandbox.layers import (
     CODE_MEDIA_TYPE,
     DEPENDENCIES_MEDIA_TYPE,

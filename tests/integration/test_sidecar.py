@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from nest.cluster.runner.process import host_pid
+from nest_cluster.runner.process import host_pid
 from tests.conformance.support import reachable_by_sandboxes
 from tests.dataplane import signed_headers
 from tests.kube import Kubectl, wait_for

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from nest.cluster.build import deb_src_lines, openapi_input_packages
+from nest_cluster.build import deb_src_lines, openapi_input_packages
 
 DEB822 = """\
 Types: deb

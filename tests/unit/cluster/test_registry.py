@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nest.cluster.registry import (
+from nest_cluster.registry import (
     HOSTING_KEY,
     RegistryHosting,
     config,

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from nest.cluster.runner import cgroups
-from nest.cluster.runner.cgroups import Support
-from nest.cluster.runner.containers import readonly_paths
+from nest_cluster.runner import cgroups
+from nest_cluster.runner.cgroups import Support
+from nest_cluster.runner.containers import readonly_paths
 from tests.kube import wait_for
 
 HYBRID = """\

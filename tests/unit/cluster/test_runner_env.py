@@ -2,7 +2,8 @@
 
 import pytest
 
-from nest.cluster.runner.env import (
+from nest_cluster.errors import RunnerError
+from nest_cluster.runner.env import (
     NODE_MARKER,
     PodFacts,
     Sources,
@@ -12,7 +13,6 @@ from nest.cluster.runner.env import (
     expand,
     referenced_objects,
 )
-from nest.errors import RunnerError
 
 POD = {
     "metadata": {
@@ -127,7 +127,7 @@ def test_base_env_reaches_the_real_api_server_and_marks_the_node() -> None:
 
 
 def test_resource_field_ref_reads_the_named_container_and_defaulted_divisor() -> None:
-    from nest.cluster.runner.env import _resource_ref
+    from nest_cluster.runner.env import _resource_ref
 
     pod = {
         "spec": {

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from nest.cluster.runner.layout import Layout, allocate_ip
-from nest.cluster.runner.logs import log_file, rotate
-from nest.errors import ClusterError
+from nest_cluster.errors import ClusterError
+from nest_cluster.runner.layout import Layout, allocate_ip
+from nest_cluster.runner.logs import log_file, rotate
 
 
 def test_allocate_ip_skips_the_control_plane_and_reuses_holes() -> None:
@@ -45,8 +45,8 @@ def test_log_file_resolution_and_rotation(tmp_path: Path) -> None:
 
 
 def test_a_second_cluster_allocates_elsewhere_in_loopback(tmp_path: Path) -> None:
-    from nest.cluster.control_plane import first_pod_ip
-    from nest.cluster.paths import conventional_state
+    from nest.dirs import conventional_state
+    from nest_cluster.control_plane import first_pod_ip
 
     assert first_pod_ip(conventional_state()) == "127.0.0.2"
     other = first_pod_ip(tmp_path / "state")

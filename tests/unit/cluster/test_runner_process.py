@@ -7,8 +7,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from nest.cluster.runner.env import NODE_MARKER
-from nest.cluster.runner.process import Launch, StartError, marked, start, sweep
+from nest_cluster.runner.env import NODE_MARKER
+from nest_cluster.runner.process import Launch, StartError, marked, start, sweep
 
 
 def _launch(tmp_path: Path, argv: list[str], node_dir: str = "/nowhere") -> Launch:

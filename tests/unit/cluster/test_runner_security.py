@@ -4,7 +4,7 @@ from typing import Any
 
 import pytest
 
-from nest.cluster.runner.security import (
+from nest_cluster.runner.security import (
     CAPABILITIES,
     DEFAULT_CAPABILITIES,
     ConfigError,

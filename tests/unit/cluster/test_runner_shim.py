@@ -14,10 +14,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from nest.cluster.runner import process
-from nest.cluster.runner.env import NODE_MARKER
-from nest.cluster.runner.security import CAPABILITIES, DEFAULT_CAPABILITIES, Security, mask
-from nest.cluster.runner.volumes import Mount
+from nest_cluster.runner import process
+from nest_cluster.runner.env import NODE_MARKER
+from nest_cluster.runner.security import CAPABILITIES, DEFAULT_CAPABILITIES, Security, mask
+from nest_cluster.runner.volumes import Mount
 from tests.kube import wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="namespaces and credentials need root")

@@ -2,7 +2,8 @@
 
 import pytest
 
-from nest.cluster.runner.state import (
+from nest_cluster.errors import RunnerError
+from nest_cluster.runner.state import (
     TRANSITIONS,
     BackoffPolicy,
     ContainerRecord,
@@ -10,7 +11,6 @@ from nest.cluster.runner.state import (
     Termination,
     should_restart,
 )
-from nest.errors import RunnerError
 
 OK = Termination(exit_code=0, finished_at=1.0)
 FAIL = Termination(exit_code=3, finished_at=1.0)

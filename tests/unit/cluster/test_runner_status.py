@@ -1,7 +1,7 @@
 """Pod status is a pure function of spec and container records, stable when nothing changed."""
 
-from nest.cluster.runner.state import ContainerRecord, ContainerState, Termination
-from nest.cluster.runner.status import PodView, compute_status, needs_patch, pod_phase
+from nest_cluster.runner.state import ContainerRecord, ContainerState, Termination
+from nest_cluster.runner.status import PodView, compute_status, needs_patch, pod_phase
 
 T0 = 1_700_000_000.0
 

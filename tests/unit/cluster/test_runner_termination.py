@@ -5,12 +5,12 @@ import os
 import stat
 from pathlib import Path
 
-from nest.cluster.runner import security, termination
-from nest.cluster.runner.cgroups import Support
-from nest.cluster.runner.containers import Ended, Host, PodSandbox
-from nest.cluster.runner.process import Launch
-from nest.cluster.runner.security import Security
-from nest.cluster.runner.volumes import Mount
+from nest_cluster.runner import security, termination
+from nest_cluster.runner.cgroups import Support
+from nest_cluster.runner.containers import Ended, Host, PodSandbox
+from nest_cluster.runner.process import Launch
+from nest_cluster.runner.security import Security
+from nest_cluster.runner.volumes import Mount
 
 FALLBACK = {"name": "c", "terminationMessagePolicy": "FallbackToLogsOnError"}
 FILE = {"name": "c", "terminationMessagePolicy": "File"}

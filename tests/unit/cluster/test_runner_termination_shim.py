@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from nest.cluster.runner import process, security, termination
-from nest.cluster.runner.env import NODE_MARKER
-from nest.cluster.runner.security import Security
+from nest_cluster.runner import process, security, termination
+from nest_cluster.runner.env import NODE_MARKER
+from nest_cluster.runner.security import Security
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="namespaces and credentials need root")
 # The Job's user: runAsUser 65532 without a group, so gid 0 (not in the host's passwd), no caps.

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from nest.cluster.runner.env import PodFacts
-from nest.cluster.runner.layout import PodDir
-from nest.cluster.runner.podapi import token_request
-from nest.cluster.runner.volumes import Fetch, Grant, TokenFile, prepare, refresh, refresh_at
+from nest_cluster.runner.env import PodFacts
+from nest_cluster.runner.layout import PodDir
+from nest_cluster.runner.podapi import token_request
+from nest_cluster.runner.volumes import Fetch, Grant, TokenFile, prepare, refresh, refresh_at
 
 HOUR = 3600.0
 

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from nest.cluster.runner.env import PodFacts
-from nest.cluster.runner.layout import PodDir
-from nest.cluster.runner.volumes import Fetch, Grant, mounts, prepare
-from nest.errors import RunnerError
+from nest_cluster.errors import RunnerError
+from nest_cluster.runner.env import PodFacts
+from nest_cluster.runner.layout import PodDir
+from nest_cluster.runner.volumes import Fetch, Grant, mounts, prepare
 
 OBJECTS = {
     "cm": {"data": {"a.conf": "A"}, "binaryData": {"b.bin": base64.b64encode(b"\x00").decode()}},

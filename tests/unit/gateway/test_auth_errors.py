@@ -7,7 +7,6 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from gateway import models as m
 from gateway.auth import (
     Authorizer,
     TtlCache,
@@ -19,6 +18,7 @@ from gateway.auth import (
 )
 from gateway.errors import Forbidden, NotFound, QueueFull, Unauthenticated, invalid, problem
 from gateway.routes import INVOKE_SUBRESOURCE, ROUTES, Access
+from nest_api import models as m
 
 USER = User("system:serviceaccount:ns:app", "u1", ("system:serviceaccounts",), ())
 REVIEWED = {"status": {"authenticated": True, "user": {"username": USER.name, "uid": "u1",

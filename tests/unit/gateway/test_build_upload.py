@@ -20,14 +20,14 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
 from crds import SandboxDeployment
-from gateway import convert
-from gateway import models as m
 from gateway.app import Gateway, Options, api_app
 from gateway.contexts import RegistrySettings, Uploader, chosen_hosting
 from gateway.invoke import Invoker, Metrics
 from gateway.kube import Kube
 from gateway.main import build_parser
 from gateway.routes import ROUTES
+from nest_api import convert
+from nest_api import models as m
 from nest_kube.fake import FakeApi
 from nest_kube.resources import CONFIGMAPS
 from sandbox.context import pull_context

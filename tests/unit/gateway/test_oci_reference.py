@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gateway import convert
-from gateway import models as m
 from gateway.errors import InvalidInput
+from nest_api import convert
+from nest_api import models as m
 
 REF = "127.0.0.1:5000/nest/team-a@sha256:" + "a" * 64
 

@@ -11,21 +11,17 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException
-
+from nest_kube import ApiError
 from nest_operator.store import Kind, Obj, Store
 
 
-def api_error(status: int, message: str, reason: str = "Forbidden") -> ApiException:
-    """An ApiException as the kubernetes client raises it, with a Status body."""
-    exc = ApiException(status=status, reason=reason)
-    exc.body = json.dumps({"kind": "Status", "status": "Failure", "message": message})
-    return exc
+def api_error(status: int, message: str, reason: str = "Forbidden") -> ApiError:
+    """An ApiError as `nest_kube.HttpApi` raises it, with the server's Status body."""
+    return ApiError(status, reason, {"kind": "Status", "status": "Failure", "message": message})
 
 
 def merge(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:

@@ -14,9 +14,8 @@ import time
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from kubernetes.client.exceptions import ApiException
-
 from crds import constants as c
+from nest_kube import ApiError
 from nest_operator.kube import Kube
 from nest_operator.pool_controller import Pools
 from nest_operator.scheduler import Scheduler, SchedulerCache
@@ -188,7 +187,7 @@ async def test_a_bind_conflict_retries_soon_and_an_error_backs_off() -> None:
 
     async def refuse(kind: Kind, namespace: str, name: str, patch: Any) -> Obj:
         if statuses:
-            raise ApiException(status=statuses.pop(0))
+            raise ApiError(statuses.pop(0))
         return await accept(kind, namespace, name, patch)
 
     h.kube.patch = refuse  # type: ignore[method-assign]
