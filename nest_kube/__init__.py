@@ -26,7 +26,7 @@ from nest_kube.api import (
     WatchEvent,
 )
 from nest_kube.config import ConfigError, Connection, connect
-from nest_kube.correlator import Correlator, EventSource, ObjectRef
+from nest_kube.correlator import Correlator, EventSource, ObjectRef, on_controller
 from nest_kube.http import HttpApi
 from nest_kube.informer import Backoff, Handler, Informer, handler_funcs
 from nest_kube.recorder import NORMAL, WARNING, EventRecorder
@@ -61,4 +61,5 @@ __all__ = [
     "WatchEvent",
     "connect",
     "handler_funcs",
+    "on_controller",
 ]

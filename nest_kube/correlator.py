@@ -76,6 +76,29 @@ class TokenBucket:
         return False
 
 
+def on_controller(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    """What a routine Event about `obj` is recorded on: its controller if it has one.
+
+    Why: an Event per sandbox for routine progress (the scheduler's Scheduled, the sidecar's
+    Started) was a write per sandbox; on the replica set, with one message per pool pod, the
+    recorder counts them on one Event (and coalesces a burst into one write). A bare sandbox
+    keeps its own Events, and so do warnings, which name the sandbox they are about.
+    """
+    meta = obj["metadata"]
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("controller"):
+            return {
+                "apiVersion": ref["apiVersion"],
+                "kind": ref["kind"],
+                "metadata": {
+                    "name": ref["name"],
+                    "namespace": meta["namespace"],
+                    "uid": ref["uid"],
+                },
+            }
+    return obj
+
+
 @dataclass(frozen=True)
 class ObjectRef:
     """The involvedObject of an Event."""

@@ -167,10 +167,14 @@ class KubeShell:
     # -- events --------------------------------------------------------------------------------
 
     def event(self, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
-        """Record an Event for `kubectl describe`, without making the caller wait for it."""
+        """Record an Event for `kubectl describe`, without making the caller wait for it; on
+        `obj`, a Sandbox as the informer lists it (without kind), or an object naming its kind
+        (its controller, `nest_kube.on_controller`)."""
+        typed = bool(obj.get("kind"))
         self.recorder.event(
-            obj, type_, reason, brief(message), kind=SANDBOX_KIND, api_version=API_VERSION
-        )
+            obj, type_, reason, brief(message),
+            kind=None if typed else SANDBOX_KIND, api_version=None if typed else API_VERSION,
+        )  # fmt: skip
 
     # -- reads ---------------------------------------------------------------------------------
 

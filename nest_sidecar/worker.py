@@ -32,6 +32,7 @@ from crds.sandbox import (
     RestartPolicy,
     Sandbox,
 )
+from nest_kube import on_controller
 from nest_sidecar.errors import (
     CodeFetchFailed,
     SidecarError,
@@ -356,8 +357,10 @@ class SandboxWorker:
             message = info.message or f"runtime state {info.state}"
             self._stopped(info.reason or "Error", message, ran=True)
             return
-        # One Event for fetch and start: at hundreds of sandboxes a second, Events are writes.
-        self._event(
+        # One Event for fetch and start, on the replica set when there is one (counted there per
+        # pool pod): at hundreds of sandboxes a second, an Event per sandbox is a write each.
+        self.kube.event(
+            on_controller(self.obj),
             "Normal",
             "Started",
             f"code {code.digest[:12]} started in {fn.isolation.value} isolation",

@@ -60,28 +60,6 @@ def terminating(exc: ApiError) -> bool:
     return exc.status == 403 and "NamespaceTerminating" in f"{causes} {exc.message}"
 
 
-def on_controller(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    """What a routine Event about `obj` is recorded on: its controller if it has one.
-
-    Why: an Event per sandbox for routine progress (Scheduled) was a write per sandbox; on the
-    replica set, with one message per pool pod, the recorder counts them on one Event (and
-    coalesces a burst into one write). A bare sandbox keeps its own Events.
-    """
-    meta = obj["metadata"]
-    for ref in meta.get("ownerReferences") or []:
-        if ref.get("controller"):
-            return {
-                "apiVersion": ref["apiVersion"],
-                "kind": ref["kind"],
-                "metadata": {
-                    "name": ref["name"],
-                    "namespace": meta["namespace"],
-                    "uid": ref["uid"],
-                },
-            }
-    return obj
-
-
 class Kube:
     """The operator's API calls; writes also update the store."""
 

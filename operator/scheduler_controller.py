@@ -29,10 +29,10 @@ import time
 from collections.abc import Callable
 
 from crds import constants as c
-from nest_kube import ApiError
+from nest_kube import ApiError, on_controller
 from nest_operator import adapters
 from nest_operator.errors import UnknownPod
-from nest_operator.kube import Kube, on_controller, terminating
+from nest_operator.kube import Kube, terminating
 from nest_operator.pool_controller import Pools, pool_key
 from nest_operator.scheduler import BoundSandbox, PoolPod, SandboxRequest, Scheduler, SchedulerCache
 from nest_operator.scheduler.interface import ClusterEvent, EventKind

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 from crds import constants as c
-from nest_kube import ApiError, connect
+from nest_kube import ApiError, connect, on_controller
 from nest_kube import resources as r
 from nest_kube.fake import FakeApi
-from nest_operator.kube import Kube, on_controller, terminating
+from nest_operator.kube import Kube, terminating
 from nest_operator.manager import ControllerManager, Settings
 from nest_operator.store import Kind, Obj, Store
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from crds.constants import SIDECAR_FINALIZER
-from nest_kube import ApiError, EventRecorder, EventSource, Unreachable
+from nest_kube import ApiError, EventRecorder, EventSource, Unreachable, on_controller
 from nest_kube.fake import FakeApi
 from nest_kube.resources import CONFIGMAPS, EVENTS, SANDBOXES, SECRETS
 from nest_sidecar.kube import KubeShell, add_finalizer_patch, remove_finalizer_patch
@@ -172,6 +172,26 @@ async def test_events_keep_reason_and_message_and_repeats_are_counted() -> None:
     )  # fmt: skip
     assert events[0]["source"] == {"component": "nest-sidecar", "host": "pool-0"}
     assert api.writes["create", "events"] == 2  # the repeats coalesced into one create
+
+
+async def test_started_of_a_replica_sets_sandboxes_is_one_counted_event_on_the_replica_set() -> (
+    None
+):
+    api = FakeApi()
+    owner = {"apiVersion": "nest.sandbox.dev/v1alpha1", "kind": "SandboxReplicaSet",
+             "name": "fn-abc", "uid": "rs-uid", "controller": True}  # fmt: skip
+    kube = shell(api)
+    for name in ("a", "b", "c"):
+        obj = sandbox() | {"metadata": {"name": name, "namespace": "ns", "uid": f"u-{name}",
+                                        "ownerReferences": [owner]}}  # fmt: skip
+        kube.event(on_controller(obj), "Normal", "Started", "code abc started in subprocess")
+    assert await kube.recorder.flush()
+    [event] = (await api.list(EVENTS, "ns"))["items"]
+    involved = event["involvedObject"]
+    assert (involved["kind"], involved["name"], involved["uid"]) == (
+        "SandboxReplicaSet", "fn-abc", "rs-uid",
+    )  # fmt: skip
+    assert event["count"] == 3 and api.writes["create", "events"] == 1
 
 
 async def test_a_long_message_is_cut_with_an_ellipsis_and_an_event_failure_stays_inside() -> None:

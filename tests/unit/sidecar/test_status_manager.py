@@ -105,6 +105,28 @@ async def test_a_fast_start_is_one_write(world: World) -> None:
     assert world.stored()["status"]["phase"] == "Running"
 
 
+async def test_a_passing_phase_is_written_only_once_it_has_stood_for_the_hold(
+    world: World,
+) -> None:
+    now = [100.0]
+    manager = world.manager
+    manager.clock = lambda: now[0]
+    obj = obj_of(world)
+    manager.report(obj, Observed(SandboxPhase.STARTING, 1))
+    now[0] += 0.9
+    await manager.flush()
+    assert world.status_writes() == 0 and manager.pending  # held, not dropped
+    now[0] += 0.2  # Starting has stood for 1.1 s: a slow start shows it
+    await manager.flush()
+    assert world.stored()["status"]["phase"] == "Starting" and not manager.pending
+    manager.report(obj, RUNNING)  # settled: at once, whatever the hold
+    await manager.flush()
+    assert world.status_writes() == 2 and world.stored()["status"]["phase"] == "Running"
+    manager.report(obj, Observed(SandboxPhase.TERMINATING, 1))  # the way out: at once too
+    await manager.flush()
+    assert world.stored()["status"]["phase"] == "Terminating"
+
+
 async def test_nothing_is_written_when_nothing_changed(world: World) -> None:
     world.manager.report(obj_of(world), RUNNING)
     await world.manager.flush()
@@ -159,6 +181,7 @@ async def test_a_status_changed_by_someone_else_is_written_again_once(world: Wor
 
 
 async def test_a_store_behind_our_own_write_costs_a_read_not_a_write(world: World) -> None:
+    world.manager.hold = 0.0  # the restart's Starting written at once
     world.manager.report(obj_of(world), RUNNING)
     await world.manager.flush()
     world.manager.report(obj_of(world), Observed(SandboxPhase.STARTING, 1, reason="CrashLoop"))
@@ -212,7 +235,7 @@ async def test_a_deleted_sandbox_is_neither_written_nor_repaired(world: World) -
 
 async def test_the_run_loop_writes_a_settled_phase_and_repairs_on_its_period(world: World) -> None:
     manager = world.manager
-    manager.window, manager.resync_period = 30.0, 0.05  # a window no test would wait out
+    manager.hold, manager.resync_period = 30.0, 0.05  # a hold no test would wait out
     task = asyncio.create_task(manager.run())
     try:
         manager.report(obj_of(world), RUNNING)
