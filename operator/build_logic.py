@@ -46,6 +46,7 @@ BUILD_UID = 65532
 CONTAINER = "build"
 # Where the pull secret's .dockerconfigjson appears as config.json (DOCKER_CONFIG).
 DOCKER_CONFIG_DIR = "/var/run/nest/registry"
+SCRATCH_DIR = "/var/lib/nest/tmp"  # an emptyDir: HOME and TMPDIR
 NAME_MAX = 63  # a Job's name is its pods' job-name label value
 DIGEST_CHARS = 10
 RESULT_MAX = 4096  # the kubelet's limit on a termination message
@@ -135,9 +136,13 @@ def job_body(deployment: Obj, build: Obj, settings: BuildSettings) -> dict[str, 
     """
     meta = deployment["metadata"]
     name, context = meta["name"], build["context"]
-    env: list[dict[str, Any]] = [{"name": "HOME", "value": "/tmp"}]
+    # The writable scratch (pip's cache, the unpacked context), as HOME and TMPDIR; not /tmp,
+    # which on the local cluster (the host's filesystem as the image) may hold the venv itself.
+    env: list[dict[str, Any]] = [
+        {"name": "HOME", "value": SCRATCH_DIR}, {"name": "TMPDIR", "value": SCRATCH_DIR},
+    ]  # fmt: skip
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
-    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": SCRATCH_DIR}]
     secret = build.get("pullSecret")
     if secret:
         env.append({"name": "DOCKER_CONFIG", "value": DOCKER_CONFIG_DIR})

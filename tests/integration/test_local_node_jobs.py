@@ -25,13 +25,14 @@ pytestmark = pytest.mark.skipif(
     bool(os.environ.get("NEST_KUBECONFIG")), reason="needs the local node of `nest cluster up`"
 )
 LIMITS = {"cpu": "1", "memory": "1Gi"}
+SCRATCH = "/var/lib/nest/tmp"  # the build Job's emptyDir (operator/build_logic.py)
 RESULT = '{"ref": "127.0.0.1:5000/nest/ns@sha256:' + "ab" * 32 + '", "natives": []}'
-# Reads the pull secret's config and writes into the /tmp emptyDir, as nest-build does.
+# Reads the pull secret's config and writes into its scratch emptyDir, as nest-build does.
 BUILD = """
 import json, os, sys
 print("uid", os.getuid(), "gid", os.getgid(), "home", os.environ["HOME"], flush=True)
 auths = json.load(open(os.path.join(os.environ["DOCKER_CONFIG"], "config.json")))["auths"]
-open("/tmp/work", "w").write("scratch")
+open(os.path.join(os.environ["HOME"], "work"), "w").write("scratch")
 print("registries", sorted(auths), flush=True)
 for step in range(100):
     print("step", step, flush=True)
@@ -49,12 +50,12 @@ def _job(name: str, policy: str, mode: str, message: str) -> dict[str, Any]:
         "image": "nest:latest",
         "command": ["python", "-c", BUILD],
         "args": [mode, message],
-        "env": [{"name": "HOME", "value": "/tmp"}, {"name": "DOCKER_CONFIG", "value": "/docker"}],
+        "env": [{"name": "HOME", "value": SCRATCH}, {"name": "DOCKER_CONFIG", "value": "/docker"}],
         "terminationMessagePolicy": policy,
         "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": LIMITS},
         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
         "volumeMounts": [
-            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "tmp", "mountPath": SCRATCH},
             {"name": "pull", "mountPath": "/docker", "readOnly": True},
         ],
     }
@@ -162,13 +163,15 @@ def test_a_non_root_build_job_reports_through_its_termination_message(
 def test_the_build_job_ran_as_its_user_with_its_volumes(
     api: client.ApiClient, namespace: str
 ) -> None:
-    """What the build relies on besides the message: its uid, HOME, the pull secret, /tmp."""
+    """What the build relies on besides the message: its uid, HOME, the pull secret, scratch."""
     _pull_secret(api, namespace)
     job = _job("whoami", "FallbackToLogsOnError", "fail", "")
     assert _run_job(api, namespace, job)[0] == "Failed"
     pod = _job_pod(api, namespace, "whoami")
     log = _logs(namespace, pod["metadata"]["name"])
-    assert log.splitlines()[:2] == ["uid 65532 gid 0 home /tmp", "registries ['127.0.0.1:5000']"]
+    assert log.splitlines()[:2] == [
+        f"uid 65532 gid 0 home {SCRATCH}", "registries ['127.0.0.1:5000']",
+    ]  # fmt: skip
 
 
 RESTARTS = """

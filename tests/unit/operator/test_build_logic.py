@@ -106,9 +106,10 @@ def test_the_job_is_the_contracts() -> None:
     }
     limits = {"cpu": "1", "memory": "1Gi"}
     assert container["resources"] == {"requests": limits, "limits": limits}
-    assert {"name": "HOME", "value": "/tmp"} in container["env"]
+    assert {"name": "HOME", "value": "/var/lib/nest/tmp"} in container["env"]
+    assert {"name": "TMPDIR", "value": "/var/lib/nest/tmp"} in container["env"]
     assert not any(e["name"] == "DOCKER_CONFIG" for e in container["env"])
-    assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+    assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/var/lib/nest/tmp"}]
     assert pod_spec["volumes"] == [{"name": "tmp", "emptyDir": {}}]
 
 
