@@ -11,13 +11,11 @@ context rolls out a new replica set once its own build succeeded.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ from kubernetes import client
 from crds import constants as c
 from crds.sandbox import OCI_REF_PATTERN
 from nest.package.push import hosting_from_cluster, repository_for
+from tests.archives import tar_gz
 from tests.integration.test_gateway import gateway_url, operator_active  # noqa: F401
 from tests.kube import Kubectl, wait_for
 
@@ -47,24 +46,12 @@ def with_operator_and_gateway(operator_active: bool, gateway_url: str) -> None: 
         pytest.skip("needs nest-build (nest/package/job.py) installed in the pool image's venv")
 
 
-def context_bytes(files: dict[str, str]) -> bytes:
-    """A gzip tar of a function directory, as the gateway's upload receives it."""
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w:gz") as tar:
-        for name, text in sorted(files.items()):
-            data = text.encode()
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o644
-            tar.addfile(info, io.BytesIO(data))
-    return out.getvalue()
-
-
 def push(api: client.ApiClient, namespace: str, files: dict[str, str]) -> str:
     from sandbox.context import push_context
 
     hosting = hosting_from_cluster(client.CoreV1Api(api))
     assert hosting is not None, "the local cluster announces its registry"
-    data = context_bytes(files)
+    data = tar_gz(files)
     return push_context(
         data, hosting.host, hosting.host_from_cluster_network, repository_for(namespace)
     )

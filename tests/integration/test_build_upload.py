@@ -10,12 +10,9 @@ Bad uploads are RFC 7807 problems naming the entry, the size or the media type.
 
 from __future__ import annotations
 
-import gzip
-import io
 import os
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +24,7 @@ from nest.package.tarball import context_archive
 from sandbox.context import pull_context
 from sandbox.hosting import RegistryHosting
 from sandbox.layers import Reference
+from tests.archives import tar_gz
 from tests.integration.test_gateway import (  # noqa: F401
     Client,
     assert_problem,
@@ -79,21 +77,6 @@ def function_dir(root: Path, requirement: str) -> Path:
 
 def archive(directory: Path, out: Path) -> bytes:
     return context_archive(directory, out).path.read_bytes()
-
-
-def tar_gz(entries: dict[str, str]) -> bytes:
-    """A .tar.gz with files (text) and symbolic links (values starting with '->')."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, value in entries.items():
-            info = tarfile.TarInfo(name)
-            if value.startswith("->"):
-                info.type, info.linkname = tarfile.SYMTYPE, value[2:]
-                tar.addfile(info)
-            else:
-                info.size = len(value.encode())
-                tar.addfile(info, io.BytesIO(value.encode()))
-    return gzip.compress(buf.getvalue())
 
 
 def test_an_uploaded_directory_is_stored_in_the_registry_by_digest(

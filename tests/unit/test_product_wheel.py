@@ -4,7 +4,6 @@ imports them (they reach the product, never the other way round)."""
 
 from __future__ import annotations
 
-import ast
 import os
 import re
 import shutil
@@ -15,6 +14,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
+from tests.sources import imported_tops
 
 ROOT = Path(__file__).resolve().parents[2]
 DEV_TOOLS = {"nest_cluster", "bench", "tests"}
@@ -75,26 +76,15 @@ def test_the_image_copies_the_product_and_no_development_tool() -> None:
     assert {"cluster", "bench", "tests"} <= ignored
 
 
-def _imported_tops(path: Path) -> set[str]:
-    tops: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            tops |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            tops.add(node.module.split(".")[0])
-    return tops
-
-
 def test_no_product_module_imports_a_development_tool() -> None:
     offenders = []
     for folder in _product_dirs().values():
-        # os.walk does not follow links: nest/cluster, while it exists, is a link to cluster/.
         for where, dirs, files in os.walk(folder):
             dirs[:] = [d for d in dirs if d != "__pycache__"]
             for name in files:
                 if name.endswith(".py"):
                     path = Path(where) / name
-                    if _imported_tops(path) & DEV_TOOLS:
+                    if imported_tops(path) & DEV_TOOLS:
                         offenders.append(str(path.relative_to(ROOT)))
     assert offenders == []
 

@@ -3,27 +3,17 @@ gateway, the CLI, the sidecar, the operator or the runtime, so either user can i
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import nest_api
+from tests.sources import imported_tops
 
 ALLOWED = {"crds", "pydantic", "nest_api", "__future__", "dataclasses", "typing"}
 
 
-def _imports(path: Path) -> set[str]:
-    tops: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            tops |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            tops.add(node.module.split(".")[0])
-    return tops
-
-
 def test_the_api_package_imports_only_crds_and_pydantic() -> None:
     folder = Path(nest_api.__file__).parent
-    found = {path.name: _imports(path) - ALLOWED for path in sorted(folder.glob("*.py"))}
+    found = {path.name: imported_tops(path) - ALLOWED for path in sorted(folder.glob("*.py"))}
     assert set(found) >= {"convert.py", "models.py", "errors.py"}
     assert {name: tops for name, tops in found.items() if tops} == {}
 

@@ -7,10 +7,7 @@ announcement is a ConfigMap in a fake API server, as `nest cluster up` publishes
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
-import tarfile
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -33,6 +30,7 @@ from nest_kube.resources import CONFIGMAPS
 from sandbox.context import pull_context
 from sandbox.hosting import HOSTING_KEY, RegistryHosting
 from sandbox.layers import Reference
+from tests.archives import tar_gz
 from tests.loopback_registry import registry  # noqa: F401
 
 NS = "team-a"
@@ -40,20 +38,6 @@ URL = f"/v1/namespaces/{NS}/contexts"
 GZIP = {"Content-Type": "application/gzip"}
 CONTEXT = f"127.0.0.1:5000/nest/{NS}@sha256:{'c' * 64}"
 PACKAGE = f"127.0.0.1:5000/nest/{NS}@sha256:{'d' * 64}"
-
-
-def tar_gz(entries: dict[str, str]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, value in entries.items():
-            info = tarfile.TarInfo(name)
-            if value.startswith("->"):
-                info.type, info.linkname = tarfile.SYMTYPE, value[2:]
-                tar.addfile(info)
-            else:
-                info.size = len(value.encode())
-                tar.addfile(info, io.BytesIO(value.encode()))
-    return gzip.compress(buf.getvalue())
 
 
 CODE = tar_gz({"main.py": "import six\n", "requirements.txt": "six\n"})
