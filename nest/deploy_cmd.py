@@ -13,7 +13,6 @@ scale-from-zero) and falls back to a ready sandbox's own address.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import os
@@ -27,9 +26,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from crds import Isolation, SandboxDeployment
-from crds.constants import DEPLOYMENT_PLURAL, NATIVE_DISTRIBUTIONS_ANNOTATION
-from crds.sandbox import OciSource, native_distributions_value
+from crds import Isolation
+from crds.constants import DEPLOYMENT_PLURAL
+from crds.sandbox import OciSource
 from nest import functions
 from nest.dirs import cache_dir
 from nest.errors import (
@@ -244,18 +243,8 @@ def with_package(
     ("name==version", the package's compiled distributions) go on the template as an annotation
     so the scheduler knows them before placing a namespace-mode sandbox (an annotation, not a
     spec field: it is derived from the package, never written by hand, and the CRD stays as is)."""
-    out = copy.deepcopy(deployment)
     oci = OciSource(ref=ref, pull_secret=pull_secret or None)  # the model checks the ref
-    out["spec"]["template"]["spec"]["function"]["source"] = {"oci": oci.to_k8s()}
-    meta = out["spec"]["template"].setdefault("metadata", {})
-    annotations = meta.get("annotations") or {}
-    annotations.pop(NATIVE_DISTRIBUTIONS_ANNOTATION, None)
-    if natives:
-        # PEP 503 names, as the pods' Leases spell them (the operator's resolved builds too).
-        annotations[NATIVE_DISTRIBUTIONS_ANNOTATION] = native_distributions_value(natives)
-    meta["annotations"] = annotations
-    SandboxDeployment.model_validate(out)  # still a valid object (the ref's pattern included)
-    return out
+    return functions.with_source(deployment, {"oci": oci.to_k8s()}, natives)
 
 
 def _hosting(args: argparse.Namespace, cluster: Cluster) -> RegistryHosting:

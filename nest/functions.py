@@ -9,9 +9,10 @@ created through the gateway's OpenAPI are the same object, labelled the same way
 
 from __future__ import annotations
 
+import copy
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -20,8 +21,8 @@ from pydantic import ValidationError
 
 from crds import SandboxDeployment
 from crds.constants import FUNCTION_LABEL as FUNCTION_LABEL  # for nest.render and the tests
-from crds.constants import REVISION_ANNOTATION, TEMPLATE_HASH_LABEL
-from crds.sandbox import PERMANENT_FAILURE_REASONS
+from crds.constants import NATIVE_DISTRIBUTIONS_ANNOTATION, REVISION_ANNOTATION, TEMPLATE_HASH_LABEL
+from crds.sandbox import PERMANENT_FAILURE_REASONS, native_distributions_value
 from nest.errors import InvalidFunctionError, NestError, NotFoundError
 from nest_api import convert
 from nest_api import models as m
@@ -287,3 +288,22 @@ def parse_env(pairs: list[str]) -> dict[str, str]:
             raise NestError(f"--env {pair!r}: expected NAME=VALUE")
         env[key] = value
     return env
+
+
+def with_source(
+    deployment: dict[str, Any], source: dict[str, Any], natives: Sequence[str] = ()
+) -> dict[str, Any]:
+    """`deployment` with its template's code source replaced by `source` (a package or a build
+    context); the template's native-distributions annotation is set to `natives` ("name==version",
+    PEP 503 names as the pods' Leases spell them) or dropped, so a stale one never outlives the
+    package it described. Checked against the model (a ref's or a context's pattern included)."""
+    out = copy.deepcopy(deployment)
+    out["spec"]["template"]["spec"]["function"]["source"] = source
+    meta = out["spec"]["template"].setdefault("metadata", {})
+    annotations = meta.get("annotations") or {}
+    annotations.pop(NATIVE_DISTRIBUTIONS_ANNOTATION, None)
+    if natives:
+        annotations[NATIVE_DISTRIBUTIONS_ANNOTATION] = native_distributions_value(natives)
+    meta["annotations"] = annotations
+    SandboxDeployment.model_validate(out)
+    return out

@@ -11,17 +11,15 @@ rollout: the `Built` condition (`build_readiness`), whose failure message is the
 
 from __future__ import annotations
 
-import copy
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from crds import SandboxDeployment
-from crds.constants import NATIVE_DISTRIBUTIONS_ANNOTATION
+from crds.sandbox import BuildSource
 from crds.workloads import DeploymentConditionType
 from nest.errors import NestError
-from nest.functions import Readiness
+from nest.functions import Readiness, with_source
 from nest.package.tarball import context_archive
 from sandbox.context import ContextError, push_context
 from sandbox.hosting import RegistryHosting, repository_for
@@ -32,15 +30,8 @@ def with_build(deployment: dict[str, Any], context: str, pull_secret: str | None
     """`deployment` with its template's code source replaced by the build context `context`
     (the operator builds it and rolls out the package; it also writes the native
     distributions' annotation, so a stale one from an earlier local build is dropped)."""
-    out = copy.deepcopy(deployment)
-    build: dict[str, str] = {"context": context}
-    if pull_secret:
-        build["pullSecret"] = pull_secret
-    out["spec"]["template"]["spec"]["function"]["source"] = {"build": build}
-    meta = out["spec"]["template"].get("metadata") or {}
-    (meta.get("annotations") or {}).pop(NATIVE_DISTRIBUTIONS_ANNOTATION, None)
-    SandboxDeployment.model_validate(out)  # still a valid object (the context's pattern too)
-    return out
+    build = BuildSource(context=context, pull_secret=pull_secret or None)  # checks the context
+    return with_source(deployment, {"build": build.to_k8s()})
 
 
 def build_readiness(deployment: dict[str, Any]) -> Readiness | None:
