@@ -147,7 +147,7 @@ class Uploader:
                 credentials = read_credentials(self.settings, hosting.host)
                 ref = await asyncio.to_thread(
                     push_context, data, hosting.host, hosting.pull_host,
-                    repository_for(namespace), credentials,
+                    repository_for(namespace), credentials, files,
                 )  # fmt: skip
             except ContextError as exc:
                 raise refused(exc) from exc

@@ -83,7 +83,8 @@ def raw_query(request: Request) -> str:
     return "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in request.query.items())
 
 
-def _header(request: Request, name: str, default: str = "") -> str:
+def header(request: Request, name: str, default: str = "") -> str:
+    """The first value of header `name` (case-insensitive), or `default`."""
     lower = name.lower()
     for key, value in header_items(request):
         if key.lower() == lower:
@@ -104,7 +105,7 @@ def _event_body(request: Request) -> tuple[str | None, bool]:
     """The body as API Gateway puts it in an event: text when it is, else base64."""
     if not request.body:
         return None, False
-    if _is_text(_header(request, "content-type")):
+    if _is_text(header(request, "content-type")):
         try:
             return request.body.decode(), False
         except UnicodeDecodeError:
@@ -123,7 +124,7 @@ def _request_context(request: Request, request_id: str) -> dict[str, Any]:
     return {
         "accountId": "nest",
         "apiId": "nest",
-        "domainName": _header(request, "host", "localhost"),
+        "domainName": header(request, "host", "localhost"),
         "requestId": request_id,
         "stage": "$default",
         "requestTimeEpoch": int(time.time() * 1000),
@@ -147,7 +148,7 @@ def apigateway_v1_event(request: Request, request_id: str) -> dict[str, Any]:
             "protocol": "HTTP/1.1",
             "identity": {
                 "sourceIp": request.client or "127.0.0.1",
-                "userAgent": _header(request, "user-agent") or None,
+                "userAgent": header(request, "user-agent") or None,
             },
         }
     )

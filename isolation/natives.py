@@ -217,10 +217,6 @@ class Ledger:
         claimant's root, whoever that was)."""
         return sorted({entry.root for entry in self._dists.values() if entry.root is not None})
 
-    def names(self) -> frozenset[str]:
-        """Every top-level import name that belongs to a layer's native distribution."""
-        return frozenset(top for entry in self._dists.values() for top in entry.names)
-
     def report(self) -> list[str]:
         """What this runtime holds, as sorted "name==version": its own and its layers'."""
         merged = dict(runtime_natives())

@@ -227,17 +227,14 @@ class BodyStream:
         idle_s: float,
         max_s: float,
         done: Callable[[], None],
-        on_timeout: Callable[[str], None] | None = None,
         started: float | None = None,
     ) -> None:
-        """`max_s` counts from `started` (time.monotonic(), default now), never below idle_s;
-        `on_timeout` hears why before the stream is closed."""
+        """`max_s` counts from `started` (time.monotonic(), default now), never below idle_s."""
         self._chunks = chunks
         self._idle_s = idle_s
         self._max_s = max(max_s, idle_s)
         self._ends_at = (time.monotonic() if started is None else started) + self._max_s
         self._done: Callable[[], None] | None = done
-        self._on_timeout = on_timeout
         self.error: str | None = None  # why it ended early, if it did
 
     def __aiter__(self) -> BodyStream:
@@ -259,8 +256,6 @@ class BodyStream:
                 if left <= self._idle_s
                 else f"no chunk within the {self._idle_s:g}s timeout"
             )
-            if self._on_timeout is not None:
-                self._on_timeout(self.error)
             await self.aclose()
             raise StreamTimeout(self.error) from None
         except StopAsyncIteration:

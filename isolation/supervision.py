@@ -121,9 +121,9 @@ class Channel(asyncio.Protocol):
         """A streamed answer begins: its invocation gets a FramedStream as its body."""
         rid = header["id"]
         fut = self._proc.pending.pop(rid, None)
-        stream = FramedStream(lambda: self._cancel(rid), self._pause)
         if fut is None or fut.done():  # its caller gave up (timeout: it is being killed)
             return
+        stream = FramedStream(lambda: self._cancel(rid), self._pause)
         self._proc.streams[rid] = stream
         fut.set_result(Response(header["status"], headers_of(header), stream))
 

@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from isolation.contract import Request, Response
-from isolation.interfaces import MalformedResponse, header_items, raw_path, raw_query
+from isolation.interfaces import MalformedResponse, header, header_items, raw_path, raw_query
 from isolation.streams import Streamed
 
 StartResponse = Callable[..., Callable[[bytes], None]]
@@ -31,18 +31,10 @@ Send = Callable[[Message], Awaitable[None]]
 AsgiApp = Callable[[Message, Receive, Send], Awaitable[None]]
 
 
-def _first(request: Request, name: str, default: str = "") -> str:
-    lower = name.lower()
-    for key, value in header_items(request):
-        if key.lower() == lower:
-            return value
-    return default
-
-
 def _server(request: Request) -> tuple[str, str, int]:
     """(scheme, server name, port) as the caller addressed the gateway."""
-    scheme = _first(request, "x-forwarded-proto", "http").split(",", 1)[0].strip() or "http"
-    host = _first(request, "host", "localhost")
+    scheme = header(request, "x-forwarded-proto", "http").split(",", 1)[0].strip() or "http"
+    host = header(request, "host", "localhost")
     name, sep, port = host.rpartition(":") if host.endswith(tuple("0123456789")) else ("", "", "")
     if not sep or name.endswith(":") or (name.startswith("[") and not name.endswith("]")):
         name, port = host, ""  # no port, or an IPv6 literal without one

@@ -216,11 +216,15 @@ def push_context(
     pull_host: str,
     repository: str,
     credentials: Credentials | None = None,
+    files: int | None = None,
 ) -> str:
     """Check `data` and push it as a context artifact to `registry` (as this process reaches
     it), by digest; returns `pull_host/repository@sha256:<manifest digest>`, the reference pods
-    (the build Job) pull. Raises ContextError for bad content, PackageError for the registry."""
-    files = check_context(data)
+    (the build Job) pull. Raises ContextError for bad content, PackageError for the registry.
+    `files`: the count `check_context` already gave for this `data` (the gateway checks before
+    it takes a registry slot), so a 256 MiB archive is not unpacked twice."""
+    if files is None:
+        files = check_context(data)
     config = context_config(files)
     config_desc = Descriptor(CONTEXT_CONFIG_MEDIA_TYPE, sha256_digest(config), len(config))
     layer = Descriptor(

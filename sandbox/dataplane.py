@@ -41,11 +41,8 @@ def error_response(
     return web.Response(status=status, text=body.model_dump_json(), content_type=JSON)
 
 
-_error = error_response
-
-
 def _unauthorized(reason: str) -> web.Response:
-    response = _error(401, "Unauthorized", f"data-plane request refused: {reason}")
+    response = error_response(401, "Unauthorized", f"data-plane request refused: {reason}")
     response.headers["WWW-Authenticate"] = auth.CHALLENGE
     return response
 
@@ -95,7 +92,7 @@ async def _invoke(request: web.Request, path: str, raw_path: str) -> web.StreamR
         response = await runtime.invoke(sandbox_id, call)
     except IsolationError as exc:
         status, word, message = http_error(exc)
-        return _error(status, word, message)
+        return error_response(status, word, message)
     body = response.body
     if type(body) is bytes:
         return web.Response(status=response.status, headers=response.headers, body=body)
