@@ -24,8 +24,9 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
-from crds import Autoscaling, Function, SandboxDeploymentSpec
+from crds import Autoscaling, Function
 from nest_kube import ApiError
+from nest_operator.adapters import DEFAULT_REPLICAS
 from nest_operator.autoscaler_policy import Autoscaler, AutoscalerConfig
 from nest_operator.dataplane_key import SecretKeys
 from nest_operator.kube import Kube
@@ -39,7 +40,6 @@ GATEWAY_SELECTOR = "app.kubernetes.io/name=nest-gateway"
 METRICS_PATH = "/metrics"
 # The CRD's defaults, from the models that declare them.
 DEFAULT_CONCURRENCY = int(Function.model_fields["concurrency"].default)
-DEFAULT_REPLICAS = int(SandboxDeploymentSpec.model_fields["replicas"].default)
 
 
 @dataclass(frozen=True)

@@ -34,11 +34,6 @@ def status_build_body(build: Obj | None) -> dict[str, Any] | None:
     return {name: build.get(name) or None for name in STATUS_FIELDS}
 
 
-def same_build(current: Obj | None, new: Obj | None) -> bool:
-    """Whether status.build already says `new` (nulls and absent fields alike)."""
-    return status_build_body(current) == status_build_body(new)
-
-
 def newest_pod(pods: Sequence[Obj]) -> Obj | None:
     """The Job's pod to read the result from: with backoffLimit 0 there is one; else the last."""
     return max(
@@ -66,12 +61,13 @@ class BuildController:
         Event with the API server's message, so a quota or an admission refusal is visible.
         """
         jobs = self.jobs_of(deployment)
+        by_name = {j["metadata"]["name"]: j for j in jobs}
         template = (deployment.get("spec") or {}).get("template") or {}
         build = logic.build_source(template)
         result = None
         if build is not None:
             name = logic.job_name(deployment["metadata"]["name"], build["context"])
-            job = next((j for j in jobs if j["metadata"]["name"] == name), None)
+            job = by_name.get(name)
             current = (deployment.get("status") or {}).get("build")
             if job is not None and logic.needs_result(job, current):
                 pods = await self.kube.job_pods(
@@ -81,10 +77,8 @@ class BuildController:
         plan = logic.plan(deployment, jobs, self.settings, result)
         if plan.create is not None:
             await self._create(deployment, plan.create)
-        by_name = {j["metadata"]["name"]: j for j in jobs}
-        for name in plan.delete:
-            if name in by_name:
-                await self.kube.delete(Kind.JOB, by_name[name])
+        for name in plan.delete:  # names of `jobs`, as plan read them
+            await self.kube.delete(Kind.JOB, by_name[name])
         for event in plan.events:
             self.kube.event(deployment, event.type, event.reason, event.message)
             log.info("%s/%s: %s: %s", deployment["metadata"]["namespace"],

@@ -33,6 +33,7 @@ from nest_operator.conditions import (
     set_condition,
 )
 from nest_operator.deployment_logic import PROGRESSING, DeploymentPlan, ReplicaSetInfo
+from nest_operator.store import owner_reference
 
 Obj = Mapping[str, Any]
 BUILT = DeploymentConditionType.BUILT.value
@@ -114,17 +115,6 @@ def job_name(deployment: str, context: str) -> str:
     digest = context.rpartition("@sha256:")[2][:DIGEST_CHARS]
     suffix = f"-build-{digest}"
     return deployment[: NAME_MAX - len(suffix)].rstrip("-.") + suffix
-
-
-def owner_reference(owner: Obj) -> dict[str, Any]:
-    return {
-        "apiVersion": owner.get("apiVersion", c.API_VERSION),
-        "kind": owner.get("kind", c.DEPLOYMENT_KIND),
-        "name": owner["metadata"]["name"],
-        "uid": owner["metadata"]["uid"],
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
 
 
 def job_body(deployment: Obj, build: Obj, settings: BuildSettings) -> dict[str, Any]:

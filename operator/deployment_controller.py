@@ -31,8 +31,8 @@ from nest_operator import deployment_failures as failures
 from nest_operator.build_controller import BuildController, status_build_body
 from nest_operator.deployment_logic import DeploymentInfo, DeploymentPlan, DeploymentStatus
 from nest_operator.kube import Kube
-from nest_operator.replicaset_controller import api_message, owner_reference
-from nest_operator.store import Kind, Obj, Store, controller_uid, key_of
+from nest_operator.replicaset_controller import api_message
+from nest_operator.store import Kind, Obj, Store, controller_uid, key_of, owner_reference
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +84,9 @@ class DeploymentController:
         # it): a back-off ends without any event announcing it.
         self.requeue: Callable[[str, float], None] | None = None
 
-    def key_for_replicaset(self, rs: Obj) -> str | None:
-        owner = controller_uid(rs)
+    def key_for_owned(self, obj: Obj) -> str | None:
+        """The key of the deployment controlling `obj` (a replica set, a build Job)."""
+        owner = controller_uid(obj)
         deployment = self.store.by_uid(Kind.DEPLOYMENT, owner) if owner else None
         return key_of(deployment) if deployment is not None else None
 
@@ -107,7 +108,8 @@ class DeploymentController:
             info = replace(info, template=aim if aim is not None else info.template)
         plan, wait = failures.plan(info, infos, now, self.failures.get(key))
         if held:
-            plan = build_logic.building_plan(plan, build.condition if build else None, now)
+            assert build is not None  # held only while a build is not done
+            plan = build_logic.building_plan(plan, build.condition, now)
         plan = replace(plan, status=with_built(plan.status, build, now))
         if wait:
             self._requeue(key, now + wait)  # held back: only the status is written

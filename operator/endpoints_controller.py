@@ -13,8 +13,7 @@ from crds import constants as c
 from nest_kube import ApiError
 from nest_operator import adapters
 from nest_operator.kube import Kube
-from nest_operator.replicaset_controller import owner_reference
-from nest_operator.store import Kind, Obj, Store, controller_uid, key_of
+from nest_operator.store import Kind, Obj, Store, controller_uid, key_of, owner_reference
 
 
 def addresses(sandboxes: list[tuple[Obj, int]]) -> dict[str, Any]:

@@ -170,7 +170,7 @@ class Kube:
     def event(self, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         """Record an Event for `kubectl describe` without making the caller wait."""
         recorder = self.scheduler_recorder if reason in SCHEDULER_REASONS else self.recorder
-        recorder.event(obj, type_, reason, message[:1024])
+        recorder.event(obj, type_, reason, message)  # the correlator cuts at 1,024
 
     async def close(self) -> None:
         await self.recorder.close()

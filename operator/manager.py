@@ -199,7 +199,7 @@ class ControllerManager:
                     q["endpoints"].add_throttled(endpoints, ENDPOINTS_INTERVAL)
         elif kind == Kind.REPLICASET:
             q["replicasets"].add(key_of(obj))
-            deployment = self.deployments.key_for_replicaset(obj)
+            deployment = self.deployments.key_for_owned(obj)
             if deployment is not None:
                 q["deployments"].add(deployment)
                 q["endpoints"].add(deployment)

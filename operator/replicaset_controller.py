@@ -39,7 +39,7 @@ from nest_operator.replicaset_logic import (
     status,
 )
 from nest_operator.scheduler import SchedulerCache
-from nest_operator.store import Kind, Obj, Store, controller_uid, key_of
+from nest_operator.store import Kind, Obj, Store, controller_uid, key_of, owner_reference
 
 log = logging.getLogger(__name__)
 SLOW_START_INITIAL = 4
@@ -47,17 +47,6 @@ FAILED_DELETE = "FailedDelete"
 # Failures the next attempt may not repeat (quota, a conflict, an outage): retried with the
 # work queue's back-off. The others last until the replica set or its sandboxes change.
 RETRIED = frozenset({FAILED_CREATE, FAILED_DELETE})
-
-
-def owner_reference(owner: Obj) -> dict[str, Any]:
-    return {
-        "apiVersion": owner.get("apiVersion", c.API_VERSION),
-        "kind": owner["kind"],
-        "name": owner["metadata"]["name"],
-        "uid": owner["metadata"]["uid"],
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
 
 
 def sandbox_from_template(rs: Obj) -> dict[str, Any]:

@@ -48,6 +48,19 @@ def controller_uid(obj: Mapping[str, Any]) -> str | None:
     return None
 
 
+def owner_reference(owner: Mapping[str, Any]) -> dict[str, Any]:
+    """The controller reference an object `owner` creates puts on it (garbage collection, and
+    how `controller_uid` finds the owner again)."""
+    return {
+        "apiVersion": owner.get("apiVersion", c.API_VERSION),
+        "kind": owner["kind"],
+        "name": owner["metadata"]["name"],
+        "uid": owner["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
 def _version(obj: Mapping[str, Any]) -> int:
     try:
         return int(obj["metadata"].get("resourceVersion") or 0)
