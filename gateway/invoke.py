@@ -115,7 +115,7 @@ def caller_of(request: web.Request, prefix: str = "") -> Caller:
 
 
 # Set by the gateway alone: a caller's own values would let it tell the function anything.
-_OURS = frozenset(name.lower() for name in auth.FORWARDING) - {"x-forwarded-for"}
+_FORWARDING = frozenset(name.lower() for name in auth.FORWARDING)
 
 
 def forwarding(headers: Mapping[str, str], caller: Caller | None) -> dict[str, str]:
@@ -164,7 +164,7 @@ def trigger_call(
     decoded path after the mount, `raw_path` the same as sent (`mounted_path`), preferred."""
     dropped = HOP_BY_HOP | {SIGNATURE} | ({"authorization"} if strip_auth else set())
     if caller is not None:
-        dropped = dropped | _OURS | {"x-forwarded-for"}
+        dropped = dropped | _FORWARDING
     kept = {k: v for k, v in headers.items() if k.lower() not in dropped}
     kept |= forwarding(headers, caller)
     if raw_path is None:

@@ -280,7 +280,7 @@ def build_and_push(
     builder = Builder(cache_dir() / "packages", say, rebuild=args.rebuild)
     package = builder.build(args.path, target)
     ref = push(package, hosting, repository_for(cluster.namespace), name, say)
-    return ref, tuple(f"{d.name}=={d.version}" for d in package.distributions if d.native)
+    return ref, package.natives
 
 
 def _options(args: argparse.Namespace) -> functions.DeployOptions:

@@ -49,7 +49,7 @@ from nest_cluster.runner.process import sweep
 
 NODE_NAME = "nest-local"
 # How runners are started (`python -m MODULE`), to find and stop one.
-RUNNER_MODULES = {"nest_cluster.runner"}
+RUNNER_MODULE = "nest_cluster.runner"
 SERVICE_CIDR = "10.0.0.0/24"
 # Started in this order, stopped in the reverse: the registry before the node, so pods that
 # pull function packages at start find it.
@@ -208,7 +208,7 @@ class ControlPlane:
             "--leader-elect=false", "--profiling=false", "--v=1",
         ]  # fmt: skip
         node = [
-            sys.executable, "-m", "nest_cluster.runner",
+            sys.executable, "-m", RUNNER_MODULE,
             f"--kubeconfig={self.paths.kubeconfig}", f"--node-name={NODE_NAME}",
             f"--state-dir={self.paths.state / 'node'}",
             f"--ca-file={pki / 'ca.crt'}", f"--api-server={self._server(ports)}",
@@ -392,7 +392,7 @@ def _runners(node_dir: str) -> list[psutil.Process]:
         except psutil.Error:
             continue
         dirs = [a.split("=", 1)[1] for a in argv if a.startswith("--state-dir=")]
-        if RUNNER_MODULES & set(argv) and any(str(Path(d).resolve()) == node_dir for d in dirs):
+        if RUNNER_MODULE in argv and any(str(Path(d).resolve()) == node_dir for d in dirs):
             found.append(proc)
     return found
 

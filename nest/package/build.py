@@ -60,6 +60,11 @@ class BuiltPackage:
     layers: tuple[tuple[str, Blob], ...]  # (media type, blob)
     distributions: tuple[Distribution, ...]
 
+    @property
+    def natives(self) -> tuple[str, ...]:
+        """Its compiled distributions as "name==version" (what the scheduler must know)."""
+        return tuple(f"{d.name}=={d.version}" for d in self.distributions if d.native)
+
 
 def package_config(
     target: Target, requirements: Requirements | None, distributions: tuple[Distribution, ...]

@@ -85,7 +85,7 @@ def build(context: str, tag: str | None, say: Say, work: Path) -> BuildResult:
     say(f"building for {target.describe()} (this interpreter: the pool's)")
     package = Builder(work / "cache", say).build(source, target)
     built = push(package, hosting, ref.repository, tag, say, credentials)
-    natives = tuple(f"{d.name}=={d.version}" for d in package.distributions if d.native)
+    natives = package.natives
     return BuildResult(built, natives)
 
 

@@ -32,7 +32,6 @@ from sandbox.layers import (
     Descriptor,
     PackageError,
     Reference,
-    canonical_manifest,
     push_artifact,
     sha256_digest,
 )
@@ -47,11 +46,6 @@ def _descriptors(package: BuiltPackage) -> tuple[Descriptor, list[Descriptor]]:
         for media, blob in package.layers
     ]
     return config, layers
-
-
-def manifest_bytes(package: BuiltPackage) -> bytes:
-    config, layers = _descriptors(package)
-    return canonical_manifest(config, layers)
 
 
 def hosting_from_cluster(core: Any) -> RegistryHosting | None:

@@ -367,7 +367,8 @@ class PodWorker:
         except (RunnerError, process.StartError, ApiException) as err:
             # The cgroup and message file of an instance that never ran; no log to fall back to.
             ended = self.sandbox.ended(record.name)
-            termination.collect(spec, 128, ended.message_file, None, started=False)
+            if ended.message_file is not None:
+                ended.message_file.unlink(missing_ok=True)
             code = err.code if isinstance(err, process.StartError) else 128
             message = err.message if isinstance(err, process.StartError) else str(err)
             with logfile.open("a") as f:
