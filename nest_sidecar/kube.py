@@ -96,15 +96,16 @@ class KubeShell:
 
     async def _edit_finalizers(
         self, obj: Mapping[str, Any], edit: Callable[[list[str]], list[dict[str, Any]] | None],
-        what: str,
+        what: str, *, adding: bool = False,
     ) -> None:  # fmt: skip
-        """Apply `edit` to the finalizers of the object, re-reading it after a lost race."""
+        """Apply `edit` to the finalizers of the object, re-reading it after a lost race;
+        `adding` one stops at a deletion (no finalizer may be added then, and none is needed)."""
         namespace, name = _where(obj)
         latest: Mapping[str, Any] = obj
         for _ in range(EDIT_ATTEMPTS):
             meta = latest["metadata"]
-            if what == "add" and meta.get("deletionTimestamp"):
-                return  # being deleted: no finalizer may be added, and none is needed now
+            if adding and meta.get("deletionTimestamp"):
+                return
             patch = edit(list(meta.get("finalizers") or []))
             if patch is None:
                 return
@@ -130,7 +131,7 @@ class KubeShell:
                     EDIT_ATTEMPTS)  # fmt: skip
 
     async def ensure_finalizer(self, obj: Mapping[str, Any]) -> None:
-        await self._edit_finalizers(obj, add_finalizer_patch, "add")
+        await self._edit_finalizers(obj, add_finalizer_patch, "add", adding=True)
 
     async def release_finalizer(self, obj: Mapping[str, Any]) -> None:
         """Remove our finalizer from the latest version of the object; gone is fine."""

@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import errno
 import os
-import shutil
 import tarfile
 import zlib
 from collections.abc import Awaitable, Callable, Mapping
@@ -44,6 +43,7 @@ from sandbox.layers import (
     credentials_for,
     member_problem,
     pull_layers,
+    write_member,
 )
 
 BLOBS_DIR = ".blobs"
@@ -141,22 +141,12 @@ def unpack_layer(
                         raise InvalidCodeArchive(f"layer unpacks to more than {max_bytes} bytes")
                     source = tar.extractfile(member)
                     assert source is not None  # a regular file always has content
-                    _copy(source, dest, 0o755 if member.mode & 0o100 else 0o644)
+                    os.chmod(dest, write_member(source, dest, member.mode))  # umask's bits back
                 except OSError as exc:
                     raise _write_failed(relative, exc) from exc
     except (tarfile.TarError, EOFError, ValueError, zlib.error) as exc:  # corrupt, NUL in a name
         raise InvalidCodeArchive(f"cannot unpack layer: {describe_exception(exc)}") from exc
     return written
-
-
-def _copy(source: Any, dest: Path, mode: int) -> None:
-    dest.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    # O_EXCL: a name twice in one layer is refused, never silently the last one's content;
-    # O_NOFOLLOW: belt and braces, links are refused before anything is written anyway.
-    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-    with os.fdopen(fd, "wb") as out:
-        shutil.copyfileobj(source, out, 1 << 20)
-    os.chmod(dest, mode)  # the umask's bits back
 
 
 def _write_failed(name: str, exc: OSError) -> InvalidCodeArchive | CodeFetchFailed:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import tarfile
 import tempfile
 import zlib
@@ -45,6 +44,7 @@ from sandbox.layers import (
     read_manifest,
     sha256_digest,
     shown_name,
+    write_member,
 )
 
 MIB = 1024 * 1024
@@ -289,13 +289,8 @@ def unpack_context(data: bytes, dest: Path) -> int:
             if member.isdir():
                 target.mkdir(mode=0o755, parents=True, exist_ok=True)
                 continue
-            target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
             source = tar.extractfile(member)
             assert source is not None  # a regular file always has content
-            mode = 0o755 if member.mode & 0o100 else 0o644
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-            with os.fdopen(os.open(target, flags, mode), "wb") as out:
-                while chunk := source.read(_CHUNK):
-                    out.write(chunk)
+            write_member(source, target, member.mode)
             written += 1
     return written

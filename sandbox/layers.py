@@ -41,12 +41,13 @@ import ipaddress
 import json
 import os
 import re
+import shutil
 import tarfile
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import IO, Any
 
 from crds.sandbox import OCI_REF_PATTERN
 
@@ -238,6 +239,19 @@ def member_problem(member: tarfile.TarInfo, where: str = "the layer's directory"
     if not path.parts and not member.isdir():  # "." as a file
         return f"member {shown_name(name)} would escape {where}"
     return None
+
+
+def write_member(source: IO[bytes], dest: Path, tar_mode: int) -> int:
+    """Write one checked regular member (`member_problem` said None) to the new file `dest`;
+    its mode, 0755 when the owner may execute it in the archive, else 0644, is returned
+    (the umask may have taken bits: callers that keep them chmod). O_EXCL: a name twice is
+    refused, never silently the last one's content; O_NOFOLLOW: links were refused already."""
+    mode = 0o755 if tar_mode & 0o100 else 0o644
+    dest.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    with os.fdopen(fd, "wb") as out:
+        shutil.copyfileobj(source, out, 1 << 20)
+    return mode
 
 
 def credentials_for(dockerconfigjson: bytes, registry: str) -> Credentials | None:
