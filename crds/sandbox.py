@@ -249,12 +249,17 @@ class BuildSource(NestModel):
     )
 
 
+def canonical_name(name: str) -> str:
+    """A distribution's name as PEP 503 normalises it (what Leases and annotations carry)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def native_distributions_value(natives: Iterable[str]) -> str:
     """The NATIVE_DISTRIBUTIONS_ANNOTATION value for "name==version" items: a sorted JSON list
     with PEP 503 names, as pool pods' Leases spell them (`nest deploy` and the operator's
     resolved build templates both write it; the scheduler compares it with the Leases')."""
     named = (n.partition("==") for n in natives)
-    return json.dumps(sorted(f"{re.sub(r'[-_.]+', '-', n).lower()}=={v}" for n, _, v in named))
+    return json.dumps(sorted(f"{canonical_name(n)}=={v}" for n, _, v in named))
 
 
 class CodeSource(NestModel):

@@ -247,7 +247,8 @@ class SchedulerController:
         now = time.time()
         for expired in self.cache.expire(now):
             self._freed(expired)
-        request = adapters.sandbox_request(sandbox)
+        # Kept current by sandbox_changed; built here when a resync re-adds an expired one.
+        request = self._requests.get(key) or adapters.sandbox_request(sandbox)
         self._requests[key] = request
         self.attempts += 1
         decision = self.scheduler.schedule_and_assume(request, self.cache, now)

@@ -17,9 +17,10 @@ cheap and pure: the queue asks it for each waiting sandbox the plugin refused.
 
 from __future__ import annotations
 
-import re
+import functools
 from collections.abc import Iterable, Sequence
 
+from crds.sandbox import canonical_name
 from nest_operator.scheduler.cache import SchedulerCache
 from nest_operator.scheduler.interface import (
     ClusterEvent,
@@ -194,14 +195,19 @@ class TenantIsolation:
         )
 
 
+@functools.lru_cache(maxsize=4096)
+def _native(spec: str) -> tuple[str, str] | None:
+    """One `name==version` entry as (PEP 503 name, version), None when malformed; cached: the
+    filter sees the same few Lease entries for every pod of every decision."""
+    name, sep, version = spec.partition("==")
+    if sep and name.strip() and version.strip():
+        return canonical_name(name.strip()), version.strip()
+    return None
+
+
 def _natives(specs: Iterable[str]) -> dict[str, str]:
     """`name==version` entries as {PEP 503 name: version}; malformed ones are ignored."""
-    out = {}
-    for spec in specs:
-        name, sep, version = spec.partition("==")
-        if sep and name.strip() and version.strip():
-            out[re.sub(r"[-_.]+", "-", name.strip()).lower()] = version.strip()
-    return out
+    return dict(parsed for spec in specs if (parsed := _native(spec)) is not None)
 
 
 def native_conflict(wanted: Iterable[str], held: Iterable[str]) -> tuple[str, str, str] | None:
