@@ -11,6 +11,7 @@ import pytest
 from isolation.contract import FunctionInfo, Request, Response, after_invoke, before_invoke
 from isolation.errors import LoadError
 from isolation.host import FunctionHost
+from tests.unit.kube.support import eventually
 
 INFO = FunctionInfo(sandbox_id="s", function_name="f")
 
@@ -65,9 +66,12 @@ async def test_a_shutdown_that_overruns_its_grace_leaves_no_task_behind() -> Non
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.05):  # what the backends' stop grace does
             await host.close()
-    await asyncio.sleep(0)  # let the cancelled lifespan task finish
-    lifespan_tasks = [t for t in asyncio.all_tasks() if "app" in repr(t.get_coro())]
-    assert lifespan_tasks == []
+
+    def lifespan_tasks() -> list[asyncio.Task[Any]]:
+        return [t for t in asyncio.all_tasks() if "app" in repr(t.get_coro())]
+
+    await eventually(lambda: not lifespan_tasks(), what="the cancelled lifespan task to finish")
+    assert lifespan_tasks() == []
 
 
 async def test_hooks_see_the_event_the_interface_built_and_may_answer_early() -> None:
