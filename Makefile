@@ -6,7 +6,7 @@ demo:
 
 test:
 	@scripts/bootstrap
-	@.venv/bin/python -m pytest -q -p no:cacheprovider --durations=20
+	@.venv/bin/python -m pytest -q -p no:cacheprovider --durations=20 -n 3
 
 lint:
 	@scripts/bootstrap

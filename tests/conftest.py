@@ -6,6 +6,7 @@ any cluster whose kubeconfig NEST_KUBECONFIG names. It is never mocked.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import uuid
@@ -19,15 +20,83 @@ from kubernetes import client, config
 from tests.kube import Kubectl, wait_for
 
 POOL_SELECTOR = "app.kubernetes.io/name=nest-pool"
+INTEGRATION = "tests/integration/"
+# Integration tests that touch neither the shared pool pods nor the cluster's own components:
+# the local node's pods, private clusters, a pool of stand-in pods. They run beside the rest.
+APART = tuple(
+    f"{INTEGRATION}{name}"
+    for name in ("test_local_node", "test_cluster_lifecycle.py", "test_lifecycle.py")
+)
+
+
+def _group(nodeid: str) -> str:
+    """Which tests must run one after another: those sharing the pool pods ("cluster"), those
+    apart from it ("apart"); any other test module is its own group."""
+    if nodeid.startswith(APART):
+        return "apart"
+    if nodeid.startswith(INTEGRATION):
+        return "cluster"
+    return nodeid.split("::", 1)[0]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Groups are handed out in collection order (below), not largest first.
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+    if not hasattr(config, "workerinput"):  # the run itself, not an xdist worker
+        config.stash[_CLUSTER_WAS_UP] = _local_cluster_recorded()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The two long integration groups first, so that under `pytest -n` (as `make test` runs)
+    each gets a worker of its own at once while the unit tests spread over the rest."""
+    rank = {"cluster": 0, "apart": 1}
+    items.sort(key=lambda item: rank.get(_group(item.nodeid), 2))
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """xdist's `loadscope`, with `_group` as the scope. (xdist's `loadgroup` reads a marker
+    through a node-id suffix that pytest 9.2 no longer lets a plugin set.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Groups(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return _group(nodeid)
+
+    return Groups(config, log)
+
+
+_CLUSTER_WAS_UP = pytest.StashKey[bool]()
+
+
+def _local_cluster_recorded() -> bool:
+    """Whether the local cluster is there (recorded, not alive: an API server its supervisor is
+    restarting is still somebody's)."""
+    if os.environ.get("NEST_KUBECONFIG"):
+        return True
+    from nest_cluster.control_plane import ControlPlane
+
+    return ControlPlane().procs.recorded("kube-apiserver")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """A local cluster this run had to start (CI) goes down again at its very end, unless
+    NEST_KEEP_CLUSTER=1; one a developer brought up stays up (fast reruns). Decided by the run,
+    not a worker: under xdist two workers use the cluster and either may finish first."""
+    config = session.config
+    if hasattr(config, "workerinput") or config.stash.get(_CLUSTER_WAS_UP, True):
+        return
+    if os.environ.get("NEST_KEEP_CLUSTER") == "1" or not _local_cluster_recorded():
+        return
+    from nest_cluster.control_plane import ControlPlane
+
+    ControlPlane().down()
 
 
 @pytest.fixture(scope="session")
 def kubeconfig() -> Iterator[Path]:
-    """The API server's kubeconfig; a local cluster this run started is stopped at its end.
-
-    Leaving things as they were found: a cluster a developer brought up stays up (fast reruns),
-    one the test run had to start (CI) goes down again, unless NEST_KEEP_CLUSTER=1.
-    """
+    """The API server's kubeconfig: NEST_KUBECONFIG's, or the local cluster's, brought up if it
+    is not (`up` holds the cluster's lock: two workers may ask at once)."""
     named = os.environ.get("NEST_KUBECONFIG")
     if named:
         yield Path(named)
@@ -35,11 +104,8 @@ def kubeconfig() -> Iterator[Path]:
     from nest_cluster.control_plane import ControlPlane
 
     plane = ControlPlane()
-    was_running = plane.procs.find("kube-apiserver") is not None
     plane.up()
     yield plane.paths.kubeconfig
-    if not was_running and os.environ.get("NEST_KEEP_CLUSTER") != "1":
-        plane.down()
 
 
 @pytest.fixture(scope="session")
@@ -67,7 +133,21 @@ def namespace(api: client.ApiClient) -> Iterator[str]:
     )
     _wait_for_leftovers_to_leave(api, name)
     yield name
+    _delete_sandboxes(api, name)
     core.delete_namespace(name, propagation_policy="Background")
+
+
+def _delete_sandboxes(api: client.ApiClient, namespace: str) -> None:
+    """Delete a test's Sandboxes (and what makes them) before its namespace: the namespace
+    controller reaches custom resources only after seconds of discovery, and the next test
+    waits for these to leave the shared pool pods (`_wait_for_leftovers_to_leave`)."""
+    custom = client.CustomObjectsApi(api)
+    for plural in ("sandboxdeployments", "sandboxreplicasets", "sandboxes"):
+        # No CRDs (a test of the bare cluster), or already going: the namespace follows.
+        with contextlib.suppress(client.exceptions.ApiException):
+            custom.delete_collection_namespaced_custom_object(
+                "nest.sandbox.dev", "v1alpha1", namespace, plural
+            )
 
 
 def _wait_for_leftovers_to_leave(api: client.ApiClient, ours: str, timeout: float = 60) -> None:

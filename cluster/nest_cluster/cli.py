@@ -100,9 +100,10 @@ def _status(args: argparse.Namespace) -> int:
     if args.output == "json":
         print(json.dumps([r.__dict__ for r in rows], indent=2))
     else:
-        print(f"{'COMPONENT':<26}{'PID':<9}{'HEALTHY':<9}DETAIL")
+        print(f"{'COMPONENT':<26}{'PID':<9}{'HEALTHY':<9}{'RESTARTS':<10}DETAIL")
         for r in rows:
-            print(f"{r.name:<26}{r.pid or '-'!s:<9}{'yes' if r.healthy else 'no':<9}{r.detail}")
+            ok = "yes" if r.healthy else "no"
+            print(f"{r.name:<26}{r.pid or '-'!s:<9}{ok:<9}{r.restarts:<10}{r.detail}")
     return 0 if all(r.healthy for r in rows) else 1
 
 

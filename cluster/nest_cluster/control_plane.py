@@ -2,11 +2,13 @@
 
 etcd, kube-apiserver, kube-controller-manager and kube-scheduler run as detached processes under
 the state directory, plus an OCI registry for function packages (nest_cluster.registry) and the
-local node's process runner (our kubelet stand-in). `up` is
-idempotent: running components are kept, dead ones restarted; ports are chosen free once and kept
-while they stay free so kubeconfigs remain valid across restarts. `up` and `down` hold a lock on
-the state directory: two `up`s at once (two test sessions, say) would otherwise both find a
-component missing and start it twice - two runners then run every pod twice.
+local node's process runner (our kubelet stand-in). `up` is idempotent: running components are
+kept, dead ones restarted; ports are chosen once, with the state, and kept for its life
+(nest_cluster.ports) so kubeconfigs stay valid. `up` ends by starting the supervisor
+(nest_cluster.supervisor), which restarts a component that dies, with back-off; `down` stops it
+first. `up`, `down` and the supervisor's restarts hold a lock on the state directory: two `up`s
+at once (two test sessions, say) would otherwise both find a component missing and start it
+twice - two runners then run every pod twice.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
@@ -25,46 +26,36 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
 
 from nest.dirs import conventional_state
+from nest_cluster import ports as portmod
+from nest_cluster import supervision
 from nest_cluster.build import Builder
 from nest_cluster.errors import ClusterError
 from nest_cluster.paths import ClusterPaths
 from nest_cluster.pki import ensure_pki, write_kubeconfig
+from nest_cluster.ports import Ports as Ports
 from nest_cluster.procs import ProcessSpec, ProcessTable, wait_until
-from nest_cluster.registry import (
-    LocalRegistry,
-    RegistryHosting,
-    port_free,
-    publish,
-    recorded_port,
-)
+from nest_cluster.registry import LocalRegistry, RegistryHosting, publish, recorded_port
 from nest_cluster.runner import cgroups
 from nest_cluster.runner.process import sweep
 
 NODE_NAME = "nest-local"
 # How runners are started (`python -m MODULE`), to find and stop one.
 RUNNER_MODULE = "nest_cluster.runner"
+SUPERVISOR = "supervisor"  # its name for pid and log files (`nest cluster logs supervisor`)
+SUPERVISOR_MODULE = "nest_cluster.supervisor"
 SERVICE_CIDR = "10.0.0.0/24"
 # Started in this order, stopped in the reverse: the registry before the node, so pods that
 # pull function packages at start find it.
 COMPONENTS = (
     "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "registry", "node",
 )  # fmt: skip
-
-
-@dataclass
-class Ports:
-    etcd_client: int
-    etcd_peer: int
-    apiserver: int
-    controller_manager: int
-    scheduler: int
 
 
 def node_env(inherited: Mapping[str, str]) -> dict[str, str]:
@@ -88,22 +79,6 @@ def first_pod_ip(state: Path) -> str:
     return f"127.{1 + int(hashlib.sha256(str(state.resolve()).encode()).hexdigest(), 16) % 254}.0.2"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
 @dataclass(frozen=True)
 class Health:
     """One component's state, as `nest cluster status` prints it."""
@@ -112,6 +87,7 @@ class Health:
     pid: int | None
     healthy: bool
     detail: str
+    restarts: int = 0  # by the supervisor, since the cluster was last brought up from down
 
 
 class ControlPlane:
@@ -124,15 +100,25 @@ class ControlPlane:
 
     # -- configuration -------------------------------------------------------------------------
 
-    def _ports(self, running: bool) -> Ports:
-        """Keep recorded ports when the cluster runs or they are still free; else choose anew."""
-        try:
-            recorded = Ports(**json.loads(self.paths.config.read_text())["ports"])
-        except (OSError, KeyError, TypeError, ValueError):
-            recorded = None
-        if recorded is not None and (running or all(map(_port_free, asdict(recorded).values()))):
-            return recorded
-        return Ports(*(_free_port() for _ in range(5)))
+    def _choose_ports(self) -> tuple[Ports, int]:
+        """The recorded ports (a state recorded before the registry existed gains a registry
+        port); fresh ones only for a cluster without state."""
+        recorded = self._recorded()
+        return portmod.choose(recorded, recorded_port(recorded), portmod.fresh_ports)
+
+    def _check_ports(self, ports: Ports, registry: int) -> None:
+        """Fail, naming the holder, when a port of a component about to start is taken."""
+        running = {name for name in COMPONENTS if self.procs.find(name) is not None}
+        wanted = portmod.to_check(ports, registry, running)
+        found = portmod.conflicts(wanted, portmod.port_free, portmod.holder_of)
+        if found:
+            raise ClusterError("; ".join(found))
+
+    def _recorded_ports(self) -> Ports:
+        ports = portmod.recorded_ports(self._recorded())
+        if ports is None:
+            raise ClusterError(f"no ports recorded in {self.paths.config}: run `nest cluster up`")
+        return ports
 
     def _recorded(self) -> dict[str, Any]:
         try:
@@ -140,14 +126,6 @@ class ControlPlane:
         except (OSError, ValueError):
             return {}
         return recorded if isinstance(recorded, dict) else {}
-
-    def _registry_port(self, running: bool) -> int:
-        """Like `_ports`, separately: a state recorded before the registry existed keeps its
-        control plane's ports and only gains a registry port."""
-        port = recorded_port(self._recorded())
-        if port is not None and (running or port_free(port)):
-            return port
-        return _free_port()
 
     def registry_address(self) -> str | None:
         """`127.0.0.1:PORT` of this cluster's registry as recorded, or None before any `up`."""
@@ -222,6 +200,37 @@ class ControlPlane:
             "node": ProcessSpec("node", node, env=node_env(os.environ)),
         }
 
+    def component_spec(self, name: str) -> ProcessSpec:
+        """How to (re)start one component on the recorded ports: the supervisor's view."""
+        if name == "registry":
+            port = recorded_port(self._recorded())
+            if port is None:
+                raise ClusterError(f"no registry port recorded in {self.paths.config}")
+            return self.registry.spec(port)
+        return self._specs(self._recorded_ports())[name]
+
+    def _supervisor_spec(self) -> ProcessSpec:
+        argv = [
+            sys.executable, "-m", SUPERVISOR_MODULE, f"--state-dir={self.paths.state.resolve()}",
+            f"--cache-dir={self.paths.cache.resolve()}",
+        ]  # fmt: skip
+        return ProcessSpec(SUPERVISOR, argv)
+
+    def runner_pids(self) -> list[int]:
+        """Every runner serving this state's node, whether or not its pid file names it."""
+        return [p.pid for p in _runners(str((self.paths.state / "node").resolve()))]
+
+    @property
+    def supervision_path(self) -> Path:
+        """The supervisor's record of restarts, which `status` reads."""
+        return self.paths.run / "supervision.json"
+
+    def _supervision(self) -> dict[str, supervision.Track]:
+        try:
+            return supervision.loads(self.supervision_path.read_text())
+        except OSError:
+            return {}
+
     # -- probes --------------------------------------------------------------------------------
 
     def _get(self, url: str, token: str, verify: bool) -> tuple[int, str]:
@@ -251,7 +260,8 @@ class ControlPlane:
         if name == "node":
             return self._node_ready()
         if name == "registry":
-            return self.registry.healthy(self._registry_port(True))
+            port = recorded_port(self._recorded())
+            return self.registry.healthy(port) if port else (False, "no port recorded")
         token = (self.paths.pki / "admin.token").read_text().strip()
         verify = name == "kube-apiserver"  # the one served with our CA's certificate
         code, body = self._get(self._health_urls(ports)[name], token, verify)
@@ -280,6 +290,18 @@ class ControlPlane:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
             yield
 
+    @contextlib.contextmanager
+    def try_locked(self) -> Iterator[bool]:
+        """The lifecycle lock if nobody holds it (True), else nothing (False), without waiting."""
+        self.paths.state.mkdir(parents=True, exist_ok=True)
+        with open(self.paths.state / "lifecycle.lock", "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+
     def up(self, timeout: float = 120.0) -> None:
         with self._locked():
             self._up(timeout)
@@ -293,17 +315,16 @@ class ControlPlane:
                 "docker-registry not found: install Debian's docker-registry package "
                 "(scripts/bootstrap does)"
             )
-        running = self.procs.find("kube-apiserver") is not None
-        ports = self._ports(running)
-        registry_port = self._registry_port(self.procs.find("registry") is not None)
+        ports, registry_port = self._choose_ports()
+        self._check_ports(ports, registry_port)
         ensure_pki(self.paths.pki)
         server = self._server(ports)
-        write_kubeconfig(self.paths.kubeconfig, server, self.paths.pki, "admin")
+        _write_kubeconfig(self.paths.kubeconfig, server, self.paths.pki, "admin")
         for component in ("controller-manager", "scheduler"):
             path = self.paths.state / f"{component}.kubeconfig"
-            write_kubeconfig(path, server, self.paths.pki, component)
-        recorded = {"ports": asdict(ports), "registry": {"port": registry_port}}
-        self.paths.config.write_text(json.dumps(recorded, indent=2))
+            _write_kubeconfig(path, server, self.paths.pki, component)
+        recorded = {"ports": vars(ports), "registry": {"port": registry_port}}
+        _replace_if_changed(self.paths.config, json.dumps(recorded, indent=2))
         specs = {**self._specs(ports), "registry": self.registry.spec(registry_port)}
         started = time.monotonic()
         for name in COMPONENTS:
@@ -328,6 +349,8 @@ class ControlPlane:
             wait_until(published, timeout, "kube-public/local-registry-hosting")
         except ClusterError as exc:
             raise ClusterError(f"{exc}: cannot publish the registry ({complaint[-1]})") from exc
+        # Last: it must find every component's pid file, or it takes the cluster for stopped.
+        self.procs.start(self._supervisor_spec())
 
     def down(self, purge: bool = False) -> None:
         with self._locked():
@@ -360,6 +383,9 @@ class ControlPlane:
         return stopped
 
     def _down(self) -> None:
+        # First, so that nothing stopped below is started again (it also cannot take the lock).
+        self.procs.stop(SUPERVISOR, grace=10.0)
+        self.supervision_path.unlink(missing_ok=True)
         for name in reversed(COMPONENTS):
             # The node first: its pods get SIGTERM and their grace period while the API is up.
             self.procs.stop(name, grace=30.0 if name == "node" else 10.0)
@@ -371,15 +397,28 @@ class ControlPlane:
                     cgroups.clean_node(cgroups.discover(), cgroups.node_key(NODE_NAME, node_dir))
 
     def status(self) -> list[Health]:
-        ports = self._ports(True)
+        """Every component, then the supervisor; restarts as the supervisor counted them."""
+        ports = portmod.recorded_ports(self._recorded())
+        tracks, now = self._supervision(), time.time()
         rows = []
         for name in COMPONENTS:
-            proc = self.procs.find(name)
-            if proc is None:
-                rows.append(Health(name, None, False, "not running"))
+            proc, track = self.procs.find(name), tracks.get(name)
+            restarts = track.restarts if track else 0
+            if proc is None or ports is None:
+                pending = supervision.describe(track, now)
+                detail = f"not running: {pending}" if pending else "not running"
+                rows.append(Health(name, None, False, detail, restarts))
                 continue
             ok, detail = self._healthy(name, ports)
-            rows.append(Health(name, proc.pid, ok, detail))
+            rows.append(Health(name, proc.pid, ok, detail, restarts))
+        supervisor = self.procs.find(SUPERVISOR)
+        detail = (
+            "restarts dead components (back-off 1s doubling to 30s)"
+            if supervisor
+            else "not running: dead components stay down until `nest cluster up`"
+        )
+        rows.append(Health(SUPERVISOR, supervisor.pid if supervisor else None,
+                           supervisor is not None, detail))  # fmt: skip
         return rows
 
 
@@ -395,6 +434,30 @@ def _runners(node_dir: str) -> list[psutil.Process]:
         if RUNNER_MODULE in argv and any(str(Path(d).resolve()) == node_dir for d in dirs):
             found.append(proc)
     return found
+
+
+def _replace_if_changed(path: Path, text: str) -> None:
+    """Write atomically, and not at all when unchanged: clients read these files any time."""
+    try:
+        if path.read_text() == text:
+            return
+    except OSError:
+        pass
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
+        out.write(text)  # kubeconfigs hold tokens: never readable by others, not for a moment
+    os.replace(tmp, path)
+
+
+def _write_kubeconfig(path: Path, server: str, pki: Path, component: str) -> None:
+    """pki's kubeconfig, replaced only when it changed (with the ports kept, it never does)."""
+    tmp = path.with_name(f".{path.name}.new")
+    tmp.unlink(missing_ok=True)
+    tmp.touch(mode=0o600)  # before it holds the token
+    write_kubeconfig(tmp, server, pki, component)
+    text = tmp.read_text()
+    tmp.unlink()
+    _replace_if_changed(path, text)
 
 
 def _say(message: str) -> None:

@@ -57,6 +57,10 @@ class ProcessTable:
             return None
         return proc
 
+    def recorded(self, name: str) -> bool:
+        """Whether a pid file names `name`: `stop` removes it, a crash leaves it behind."""
+        return self._pidfile(name).exists()
+
     def start(self, spec: ProcessSpec) -> psutil.Process:
         running = self.find(spec.name)
         if running is not None:
@@ -79,6 +83,9 @@ class ProcessTable:
     def stop(self, name: str, grace: float = 10.0) -> None:
         """SIGTERM the process and everything in its session, SIGKILL after `grace` seconds."""
         proc = self.find(name)
+        # The pid file goes first: the supervisor restarts a process that died with its pid file
+        # left, and this one is meant to die.
+        self._pidfile(name).unlink(missing_ok=True)
         if proc is not None:
             group = _session_members(proc)
             for p in group:
@@ -87,7 +94,6 @@ class ProcessTable:
             for p in alive:
                 _signal(p, signal.SIGKILL)
             psutil.wait_procs(alive, timeout=5)
-        self._pidfile(name).unlink(missing_ok=True)
 
 
 def _session_members(proc: psutil.Process) -> list[psutil.Process]:

@@ -24,12 +24,14 @@ relies on in a real kubelet + runc:
 Not modelled: network namespaces (pods share the host's loopback), seccomp and AppArmor
 profiles, user namespaces, per-pod /dev/shm and pod-level cgroup limits, images.
 
-Modules: `main` (argv, pod watch, shutdown), `node` (Node, heartbeats, Lease), `pods` (one worker
-per pod), `containers` (the pod sandbox: credentials, cgroups, PID namespace per instance),
-`security` (securityContext resolution, reaching the image), `termination`, `cgroups`, `state`
-(container state machine, restart and back-off rules), `status` (pure status computation), `env`
-(pure env resolution), `volumes` and `podapi` (volumes, tokens), `process` + `shim` +
-`shim_linux` (spawning), `probes`, `layout` (state dir, IP allocation) and `logs`.
+Modules: `main` (argv, the event loop, shutdown), `manager` (the pod watch, a `nest_kube.Informer`,
+and its routing to workers), `kube` (the workers' API calls, run on the loop; tokens), `node`
+(Node, heartbeats, Lease), `pods` (one worker thread per pod), `containers` (the pod sandbox:
+credentials, cgroups, PID namespace per instance), `security` (securityContext resolution,
+reaching the image), `termination`, `cgroups`, `state` (container state machine, restart and
+back-off rules), `status` (pure status computation), `env` (pure env resolution), `volumes`,
+`process` + `shim` + `shim_linux` (spawning), `probes`, `layout` (state dir, IP allocation) and
+`logs`.
 
 Leftovers of a previous runner instance are killed and restarted, not adopted. A process that is
 not our child cannot be waited for, so its exit code - which decides between Completed and Error

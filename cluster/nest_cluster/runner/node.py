@@ -3,28 +3,29 @@
 The controller-manager runs without node-lifecycle, so nothing else maintains this node: admission
 gives a new Node the `node.kubernetes.io/not-ready` taint and only we can take it off. We still
 keep the Ready condition and the kube-node-lease Lease fresh like a kubelet would, so tools that
-look at either (kubectl, a future node-lifecycle controller) see a live node.
+look at either (kubectl, a future node-lifecycle controller) see a live node. The heartbeat is a
+task on the runner's event loop, over the same `nest_kube` API as the pod watch.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import platform
 import socket
-import threading
-from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import psutil
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 from nest_cluster.paths import KUBERNETES_VERSION
+from nest_kube import Api, ApiError
+from nest_kube.resources import LEASES, Resource
 
 log = logging.getLogger(__name__)
-MERGE_PATCH = "application/merge-patch+json"
+NODES: Final = Resource("", "v1", "nodes", "Node", namespaced=False)
+LEASE_NAMESPACE = "kube-node-lease"
 HEARTBEAT = 10.0  # seconds between node status and Lease renewals
 LEASE_SECONDS = 40
 MAX_PODS = 110
@@ -100,17 +101,16 @@ def node_status(ready: bool, message: str, since: str | None) -> dict[str, Any]:
 
 
 class NodeAgent:
-    """Registers the node and keeps it (and its Lease) fresh from a background thread."""
+    """Registers the node and keeps it (and its Lease) fresh from a task on the loop."""
 
-    def __init__(self, api: client.ApiClient, name: str) -> None:
-        self.core = client.CoreV1Api(api)
-        self.leases = client.CoordinationV1Api(api)
+    def __init__(self, api: Api, name: str, heartbeat: float = HEARTBEAT) -> None:
+        self.api = api
         self.name = name
-        self.stop = threading.Event()
+        self.heartbeat = heartbeat
         self._ready_since: str | None = None
-        self._thread = threading.Thread(target=self._beat, daemon=True, name="node-heartbeat")
+        self._task: asyncio.Task[None] | None = None
 
-    def register(self) -> None:
+    async def register(self) -> None:
         labels = {
             "kubernetes.io/hostname": self.name,
             "kubernetes.io/os": "linux",
@@ -118,68 +118,62 @@ class NodeAgent:
             "nest.dev/local-node": "true",
         }
         try:
-            self.core.create_node(
-                client.V1Node(metadata=client.V1ObjectMeta(name=self.name, labels=labels))
-            )
+            await self.api.create(NODES, None, {"metadata": {"name": self.name, "labels": labels}})
             log.info("registered node %s", self.name)
-        except ApiException as err:
+        except ApiError as err:
             if err.status != 409:
                 raise
-            self.core.patch_node(self.name, {"metadata": {"labels": labels}},
-                                 _content_type=MERGE_PATCH)  # fmt: skip
-        self.report(ready=True, message="local process runner is posting ready status")
-        self._untaint()
-        self.renew_lease()
-        self._thread.start()
+            await self.api.patch(NODES, None, self.name, {"metadata": {"labels": labels}})
+        await self._refresh()
+        self._task = asyncio.create_task(self._beat(), name="node heartbeat")
 
-    def _untaint(self) -> None:
-        node = self.core.read_node(self.name)
-        taints = (node.spec.taints if node.spec else None) or []
-        kept = [t for t in taints if t.key not in NOT_READY_TAINTS]
+    async def _refresh(self) -> None:
+        await self.report(ready=True, message="local process runner is posting ready status")
+        await self._untaint()
+        await self.renew_lease()
+
+    async def _untaint(self) -> None:
+        node = await self.api.get(NODES, None, self.name)
+        taints = (node.get("spec") or {}).get("taints") or []
+        kept = [t for t in taints if t.get("key") not in NOT_READY_TAINTS]
         if len(kept) != len(taints):
             # A JSON merge patch replaces the whole list: exactly what removing entries needs.
-            plain = [{"key": t.key, "value": t.value, "effect": t.effect} for t in kept]
-            body = {"spec": {"taints": plain or None}}
-            self.core.patch_node(self.name, body, _content_type=MERGE_PATCH)
+            await self.api.patch(NODES, None, self.name, {"spec": {"taints": kept or None}})
 
-    def report(self, ready: bool, message: str) -> None:
+    async def report(self, ready: bool, message: str) -> None:
         if not ready:
             self._ready_since = None
         status = node_status(ready, message, self._ready_since)
         self._ready_since = self._ready_since or status["conditions"][-1]["lastTransitionTime"]
-        self.core.patch_node_status(self.name, {"status": status}, _content_type=MERGE_PATCH)
+        await self.api.patch(NODES, None, self.name, {"status": status}, subresource="status")
 
-    def renew_lease(self) -> None:
-        spec: Mapping[str, Any] = {
+    async def renew_lease(self) -> None:
+        spec: dict[str, Any] = {
             "holderIdentity": self.name,
             "leaseDurationSeconds": LEASE_SECONDS,
             "renewTime": _now(micro=True),
         }
         try:
-            self.leases.patch_namespaced_lease(
-                self.name, "kube-node-lease", {"spec": spec}, _content_type=MERGE_PATCH
-            )
-        except ApiException as err:
+            await self.api.patch(LEASES, LEASE_NAMESPACE, self.name, {"spec": spec})
+        except ApiError as err:
             if err.status != 404:
                 raise
-            meta = client.V1ObjectMeta(name=self.name, namespace="kube-node-lease")
-            self.leases.create_namespaced_lease("kube-node-lease", client.V1Lease(metadata=meta))
-            self.leases.patch_namespaced_lease(
-                self.name, "kube-node-lease", {"spec": spec}, _content_type=MERGE_PATCH
-            )
+            meta = {"name": self.name, "namespace": LEASE_NAMESPACE}
+            await self.api.create(LEASES, LEASE_NAMESPACE, {"metadata": meta, "spec": spec})
 
-    def _beat(self) -> None:
-        while not self.stop.wait(HEARTBEAT):
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat)
             try:
-                self.report(ready=True, message="local process runner is posting ready status")
-                self._untaint()
-                self.renew_lease()
+                await self._refresh()
             except Exception as err:  # the API server may be restarting; try again next beat
                 log.warning("node heartbeat failed: %s", err)
 
-    def shut_down(self) -> None:
-        self.stop.set()
+    async def shut_down(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
         try:
-            self.report(ready=False, message="local process runner stopped")
+            await self.report(ready=False, message="local process runner stopped")
         except Exception as err:
             log.warning("could not mark node %s not ready: %s", self.name, err)

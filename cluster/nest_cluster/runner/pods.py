@@ -5,6 +5,9 @@ queue, and only the worker thread touches its container records, so there are no
 misbehaving pod can only break its own worker (every step is guarded and logged, never raised into
 the runner). After each event the worker reconciles the records with the pod spec, then patches the
 status subresource if `status.compute_status` yields something the server does not already show.
+A status write that fails (the API server restarting, say) is tried again after a back-off and
+never stops the pod's processes; one answered "gone" (404, or another pod under the name) ends
+the worker as a deletion does. The worker's API calls run on the runner's loop (`kube`).
 
 What a container starts WITH (credentials, cgroup, PID namespace) is the pod sandbox's business
 (containers.py), and so is its termination message file, which this worker reads into the
@@ -31,16 +34,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
-
 from nest_cluster.errors import RunnerError
 from nest_cluster.runner import cgroups, process, termination, volumes
 from nest_cluster.runner import env as envs
 from nest_cluster.runner.containers import Host, PodSandbox
+from nest_cluster.runner.kube import PodAPI, RunnerKube, Written
 from nest_cluster.runner.layout import Layout
 from nest_cluster.runner.logs import next_log, promote
-from nest_cluster.runner.podapi import PodAPI
 from nest_cluster.runner.probes import Prober, Target
 from nest_cluster.runner.security import CONFIG_ERROR, ConfigError, read_last_cap
 from nest_cluster.runner.state import (
@@ -54,10 +54,10 @@ from nest_cluster.runner.state import (
     should_restart,
 )
 from nest_cluster.runner.status import PodView, compute_status, needs_patch
+from nest_kube import ApiError, Backoff
 
 Obj = Mapping[str, Any]
 log = logging.getLogger(__name__)
-MERGE_PATCH = "application/merge-patch+json"
 RETRY_SETUP = 5.0  # seconds between attempts to fetch a missing Secret/ConfigMap
 RETRY_TOKEN = 10.0  # seconds before retrying a token renewal that failed
 
@@ -70,7 +70,7 @@ class NodeContext:
     node_dir: str
     api_port: int
     layout: Layout
-    core: client.CoreV1Api
+    kube: RunnerKube
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
     isolate: bool = True  # namespaces, cgroups and credentials (we are root)
     cgroups: cgroups.Support = field(default_factory=lambda: cgroups.Support(problem="unknown"))
@@ -124,10 +124,12 @@ class PodWorker:
         self.kill_at: dict[str, float] = {}
         self.volume_dirs: dict[str, Path] | None = None
         self.sandbox = PodSandbox(ctx.host, pod, self.dir.containers)
-        self.api = PodAPI(ctx.core, lambda: self.pod)
+        self.api = PodAPI(ctx.kube, lambda: self.pod)
         self.tokens: dict[Path, volumes.TokenFile] = {}
         self.token_due: dict[Path, float] = {}
         self.retry_at = 0.0
+        self.status_retry_at = 0.0  # a status write failed: not again before this
+        self.status_backoff = Backoff()
         self.gone = False
         self.shutdown_by: float | None = None
         self.post(Event("pod", pod=pod))  # the first reconcile needs no outside trigger
@@ -164,7 +166,7 @@ class PodWorker:
 
     def _step(self) -> None:
         timers = [*self.kill_at.values(), self.retry_at if self.volume_dirs is None else 0.0]
-        timers += self.token_due.values()
+        timers += [*self.token_due.values(), self.status_retry_at]
         timers += [
             r.backoff_until for r in self.records.values() if r.state is ContainerState.BACKOFF
         ]
@@ -304,17 +306,7 @@ class PodWorker:
             return
         self.dir.remove()
         if not self.gone:
-            meta = self.pod["metadata"]
-            try:
-                self.ctx.core.delete_namespaced_pod(
-                    meta["name"], meta["namespace"], grace_period_seconds=0,
-                    body=client.V1DeleteOptions(
-                        grace_period_seconds=0, preconditions=client.V1Preconditions(uid=self.uid)
-                    ),
-                )  # fmt: skip
-            except ApiException as err:
-                if err.status not in (404, 409):
-                    raise
+            self.ctx.kube.finish_deletion(self.pod)
 
     def _setup(self) -> bool:
         if time.time() < self.retry_at:
@@ -323,7 +315,7 @@ class PodWorker:
         fetch = self.api.fetch(self._issued)
         try:
             self.volume_dirs = volumes.prepare(self.pod, self.dir, facts, fetch)
-        except (RunnerError, ApiException, OSError) as err:
+        except (RunnerError, ApiError, OSError) as err:
             message = f"setting up volumes: {getattr(err, 'reason', None) or err}"
             log.warning("pod %s: %s", self.name, message)
             for record in self.records.values():
@@ -364,7 +356,7 @@ class PodWorker:
             env, argv, mounts = self._resolve(spec)
             launch = self.sandbox.launch(spec, creds, restarts, argv, env, mounts, logfile)
             popen = process.start(launch)
-        except (RunnerError, process.StartError, ApiException) as err:
+        except (RunnerError, process.StartError, ApiError) as err:
             # The cgroup and message file of an instance that never ran; no log to fall back to.
             ended = self.sandbox.ended(record.name)
             if ended.message_file is not None:
@@ -452,25 +444,30 @@ class PodWorker:
                 continue
             try:
                 self._issued(volumes.refresh(self.tokens[path], self.api.fetch(self._issued)))
-            except (RunnerError, ApiException, OSError) as err:
+            except (RunnerError, ApiError, OSError) as err:
                 log.warning("pod %s: renewing token %s failed (%s)", self.name, path, err)
                 self.token_due[path] = now + RETRY_TOKEN
 
     # -- status --------------------------------------------------------------------------------
 
     def _publish(self) -> None:
+        now = time.time()
+        if now < self.status_retry_at:
+            return
         view = PodView(self.meta.ip, self.start_time, dict(self.records), self.sandbox.message)
-        wanted = compute_status(self.pod, view, self.published, time.time())
+        wanted = compute_status(self.pod, view, self.published, now)
         if not needs_patch(self.published, wanted):
             return
-        meta = self.pod["metadata"]
         try:
-            self.ctx.core.patch_namespaced_pod_status(
-                meta["name"], meta["namespace"], {"status": wanted}, _content_type=MERGE_PATCH
-            )
-        except ApiException as err:
-            if err.status != 404:
-                raise
-            self.gone = True
-            return
-        self.published = {**(self.published or {}), **wanted}
+            written = self.ctx.kube.write_status(self.pod, wanted)
+        except ApiError as err:  # the loop did not answer in time
+            log.warning("pod %s: status not written (%s)", self.name, err)
+            written = Written.FAILED
+        if written is Written.GONE:
+            self.post(Event("gone"))  # wind down now, not at whatever event comes next
+        elif written is Written.FAILED:
+            # `published` stays as it was, so the next attempt writes the status then current.
+            self.status_retry_at = now + self.status_backoff.next()
+        else:
+            self.status_retry_at = 0.0
+            self.published = {**(self.published or {}), **wanted}

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from nest_cluster.runner.env import PodFacts
+from nest_cluster.runner.kube import token_request
 from nest_cluster.runner.layout import PodDir
-from nest_cluster.runner.podapi import token_request
 from nest_cluster.runner.volumes import Fetch, Grant, TokenFile, prepare, refresh, refresh_at
 
 HOUR = 3600.0
@@ -121,7 +121,8 @@ def test_empty_dirs_are_world_writable_as_the_kubelet_makes_them(tmp_path: Path)
 
 def test_token_request_is_bound_to_the_pod() -> None:
     pod = {"metadata": {"name": "web-1", "namespace": "ns", "uid": "uid-9"}}
-    request = token_request(pod, ["nest"], 600)
-    bound = request.spec.bound_object_ref
-    assert (bound.kind, bound.api_version, bound.name, bound.uid) == ("Pod", "v1", "web-1", "uid-9")
-    assert request.spec.audiences == ["nest"] and request.spec.expiration_seconds == 600
+    spec = token_request(pod, ["nest"], 600)["spec"]
+    bound = spec["boundObjectRef"]
+    assert (bound["kind"], bound["apiVersion"], bound["name"], bound["uid"]) == (
+        "Pod", "v1", "web-1", "uid-9")  # fmt: skip
+    assert spec["audiences"] == ["nest"] and spec["expirationSeconds"] == 600
