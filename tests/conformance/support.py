@@ -22,9 +22,10 @@ HOOKS = str(EXAMPLES / "hooks")
 
 
 async def wait_for(
-    predicate: Callable[[], bool | Awaitable[bool]], timeout: float = 10.0, what: str = ""
+    predicate: Callable[[], bool | Awaitable[bool]], timeout: float = 30.0, what: str = ""
 ) -> None:
-    """Poll `predicate` (yielding to the loop between polls) until true or the deadline."""
+    """Poll `predicate` (yielding to the loop between polls) until true or the deadline. The
+    deadline is generous: `make test` runs these beside the cluster's tests on two cores."""
     deadline = time.monotonic() + timeout
     while True:
         result = predicate()
@@ -34,7 +35,9 @@ async def wait_for(
             return
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s: {what or predicate}")
-        await asyncio.sleep(0.005)  # yield between polls; the deadline above is what bounds us
+        # Yield between polls (the deadline above is what bounds us); not so often that a
+        # predicate asking a runtime over HTTP takes the CPU the runtime needs to answer.
+        await asyncio.sleep(0.02)
 
 
 def child_processes() -> list[psutil.Process]:
