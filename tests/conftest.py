@@ -29,13 +29,28 @@ APART = tuple(
 )
 
 
+# Tests that run sandbox runtimes or backends of their own on this host: one runtime's sandboxes
+# live in `<the test process's cgroup>/nest-sandboxes/sbx-<id>`, and the tests reuse ids, so two
+# xdist workers (one cgroup) running them at once would kill each other's sandboxes.
+RUNTIMES = (
+    "tests/conformance/",
+    "tests/unit/sandbox/",
+    "tests/unit/isolation/",
+    "tests/unit/gateway/test_body_limits.py",
+    "tests/unit/sidecar/test_native_pins.py",
+)
+
+
 def _group(nodeid: str) -> str:
     """Which tests must run one after another: those sharing the pool pods ("cluster"), those
-    apart from it ("apart"); any other test module is its own group."""
+    apart from it ("apart"), those running runtimes ("runtimes"); any other test module is a
+    group of its own."""
     if nodeid.startswith(APART):
         return "apart"
     if nodeid.startswith(INTEGRATION):
         return "cluster"
+    if nodeid.startswith(RUNTIMES):
+        return "runtimes"
     return nodeid.split("::", 1)[0]
 
 
@@ -48,10 +63,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The two long integration groups first, so that under `pytest -n` (as `make test` runs)
-    each gets a worker of its own at once while the unit tests spread over the rest."""
-    rank = {"cluster": 0, "apart": 1}
-    items.sort(key=lambda item: rank.get(_group(item.nodeid), 2))
+    """The long groups first, so that under `pytest -n` (as `make test` runs) each gets a worker
+    of its own at once while the other unit tests spread over what is left."""
+    rank = {"cluster": 0, "apart": 1, "runtimes": 2}
+    items.sort(key=lambda item: rank.get(_group(item.nodeid), 3))
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:

@@ -32,6 +32,7 @@ class RuntimeProcess:
     base_url: str
     trace_dir: Path
     keys: auth.KeyRing
+    scratch: str
 
     def request(
         self,
@@ -60,11 +61,17 @@ def start_runtime(tmp_path: Path, name: str = "rt", *extra: str) -> RuntimeProce
     key_file = tmp_path / "dataplane.key"
     if not key_file.exists():  # a restarted runtime of the same test keeps the key
         auth.write_key_file(key_file)
+    # Reachable by the sandboxes' uids (a test's tmp_path is not), so not under tmp_path.
+    scratch = tempfile.mkdtemp(prefix="nest-test-scratch-")
     env = {
         **os.environ,
         "NEST_RUNTIME_SOCKET": socket,
         "NEST_TRACE_DIR": str(trace_dir),
         auth.ENV_KEY_FILE: str(key_file),
+        # Not the pool pods' uids (the default range) nor their scratch: the local cluster's
+        # sandboxes run on this host meanwhile.
+        "NEST_SANDBOX_UIDS": "250000-259999",
+        "NEST_SCRATCH_DIR": scratch,
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "sandbox.runtime", "--port", "0", "--log-level", "WARNING", *extra],
@@ -76,7 +83,8 @@ def start_runtime(tmp_path: Path, name: str = "rt", *extra: str) -> RuntimeProce
     line = proc.stdout.readline()  # the runtime prints one JSON line once it listens
     assert line, "runtime exited before it was ready"
     port = jsonlib.loads(line)["data_port"]
-    return RuntimeProcess(proc, socket, f"http://127.0.0.1:{port}", trace_dir, auth.load(key_file))
+    url = f"http://127.0.0.1:{port}"
+    return RuntimeProcess(proc, socket, url, trace_dir, auth.load(key_file), scratch)
 
 
 def stop_runtime(runtime: RuntimeProcess) -> None:
@@ -86,6 +94,7 @@ def stop_runtime(runtime: RuntimeProcess) -> None:
     assert runtime.proc.stdout is not None
     runtime.proc.stdout.close()
     _gone, alive = psutil.wait_procs(descendants, timeout=10)
+    shutil.rmtree(runtime.scratch, ignore_errors=True)
     assert alive == [], f"runtime left processes behind: {alive}"
 
 
