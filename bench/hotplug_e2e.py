@@ -17,7 +17,14 @@ from kubernetes import watch
 
 from bench.cluster import BenchCluster
 from bench.common import Report, ms, percentile
-from crds.constants import GROUP, POD_UID_LABEL, POOL_LABEL, SANDBOX_PLURAL, VERSION
+from crds.constants import (
+    GROUP,
+    POD_UID_LABEL,
+    POOL_LABEL,
+    SANDBOX_PLURAL,
+    SIDECAR_FINALIZER,
+    VERSION,
+)
 
 N = 100
 HANDLER = "def handler(event, context):\n    return event\n"
@@ -98,9 +105,10 @@ def _measure(bench: BenchCluster, seen: ReadyWatch, pod: dict[str, Any], mode: s
         custom.create_namespaced_custom_object(
             GROUP, VERSION, ns, SANDBOX_PLURAL, _sandbox(name, mode, pool)
         )
-    binding = {
+    binding = {  # as the scheduler binds: the sidecar's finalizer comes with the binding
         "metadata": {
             "labels": {POOL_LABEL: "default", POD_UID_LABEL: pod["metadata"]["uid"]},
+            "finalizers": [SIDECAR_FINALIZER],
         },
         "spec": {"podName": pod["metadata"]["name"], "podNamespace": pod["metadata"]["namespace"]},
     }

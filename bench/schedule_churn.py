@@ -7,7 +7,8 @@ operator's real scheduling path in-process — `Store`, `Pools`, `SchedulerCache
 `SchedulerController` with its queue and 16 workers, the manager's routing of watch events and
 its 2-second resync — with 200 pool pods (full: 10 bound sandboxes each), 500 pending sandboxes
 (400 need a free slot, 100 are bigger than any pod) and every pod renewing its Lease every 10 s
-for 60 s, with the sidecar's own `lease_body` (usage rewritten on every renewal).
+for 60 s, with the sidecar's own `lease_body` (the Lease as stored after each renewal: a new
+renewTime, the same annotations).
 
 In-process rather than on the local cluster: its pods are processes, 200 pool pods with their
 sidecars do not fit on two cores, and 200 simulated pods with 1,200 Lease writes a minute on
@@ -40,7 +41,7 @@ from nest_operator.pool_controller import Pools, pool_key
 from nest_operator.scheduler import Scheduler, SchedulerCache, default_filters
 from nest_operator.scheduler_controller import SchedulerController
 from nest_operator.store import Kind, Obj, Store
-from nest_sidecar.lease import Capacity, PodRef, Usage, lease_body
+from nest_sidecar.lease import Capacity, PodRef, lease_body
 
 PODS = 200
 PER_POD = 10  # bound sandboxes per pod: every pod is full
@@ -160,11 +161,10 @@ class _Harness:
             s.sandbox_changed(obj, deleted)
 
     def renew(self, i: int) -> None:
-        """Pod i's sidecar renews: the whole body again, usage changed, capacity not."""
+        """Pod i's sidecar renews: renewTime moves, capacity and natives do not."""
         started = time.process_time()
         ref = PodRef(f"{POOL}-{i:03d}", NAMESPACE, f"pod-uid-{i}", POOL)
-        usage = Usage(PER_POD, (300 + (next(self._rv) % 200)) * MI, 100 + i % 50)
-        body = lease_body(ref, CAPACITY, usage, datetime.now(UTC), 40)
+        body = lease_body(ref, CAPACITY, datetime.now(UTC), 40)
         body["metadata"] |= {"uid": f"lease-uid-{i}", "resourceVersion": str(next(self._rv))}
         self.feed_cpu += time.process_time() - started
         self.observe(Kind.LEASE, "MODIFIED", body)

@@ -64,9 +64,8 @@ MAX_SANDBOXES_ANNOTATION: Final = f"{GROUP}/max-sandboxes"
 ISOLATION_ANNOTATION: Final = f"{GROUP}/isolation"
 # A pool pod with this annotation set to "true" takes no new sandboxes (kubectl cordon's analogue).
 CORDON_ANNOTATION: Final = f"{GROUP}/cordoned"
-# On a pool pod's Lease: JSON of its capacity and of its live usage, renewed with the heartbeat.
+# On a pool pod's Lease: JSON of its declared capacity, written when it changes (not per renewal).
 CAPACITY_ANNOTATION: Final = f"{GROUP}/capacity"
-USAGE_ANNOTATION: Final = f"{GROUP}/usage"
 # Compiled distributions as JSON list of "name==version" (PEP 503 names). On a pool pod's Lease:
 # those its shared runtime has loaded (one version each per process). On a SandboxDeployment's
 # template (so on its Sandboxes), set by `nest deploy` from the package config: those the function

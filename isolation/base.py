@@ -101,7 +101,6 @@ class SandboxStatus:
     pid: int | None = None
     exit_code: int | None = None
     signal: int | None = None
-    restart_count: int = 0
     created_at: float = 0.0
     started_at: float | None = None
     finished_at: float | None = None

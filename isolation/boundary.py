@@ -191,9 +191,6 @@ class UidPool:
         """Never hand `owner`'s uid out again (a process of it may still exist)."""
         self._used.pop(owner, None)
 
-    def owner_of(self, uid: int) -> str | None:
-        return next((o for o, u in self._used.items() if u == uid), None)
-
     @property
     def in_use(self) -> int:
         return len(self._used)

@@ -36,6 +36,8 @@ from nest_api.errors import BadRequest, NotFound, Upstream, invalid
 # FUNCTION_LABEL (crds.constants) selects a function's sandboxes: every template written here
 # carries it, and the sidecar reports its value to the code as context.function_name.
 M = TypeVar("M", bound=BaseModel)
+# The message of a build not yet started for the template's context (build_view).
+BUILD_NOT_STARTED = "waiting for the build to start"
 
 
 def _build(model: type[M], what: str, prefix: str, **values: Any) -> M:
@@ -172,24 +174,31 @@ def revisions(deployment: dict[str, Any], items: list[dict[str, Any]]) -> list[m
 
 
 def build_view(deployment: SandboxDeployment) -> m.BuildView | None:
-    """The build of a function whose template has `source.build` (None otherwise): the Built
-    condition's status, reason and message, and from status.build the Job and, when it is the
-    build of the template's own context, the package it produced."""
+    """The build of a function whose template has `source.build` (None otherwise), the one
+    reading of status.build and the Built condition for the gateway's views and the CLI's wait.
+
+    Both belong to the template's context only when status.build names it: until the operator
+    has started that build they are an older context's, and this one is Unknown, without a
+    reason, "waiting for the build to start" (an older build's True must not read as this one's).
+    """
     source = deployment.spec.template.spec.function.source.build
     if source is None:
         return None
+    status = deployment.status.build
+    if status is None or status.context != source.context:
+        return m.BuildView(
+            status=ConditionStatus.UNKNOWN, message=BUILD_NOT_STARTED, context=source.context
+        )
     built = next(
         (c for c in deployment.status.conditions if c.type == DeploymentConditionType.BUILT), None
     )
-    status = deployment.status.build
-    current = status is not None and status.context == source.context
     return m.BuildView(
         status=built.status if built is not None else ConditionStatus.UNKNOWN,
         reason=built.reason if built is not None else None,
-        message=built.message if built is not None else "waiting for the build to start",
+        message=built.message if built is not None else BUILD_NOT_STARTED,
         context=source.context,
-        ref=status.ref if status is not None and current else None,
-        job=status.job if status is not None and current else None,
+        ref=status.ref,
+        job=status.job,
     )
 
 

@@ -24,7 +24,8 @@ from crds import (
     SandboxStatus,
 )
 from crds.common import LABEL_VALUE_PATTERN, ConditionStatus, Quantity
-from crds.sandbox import HANDLER_PATTERN, SHA256_PATTERN, BuildSource, OciSource
+from crds.sandbox import BuildSource, OciSource
+from crds.validation import HANDLER_PATTERN, SHA256_PATTERN
 
 # RFC 1123 label: what Kubernetes accepts as a namespace name, and Nest as a function name (it
 # also becomes a label value and part of generated object names).

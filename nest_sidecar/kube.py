@@ -1,14 +1,15 @@
-"""The sidecar's calls to the API server: finalizers, status, Events, ConfigMap and Secret reads.
+"""The sidecar's calls to the API server: the finalizer's release, status, Events, ConfigMap and
+Secret reads.
 
 A thin I/O shell over the shared layer (`nest_kube.Api`: `HttpApi` on the sidecar's own event
 loop, no threads; `FakeApi` in unit tests), so the rules below are tested without a server:
 
-- Finalizers are edited with JSON patches; the removal is guarded by a `test` op, so a
-  concurrent edit of the list fails (409/422) instead of being overwritten, and is retried on a
-  fresh read. A Sandbox already gone (404) needs nothing more.
+- The finalizer is only released here (the binder adds it, in the binding write): a JSON patch
+  guarded by a `test` op, so a concurrent edit of the list fails (409/422) instead of being
+  overwritten, and is retried on a fresh read. A Sandbox already gone (404) needs nothing more.
 - Calls that find no server (unreachable, 429, 5xx) are retried with the layer's exponential
-  back-off (0.8 s doubling to 30 s) for as long as the caller waits: a worker blocked on its
-  finalizer is cancelled by the Sandbox's deletion or by shutdown, never crashed by an outage.
+  back-off (0.8 s doubling to 30 s) for as long as the caller waits: a worker releasing its
+  finalizer waits out an outage (only shutdown cancels it) and is never crashed by one.
 - Events go through `nest_kube.EventRecorder`: the caller never waits, repeats are counted on
   one Event (client-go's correlator), and a failed Event is dropped, never raised.
 - Pull Secrets are read one by one, by name (the sidecar may never list them).
@@ -38,15 +39,6 @@ EDIT_ATTEMPTS = 5  # fresh reads before a finalizer edit that keeps losing races
 def _where(obj: Mapping[str, Any]) -> tuple[str, str]:
     meta = obj["metadata"]
     return str(meta["namespace"]), str(meta["name"])
-
-
-def add_finalizer_patch(finalizers: list[str]) -> list[dict[str, Any]] | None:
-    """The JSON patch adding ours to `finalizers`, None when it is there already."""
-    if SIDECAR_FINALIZER in finalizers:
-        return None
-    if finalizers:  # append: a concurrent append elsewhere is kept
-        return [{"op": "add", "path": "/metadata/finalizers/-", "value": SIDECAR_FINALIZER}]
-    return [{"op": "add", "path": "/metadata/finalizers", "value": [SIDECAR_FINALIZER]}]
 
 
 def remove_finalizer_patch(finalizers: list[str]) -> list[dict[str, Any]] | None:
@@ -94,26 +86,20 @@ class KubeShell:
 
     # -- finalizers ----------------------------------------------------------------------------
 
-    async def _edit_finalizers(
-        self, obj: Mapping[str, Any], edit: Callable[[list[str]], list[dict[str, Any]] | None],
-        what: str, *, adding: bool = False,
-    ) -> None:  # fmt: skip
-        """Apply `edit` to the finalizers of the object, re-reading it after a lost race;
-        `adding` one stops at a deletion (no finalizer may be added then, and none is needed)."""
+    async def release_finalizer(self, obj: Mapping[str, Any]) -> None:
+        """Remove our finalizer from the latest version of the object, re-reading it after a
+        lost race; gone is fine."""
         namespace, name = _where(obj)
         latest: Mapping[str, Any] = obj
         for _ in range(EDIT_ATTEMPTS):
-            meta = latest["metadata"]
-            if adding and meta.get("deletionTimestamp"):
-                return
-            patch = edit(list(meta.get("finalizers") or []))
+            patch = remove_finalizer_patch(list(latest["metadata"].get("finalizers") or []))
             if patch is None:
                 return
             try:
                 call = partial(
                     self.api.patch, SANDBOXES, namespace, name, patch, content_type=JSON_PATCH
                 )
-                await self._patiently(f"{what} finalizer of {namespace}/{name}", call)
+                await self._patiently(f"releasing the finalizer of {namespace}/{name}", call)
                 return
             except ApiError as exc:
                 if exc.status == 404:
@@ -127,15 +113,8 @@ class KubeShell:
                 if exc.status == 404:
                     return
                 raise
-        log.warning("%s finalizer of %s/%s: lost %d races; giving up", what, namespace, name,
-                    EDIT_ATTEMPTS)  # fmt: skip
-
-    async def ensure_finalizer(self, obj: Mapping[str, Any]) -> None:
-        await self._edit_finalizers(obj, add_finalizer_patch, "add", adding=True)
-
-    async def release_finalizer(self, obj: Mapping[str, Any]) -> None:
-        """Remove our finalizer from the latest version of the object; gone is fine."""
-        await self._edit_finalizers(obj, remove_finalizer_patch, "remove")
+        log.warning("releasing the finalizer of %s/%s: lost %d races; giving up", namespace,
+                    name, EDIT_ATTEMPTS)  # fmt: skip
 
     # -- status --------------------------------------------------------------------------------
 

@@ -46,11 +46,11 @@ from nest_kube import (
 )
 from nest_kube.resources import SANDBOXES
 from nest_sidecar.code_cache import DEFAULT_IDLE_SECONDS, CodeCache
+from nest_sidecar.cri import NativePins, RuntimeAPI, RuntimePump
 from nest_sidecar.fetcher import CodeFetcher, FetchTimeouts
 from nest_sidecar.kube import KubeShell
-from nest_sidecar.lease import Capacity, Heartbeat, PodRef, Usage, capacity_from_env
+from nest_sidecar.lease import Capacity, Heartbeat, PodRef, capacity_from_env
 from nest_sidecar.packages import PackageFetcher, PullCounters
-from nest_sidecar.runtime import NativePins, RuntimeAPI, RuntimePump
 from nest_sidecar.server import SidecarMetrics, StateCollector, health_app
 from nest_sidecar.status import Observed
 from nest_sidecar.status_manager import StatusManager
@@ -228,7 +228,7 @@ class Sidecar:
             idle_seconds=settings.code_cache_idle,
         )
         self.packages = PackageFetcher(self.cache, self.kube.read_secret)
-        # Layers the runtime loaded natives from stay while it lives (nest_sidecar.runtime).
+        # Layers the runtime loaded natives from stay while it lives (nest_sidecar.cri).
         self.native_pins = NativePins(self.cache, runtime)
         self.pump.on_info = self.native_pins.observe
         self.metrics.registry.register(PullCollector(self.packages.counters))
@@ -278,12 +278,6 @@ class Sidecar:
         info = await self.runtime.info()
         self.native_pins.observe(info)
         return info.native_distributions
-
-    def usage(self) -> Usage:
-        known = self.pump.known.values()
-        live = [s for s in known if s.state == "Running"]
-        memory = sum((s.usage.memory_bytes or 0) for s in live if s.usage is not None)
-        return Usage(sandboxes=len(self.workers), memory_bytes=memory, cpu_millis=0)
 
     def _on_event(self, event: Delta) -> None:
         uid = str(event.obj["metadata"]["uid"])
@@ -352,9 +346,8 @@ class Sidecar:
         pod = PodRef(s.pod_name, s.pod_namespace, s.pod_uid, s.pool)
         log.info("pod %s/%s capacity %s", s.pod_namespace, s.pod_name, s.capacity)
         heartbeat = Heartbeat(
-            self.api, pod, s.capacity, self.usage, interval=s.lease_interval,
-            natives=self._loaded_natives,
-        )  # fmt: skip
+            self.api, pod, s.capacity, interval=s.lease_interval, natives=self._loaded_natives
+        )
         self.heartbeat = heartbeat
         runner = web.AppRunner(health_app(self.ready, self.metrics), access_log=None)
         await runner.setup()

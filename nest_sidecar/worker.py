@@ -24,7 +24,7 @@ from kubernetes.utils.quantity import parse_quantity
 from pydantic import ValidationError
 
 from crds import SandboxPhase, can_transition
-from crds.constants import FUNCTION_LABEL, REVISION_ANNOTATION
+from crds.constants import FUNCTION_LABEL, REVISION_ANNOTATION, SIDECAR_FINALIZER
 from crds.sandbox import (
     PERMANENT_FAILURE_REASONS,
     POD_FINAL_FAILURE_REASONS,
@@ -33,6 +33,7 @@ from crds.sandbox import (
     Sandbox,
 )
 from nest_kube import on_controller
+from nest_sidecar.cri import RuntimeAPI
 from nest_sidecar.errors import (
     CodeFetchFailed,
     SidecarError,
@@ -40,7 +41,6 @@ from nest_sidecar.errors import (
     describe_validation,
 )
 from nest_sidecar.fetcher import CodeFetcher, CodeRef
-from nest_sidecar.runtime import RuntimeAPI
 from nest_sidecar.status import Observed
 from sandbox.api import CreateSandbox, LimitsModel, SandboxInfo
 from sandbox.errors import (
@@ -60,9 +60,10 @@ class IllegalPhaseTransition(SidecarError):
 
 
 class Kube(Protocol):
-    """The API writes a worker needs (besides status, which goes through the status manager)."""
+    """The API writes a worker needs (besides status, which goes through the status manager).
 
-    async def ensure_finalizer(self, obj: Mapping[str, Any]) -> None: ...
+    No finalizer is added here: the binder adds it in the binding write (the scheduler's bind,
+    and admission refuses a binding without it), so the sidecar only ever releases it."""
 
     async def release_finalizer(self, obj: Mapping[str, Any]) -> None: ...
 
@@ -219,8 +220,12 @@ class SandboxWorker:
             raise
 
     async def _run(self) -> None:
-        if not self.deleting:
-            await self.kube.ensure_finalizer(self.obj)
+        finalizers = self.obj["metadata"].get("finalizers") or []
+        final = self.observed.phase in (SandboxPhase.FAILED, SandboxPhase.SUCCEEDED)
+        if SIDECAR_FINALIZER not in finalizers and not (self.deleting or final):
+            # Bound without it (no admission webhook, or someone removed it): deleting the
+            # Sandbox will not wait for the sandbox to stop; the sidecar still stops it then.
+            log.warning("sandbox %s is bound without the %s finalizer", self.uid, SIDECAR_FINALIZER)
         if self.observed.phase == SandboxPhase.PENDING:
             self._move(SandboxPhase.SCHEDULED)
         info = self.runtime_info

@@ -274,6 +274,7 @@ def decide(request: Request, config: Config, answers: Answers) -> Verdict:
     binder = is_privileged_binder(request.user, config) or answers.binder
     for verdict in (
         binding_verdict(request, binder),
+        bound_finalizer_verdict(request),
         template_verdict(request),
         spec_verdict(request),
         tenancy_verdict(pool_use(request, config), answers.pool),
@@ -291,6 +292,28 @@ def binding_verdict(request: Request, binder: bool) -> Verdict:
         return ALLOW
     changed = changed_binding_fields(request.old, request.obj)
     return deny(*((path, NOT_BINDER) for path in changed)) if changed else ALLOW
+
+
+def bound_finalizer_verdict(request: Request) -> Verdict:
+    """A binding write carries the sidecar's finalizer, whoever the binder is.
+
+    The binder adds it in the binding write (the scheduler does, in one patch); the sidecar only
+    releases it, once the sandbox really stopped. Refusing a binding without it keeps that the
+    one path: no Sandbox reaches a sidecar whose deletion would not wait for it.
+    """
+    if request.resource != SANDBOXES or request.subresource:
+        return ALLOW
+    if request.operation not in (CREATE, UPDATE) or request.obj is None:
+        return ALLOW
+    spec, labels = _spec(request.obj), _labels(request.obj)
+    bound = bool(spec.get("podName") or labels.get(c.POD_UID_LABEL))
+    if not bound or not changed_binding_fields(request.old, request.obj):
+        return ALLOW
+    if c.SIDECAR_FINALIZER in (_meta(request.obj).get("finalizers") or []):
+        return ALLOW
+    return deny(
+        ("metadata.finalizers", f"a binding must carry the {c.SIDECAR_FINALIZER} finalizer")
+    )
 
 
 def template_verdict(request: Request) -> Verdict:

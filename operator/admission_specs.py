@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from crds.common import LabelSelector
 from crds.constants import FUNCTION_LABEL
-from crds.sandbox import env_problems, inline_problems
+from crds.validation import env_problems, inline_problems
 from crds.workloads import selector_problem
 
 Obj = Mapping[str, Any]

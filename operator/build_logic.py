@@ -22,7 +22,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from crds import constants as c
-from crds.sandbox import OCI_REF_PATTERN, native_distributions_value
+from crds.sandbox import native_distributions_value
+from crds.validation import OCI_REF_PATTERN
 from crds.workloads import DeploymentConditionType
 from nest_operator.conditions import (
     FALSE,

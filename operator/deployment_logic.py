@@ -17,7 +17,7 @@ from typing import Any
 
 from crds.constants import TEMPLATE_HASH_LABEL
 from nest_operator.conditions import FALSE, TRUE, UNKNOWN, Condition, find, set_condition
-from nest_operator.errors import InvalidRolloutStrategy, RevisionNotFound
+from nest_operator.errors import InvalidRolloutStrategy
 
 ROLLING_UPDATE = "RollingUpdate"
 RECREATE = "Recreate"
@@ -262,21 +262,6 @@ def history_to_delete(
         return ()
     oldest = sorted(olds, key=lambda rs: (rs.revision, rs.name))[:excess]
     return tuple(rs.name for rs in oldest if specs[rs.name] == 0 and rs.status_replicas == 0)
-
-
-def rollback_template(
-    replica_sets: Sequence[ReplicaSetInfo], to_revision: int = 0
-) -> dict[str, Any]:
-    """The template to put back into the deployment to roll back (0: the previous revision)."""
-    if to_revision == 0:
-        revisions = sorted({rs.revision for rs in replica_sets}, reverse=True)
-        if len(revisions) < 2:
-            raise RevisionNotFound("no previous revision to roll back to")
-        to_revision = revisions[1]
-    for rs in replica_sets:
-        if rs.revision == to_revision:
-            return without_hash(rs.template)
-    raise RevisionNotFound(f"revision {to_revision} not found")
 
 
 def sync(d: DeploymentInfo, replica_sets: Sequence[ReplicaSetInfo], now: float) -> DeploymentPlan:

@@ -15,7 +15,3 @@ class UnknownPod(OperatorError):
 
 class InvalidRolloutStrategy(OperatorError):
     """A RollingUpdate whose maxSurge and maxUnavailable are both zero can never progress."""
-
-
-class RevisionNotFound(OperatorError):
-    """A rollback asked for a revision that no SandboxReplicaSet carries any more."""

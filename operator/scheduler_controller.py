@@ -263,6 +263,8 @@ class SchedulerController:
 
     async def _bind(self, key: str, sandbox: Obj, pod: PoolPod) -> None:
         meta = sandbox["metadata"]
+        # The finalizer's one owner is the binder, in the binding write (the sidecar only
+        # releases it; admission refuses a binding without it).
         finalizers = list(meta.get("finalizers") or [])
         if c.SIDECAR_FINALIZER not in finalizers:
             finalizers.append(c.SIDECAR_FINALIZER)

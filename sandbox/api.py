@@ -80,7 +80,6 @@ class SandboxInfo(_Model):
     pid: int | None
     exit_code: int | None
     signal: int | None
-    restart_count: int
     created_at: float
     started_at: float | None
     finished_at: float | None
@@ -189,7 +188,6 @@ def to_info(status: SandboxStatus, usage: Usage | None = None) -> SandboxInfo:
         pid=status.pid,
         exit_code=status.exit_code,
         signal=status.signal,
-        restart_count=status.restart_count,
         created_at=status.created_at,
         started_at=status.started_at,
         finished_at=status.finished_at,

@@ -16,11 +16,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from crds import ConditionStatus, SandboxDeployment
 from crds.sandbox import BuildSource
-from crds.workloads import DeploymentConditionType
 from nest.errors import NestError
-from nest.functions import Readiness, with_source
+from nest.functions import Readiness, gateway_call, with_source
 from nest.package.tarball import context_archive
+from nest_api import convert
 from sandbox.context import ContextError, push_context
 from sandbox.hosting import RegistryHosting, repository_for
 from sandbox.layers import PackageError
@@ -37,30 +38,18 @@ def with_build(deployment: dict[str, Any], context: str, pull_secret: str | None
 def build_readiness(deployment: dict[str, Any]) -> Readiness | None:
     """Where the in-cluster build of a `source.build` function is; None when there is no
     build to wait for (another source, or the template's context is built: the rollout
-    decides). From the `Built` condition and status.build, as the operator writes them."""
+    decides). Read by the function API's `build_view`, as the gateway shows builds."""
     name = deployment["metadata"]["name"]
-    source = deployment["spec"]["template"]["spec"]["function"].get("source") or {}
-    context = (source.get("build") or {}).get("context")
-    if context is None:
+    parsed = gateway_call(convert.parse, SandboxDeployment, deployment, "SandboxDeployment")
+    view = convert.build_view(parsed)
+    if view is None or view.status == ConditionStatus.TRUE:
         return None
-    status = deployment.get("status") or {}
-    build = status.get("build") or {}
-    built = next(
-        (
-            c
-            for c in status.get("conditions") or []
-            if c.get("type") == DeploymentConditionType.BUILT
-        ),
-        None,
-    )
-    if built is None or build.get("context") != context:
-        return Readiness(False, f"{name}: waiting for the build to start")
-    message = str(built.get("message") or "")
-    if built.get("status") == "True":
-        return None
-    if built.get("status") == "False":
+    message = view.message or ""
+    if view.status == ConditionStatus.FALSE:
         return Readiness(False, f"{name}: build failed", f"the build of {name} failed: {message}")
-    job = f" (job {build['job']})" if build.get("job") else ""
+    if view.reason is None:  # no build of this context has started yet
+        return Readiness(False, f"{name}: {message}")
+    job = f" (job {view.job})" if view.job else ""
     return Readiness(False, f"{name}: building{job}" + (f": {message}" if message else ""))
 
 

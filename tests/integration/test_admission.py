@@ -35,15 +35,12 @@ INLINE = {"inline": {"main.py": "def handler(event, context):\n    return event\
 def sandbox_body(name: str, pod: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
     labels: dict[str, str] = {"app": "admission"}
     body_spec: dict[str, Any] = {"function": {"handler": "main:handler", "source": INLINE}, **spec}
-    if pod is not None:
+    meta: dict[str, Any] = {"name": name, "labels": labels}
+    if pod is not None:  # bound as the scheduler binds: the sidecar's finalizer comes with it
         labels |= {c.POOL_LABEL: "default", c.POD_UID_LABEL: pod["metadata"]["uid"]}
         body_spec |= {"podName": pod["metadata"]["name"], "podNamespace": SYSTEM}
-    return {
-        "apiVersion": c.API_VERSION,
-        "kind": "Sandbox",
-        "metadata": {"name": name, "labels": labels},
-        "spec": body_spec,
-    }
+        meta["finalizers"] = [c.SIDECAR_FINALIZER]
+    return {"apiVersion": c.API_VERSION, "kind": "Sandbox", "metadata": meta, "spec": body_spec}
 
 
 def refused(call: Callable[[], Any]) -> str:
@@ -230,7 +227,10 @@ def test_a_user_may_create_unbound_sandboxes_and_bind_only_with_the_binding_righ
     custom.create_namespaced_custom_object(
         c.GROUP, c.VERSION, namespace, c.SANDBOX_PLURAL, sandbox_body("free", pool=empty_pool)
     )
-    bind = {"spec": {"podName": "some-pod", "podNamespace": SYSTEM}}
+    bind = {
+        "metadata": {"finalizers": [c.SIDECAR_FINALIZER]},  # a binding carries it
+        "spec": {"podName": "some-pod", "podNamespace": SYSTEM},
+    }
 
     def patch() -> Any:
         return custom.patch_namespaced_custom_object(

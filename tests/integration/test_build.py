@@ -23,7 +23,7 @@ import pytest
 from kubernetes import client
 
 from crds import constants as c
-from crds.sandbox import OCI_REF_PATTERN
+from crds.validation import OCI_REF_PATTERN
 from nest.package.push import hosting_from_cluster, repository_for
 from tests.archives import tar_gz
 from tests.integration.test_gateway import gateway_url, operator_active  # noqa: F401

@@ -1,8 +1,8 @@
 """The sidecar on real pool pods from deploy/: the test plays scheduler by binding Sandboxes.
 
-Each test binds Sandboxes to a pool pod the way the operator will (spec.podName plus the pool and
-pod-uid labels) and watches what the sidecar makes of them through the API server, invoking the
-sandboxes at the pod's data-plane address.
+Each test binds Sandboxes to a pool pod the way the operator does (spec.podName plus the pool and
+pod-uid labels and the sidecar's finalizer, in one write) and watches what the sidecar makes of
+them through the API server, invoking the sandboxes at the pod's data-plane address.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from tests.dataplane import signed_headers
 from tests.kube import Kubectl, wait_for
 
 API = "nest.sandbox.dev/v1alpha1"
+FINALIZER = "nest.sandbox.dev/sidecar"
 ROOT = Path(__file__).resolve().parents[2]
 PID_HANDLER = (
     "import os\n"
@@ -36,9 +37,11 @@ PID_HANDLER = (
 )
 
 
-def bind(
-    kubectl: Kubectl, name: str, pod: dict[str, Any], source: dict[str, Any], **function: Any
-) -> None:
+def bound_manifest(
+    name: str, pod: dict[str, Any], source: dict[str, Any], finalizer: bool = True, **function: Any
+) -> str:
+    """A Sandbox bound as the scheduler binds it: the sidecar's finalizer comes with the binding
+    (the sidecar never adds it; admission refuses a binding without it)."""
     meta = pod["metadata"]
     manifest = {
         "apiVersion": API,
@@ -46,6 +49,7 @@ def bind(
         "metadata": {
             "name": name,
             "labels": {"nest.sandbox.dev/pool": "default", "nest.sandbox.dev/pod-uid": meta["uid"]},
+            "finalizers": [FINALIZER] if finalizer else [],
         },
         "spec": {
             "podName": meta["name"],
@@ -53,7 +57,13 @@ def bind(
             "function": {"handler": "main:handler", "source": source, **function},
         },
     }
-    kubectl.apply(yaml.safe_dump(manifest))
+    return yaml.safe_dump(manifest)
+
+
+def bind(
+    kubectl: Kubectl, name: str, pod: dict[str, Any], source: dict[str, Any], **function: Any
+) -> None:
+    kubectl.apply(bound_manifest(name, pod, source, **function))
 
 
 def sandbox_where(
@@ -244,12 +254,23 @@ def test_a_timeout_restart_is_counted_named_and_recorded(
     assert "Timeout" in events and "BackOff" in events
 
 
+def test_a_binding_without_the_sidecar_finalizer_is_refused(
+    kubectl: Kubectl, pod: dict[str, Any]
+) -> None:
+    """The finalizer has one owner, the binder: even a cluster-admin binding must carry it."""
+    manifest = bound_manifest("bare", pod, {"inline": {"main.py": PID_HANDLER}}, finalizer=False)
+    refused = kubectl.run("apply", "-f", "-", input=manifest, check=False)
+    assert refused.returncode != 0
+    assert f"metadata.finalizers: a binding must carry the {FINALIZER} finalizer" in refused.stderr
+    assert kubectl.run("get", "sbx", "bare", check=False).returncode != 0
+
+
 def test_deleting_a_sandbox_stops_it_and_releases_the_finalizer(
     kubectl: Kubectl, pod: dict[str, Any]
 ) -> None:
     bind(kubectl, "doomed", pod, {"inline": {"main.py": PID_HANDLER}}, isolation="subprocess")
     obj = running(kubectl, "doomed")
-    assert "nest.sandbox.dev/sidecar" in obj["metadata"]["finalizers"]
+    assert obj["metadata"]["finalizers"] == [FINALIZER]  # the binding's, none added
     _, body = invoke(obj, {})
     pid = on_host(kubectl, pod, body["pid"])
     assert _alive(pid)

@@ -18,7 +18,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from crds.sandbox import INLINE_FILE_MAX_BYTES, INLINE_MAX_BYTES
+from crds.validation import INLINE_FILE_MAX_BYTES, INLINE_MAX_BYTES
 from tests.integration.test_sidecar import invoke, running
 from tests.kube import Kubectl, wait_for
 from tests.validation_cases import (

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from crds import CodeSource, Function, Resources
 from crds.generate import KINDS, crd_manifest
-from crds.sandbox import (
+from crds.validation import (
     INLINE_FILE_MAX_BYTES,
     INLINE_MAX_BYTES,
     INLINE_MAX_FILES,

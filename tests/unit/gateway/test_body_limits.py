@@ -151,7 +151,7 @@ async def test_invoke_and_trigger_bodies_get_the_runtimes_limits_at_the_door(
     status, _, raw = await send(stack, "POST", INVOKE, b'{"name": "after"}')
     assert status == 200 and json.loads(raw)["hello"] == "after"
     info = await stack.sandboxes.get("fn")
-    assert (info.state, info.restart_count) == ("Running", 0)
+    assert info.state == "Running"
 
 
 async def test_a_runtime_with_smaller_limits_answers_the_same_problems_through_the_gateway(

@@ -282,6 +282,24 @@ def test_the_operator_and_cluster_admins_bind_without_a_review(user: adm.User) -
     assert verdict(req).allowed
 
 
+@pytest.mark.parametrize("user", [SCHEDULER, ADMIN])
+def test_a_binding_without_the_sidecar_finalizer_is_refused_for_every_binder(
+    user: adm.User,
+) -> None:
+    bare = sandbox()
+    bare["metadata"]["finalizers"] = ["other.example/keep"]
+    unbound = sandbox(pod=None, uid=None)
+    want = f"metadata.finalizers: a binding must carry the {c.SIDECAR_FINALIZER} finalizer"
+    assert denied(request(user, "UPDATE", bare, unbound)) == want
+    assert denied(request(user, "CREATE", bare)).startswith("metadata.finalizers: ")
+    assert verdict(request(user, "UPDATE", sandbox(), unbound)).allowed
+    # Not a binding write (the sidecar or the lifecycle controller released it): allowed.
+    released = copy.deepcopy(bare)
+    released["metadata"]["labels"]["app"] = "v2"
+    assert verdict(request(user, "UPDATE", released, bare)).allowed
+    assert verdict(request(user, "CREATE", sandbox(pod=None, uid=None))).allowed
+
+
 def test_a_user_may_not_rebind_or_unbind_but_may_edit_other_fields() -> None:
     bound = sandbox()
     moved = sandbox(pod="pool-b")

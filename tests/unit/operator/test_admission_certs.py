@@ -185,7 +185,11 @@ async def test_the_server_answers_admission_reviews_over_verified_tls() -> None:
         url = f"https://127.0.0.1:{port}/validate"
         admin = {"username": "nest-admin", "groups": ["system:masters"]}
         bound = {
-            "metadata": {"name": "s1", "labels": {c.POD_UID_LABEL: "u"}},
+            "metadata": {
+                "name": "s1",
+                "labels": {c.POD_UID_LABEL: "u"},
+                "finalizers": [c.SIDECAR_FINALIZER],
+            },
             "spec": {"podName": "p", "podNamespace": "nest-system"},
         }
         alice = {"username": "alice", "groups": ["system:authenticated"]}

@@ -1,4 +1,4 @@
-"""Rollout math: hashing, fenceposts, rolling and recreate steps, history, rollback, status."""
+"""Rollout math: hashing, fenceposts, rolling and recreate steps, history, status."""
 
 from __future__ import annotations
 
@@ -21,12 +21,11 @@ from nest_operator.deployment_logic import (
     ReplicaSetInfo,
     find_new_and_old,
     resolve_fenceposts,
-    rollback_template,
     sync,
     template_hash,
     with_hash,
 )
-from nest_operator.errors import InvalidRolloutStrategy, RevisionNotFound
+from nest_operator.errors import InvalidRolloutStrategy
 
 
 def template(version: str) -> dict[str, Any]:
@@ -196,13 +195,3 @@ def test_progress_deadline_exceeded_without_progress() -> None:
     cond = find(late.conditions, PROGRESSING)
     assert cond is not None and (cond.status, cond.reason) == ("False", "ProgressDeadlineExceeded")
     assert late.updated_replicas == 1 and late.replicas == 3 and late.available_replicas == 2
-
-
-def test_rollback_returns_the_previous_template() -> None:
-    sets = [rs("v1", 1, 0), rs("v2", 2, 0), rs("v3", 3, 2)]
-    assert rollback_template(sets) == template("v2")
-    assert rollback_template(sets, 1) == template("v1")
-    with pytest.raises(RevisionNotFound):
-        rollback_template(sets, 7)
-    with pytest.raises(RevisionNotFound):
-        rollback_template(sets[2:])

@@ -36,8 +36,7 @@ class Clock:
         return self.now
 
 
-def lease(name: str, memory: int = 1024 * MI, count: int = 2, renewed: float | None = None,
-          usage: int = 0) -> Obj:  # fmt: skip
+def lease(name: str, memory: int = 1024 * MI, count: int = 2, renewed: float | None = None) -> Obj:
     stamp = datetime.fromtimestamp(renewed if renewed is not None else time.time(), UTC)
     capacity = {"memory_bytes": memory, "cpu_millis": 1000, "max_sandboxes": count,
                 "isolation": ["subprocess", "namespace"]}  # fmt: skip
@@ -45,8 +44,7 @@ def lease(name: str, memory: int = 1024 * MI, count: int = 2, renewed: float | N
         "metadata": {
             "name": name, "namespace": "nest-system", "uid": f"lease-{name}",
             "resourceVersion": str(time.monotonic_ns()),
-            "annotations": {c.CAPACITY_ANNOTATION: json.dumps(capacity),
-                            c.USAGE_ANNOTATION: json.dumps({"memory_bytes": usage})},
+            "annotations": {c.CAPACITY_ANNOTATION: json.dumps(capacity)},
         },
         "spec": {"renewTime": stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")},
     }  # fmt: skip
@@ -131,8 +129,8 @@ async def test_renewals_that_change_nothing_re_decide_nothing() -> None:
         "0/1 pods available: 1 ResourcesFit: too many sandboxes.",
         "0/1 pods available: 1 ResourcesFit: memory above the pod's capacity.",
     ]
-    for n in range(5):  # the sidecar rewrites renewTime and usage every time
-        h.observe(Kind.LEASE, "MODIFIED", lease("p0", usage=n))
+    for _ in range(5):  # the sidecar's renewals move renewTime alone
+        h.observe(Kind.LEASE, "MODIFIED", lease("p0"))
         h.later(10)
         assert await h.drain() == []
     assert h.controller.attempts == 2 and len(h.failed()) == 2
@@ -223,7 +221,7 @@ async def test_without_queueing_every_renewal_re_decides_everything() -> None:
     h.add_pod("p0", count=0)
     h.observe(Kind.SANDBOX, "ADDED", sandbox("s"))
     await h.drain()
-    for n in range(3):
-        h.observe(Kind.LEASE, "MODIFIED", lease("p0", count=0, usage=n))
+    for _ in range(3):
+        h.observe(Kind.LEASE, "MODIFIED", lease("p0", count=0))
         assert await h.drain() == ["a/s"]
     assert h.controller.attempts == 4 and len(h.failed()) == 1  # one Event per message

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from crds.sandbox import OCI_REF_PATTERN
+from crds.validation import OCI_REF_PATTERN
 from sandbox.layers import (
     CODE_MEDIA_TYPE,
     CONFIG_MEDIA_TYPE,

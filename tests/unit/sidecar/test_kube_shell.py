@@ -1,5 +1,6 @@
-"""The sidecar's I/O shell against `nest_kube.FakeApi`: finalizers under conflicts and deletion,
-back-off when the API server is away, Events through the shared recorder, and the reads."""
+"""The sidecar's I/O shell against `nest_kube.FakeApi`: the finalizer's release under conflicts
+and deletion, back-off when the API server is away, Events through the shared recorder, and the
+reads. It never adds the finalizer: the binder does, in the binding write."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from crds.constants import SIDECAR_FINALIZER
 from nest_kube import ApiError, EventRecorder, EventSource, Unreachable, on_controller
 from nest_kube.fake import FakeApi
 from nest_kube.resources import CONFIGMAPS, EVENTS, SANDBOXES, SECRETS
-from nest_sidecar.kube import KubeShell, add_finalizer_patch, remove_finalizer_patch
+from nest_sidecar.kube import KubeShell, remove_finalizer_patch
 from nest_sidecar.packages import SecretData
 
 OTHER = "nest.sandbox.dev/operator"
@@ -47,24 +48,11 @@ def finalizers(api: FakeApi) -> list[str]:
 # -- finalizers ------------------------------------------------------------------------------
 
 
-def test_the_patches_append_ours_and_remove_only_ours() -> None:
-    assert add_finalizer_patch([SIDECAR_FINALIZER]) is None
-    assert add_finalizer_patch([])[0]["path"] == "/metadata/finalizers"  # type: ignore[index]
-    assert add_finalizer_patch([OTHER])[0]["path"] == "/metadata/finalizers/-"  # type: ignore[index]
+def test_the_patch_removes_only_ours() -> None:
     assert remove_finalizer_patch([OTHER]) is None
     test, remove = remove_finalizer_patch([OTHER, SIDECAR_FINALIZER])  # type: ignore[misc]
     assert test == {"op": "test", "path": "/metadata/finalizers/1", "value": SIDECAR_FINALIZER}
     assert remove == {"op": "remove", "path": "/metadata/finalizers/1"}
-
-
-async def test_the_finalizer_is_added_once_next_to_others() -> None:
-    api = FakeApi()
-    obj = api.put(SANDBOXES, sandbox([OTHER]))
-    kube = shell(api)
-    await kube.ensure_finalizer(obj)
-    assert finalizers(api) == [OTHER, SIDECAR_FINALIZER]
-    await kube.ensure_finalizer(api.objects[SANDBOXES][("ns", "s1")])
-    assert api.writes["patch", "sandboxes"] == 1
 
 
 async def test_a_release_that_loses_a_race_reads_again_and_removes_ours_only() -> None:
@@ -90,42 +78,30 @@ async def test_a_deleted_sandbox_needs_no_finalizer_edit() -> None:
     obj = api.put(SANDBOXES, sandbox([]))
     await api.delete(SANDBOXES, "ns", "s1")
     kube = shell(api)
-    await kube.ensure_finalizer(obj)  # 404: nothing raised
-    await kube.release_finalizer(obj)
+    await kube.release_finalizer(obj)  # 404: nothing raised
     assert await kube.patch_status(obj, {"status": {"phase": "Running"}}) is None
     assert await kube.get_sandbox(obj) is None
 
 
-async def test_no_finalizer_is_added_to_a_sandbox_being_deleted() -> None:
-    api = FakeApi()
-    stale = api.put(SANDBOXES, sandbox([OTHER]))
-    await api.delete(SANDBOXES, "ns", "s1")  # OTHER holds it: deletionTimestamp set
-    # The server refuses new finalizers on an object being deleted; the fake does not, so the
-    # refusal is injected: the shell reads again, sees the deletion and stops.
-    api.fail("patch", ApiError(422, "Invalid"))
-    await shell(api).ensure_finalizer(stale)
-    assert finalizers(api) == [OTHER]
-
-
 async def test_an_unreachable_api_server_is_waited_out_with_back_off() -> None:
     api = FakeApi()
-    obj = api.put(SANDBOXES, sandbox([]))
+    obj = api.put(SANDBOXES, sandbox([SIDECAR_FINALIZER]))
     api.fail("patch", Unreachable("connection refused"), times=3)
     sleeps = Sleeps()
     kube = shell(api, sleeps)
-    await kube.ensure_finalizer(obj)
-    assert finalizers(api) == [SIDECAR_FINALIZER]
+    await kube.release_finalizer(obj)
+    assert finalizers(api) == []
     assert kube.retries == 3 and len(sleeps.delays) == 3
     assert sleeps.delays[0] < sleeps.delays[2]  # exponential: the pauses grow
 
 
 async def test_a_refusal_that_is_no_outage_is_raised_at_once() -> None:
     api = FakeApi()
-    obj = api.put(SANDBOXES, sandbox([]))
+    obj = api.put(SANDBOXES, sandbox([SIDECAR_FINALIZER]))
     api.fail("patch", ApiError(403, "Forbidden"))
     sleeps = Sleeps()
     with pytest.raises(ApiError) as raised:
-        await shell(api, sleeps).ensure_finalizer(obj)
+        await shell(api, sleeps).release_finalizer(obj)
     assert raised.value.status == 403 and sleeps.delays == []
 
 

@@ -16,12 +16,11 @@ from crds import constants as c
 from nest_kube import ApiError, Unreachable
 from nest_kube.fake import FakeApi
 from nest_kube.resources import LEASES
-from nest_sidecar.lease import Capacity, Heartbeat, PodRef, Usage, lease_body
+from nest_sidecar.lease import Capacity, Heartbeat, PodRef, lease_body
 from tests.unit.kube.support import eventually
 
 POD = PodRef("pool-0", "nest-system", "uid-0", "default")
 CAPACITY = Capacity(memory_bytes=1, cpu_millis=1, max_sandboxes=1)
-USAGE = Usage(sandboxes=0, memory_bytes=0, cpu_millis=0)
 
 
 def natives_of(body: dict[str, Any]) -> object:
@@ -30,9 +29,9 @@ def natives_of(body: dict[str, Any]) -> object:
 
 def test_the_lease_lists_the_natives_sorted() -> None:
     now = datetime(2026, 1, 1, tzinfo=UTC)
-    body = lease_body(POD, CAPACITY, USAGE, now, 40, ["numpy==2.0", "markupsafe==3.0.2"])
+    body = lease_body(POD, CAPACITY, now, 40, ["numpy==2.0", "markupsafe==3.0.2"])
     assert natives_of(body) == ["markupsafe==3.0.2", "numpy==2.0"]
-    assert natives_of(lease_body(POD, CAPACITY, USAGE, now, 40)) == []
+    assert natives_of(lease_body(POD, CAPACITY, now, 40)) == []
 
 
 class _Recorder(Heartbeat):
@@ -40,7 +39,7 @@ class _Recorder(Heartbeat):
 
     def __init__(self, answers: list[Sequence[str] | Exception]) -> None:
         self.answers = answers
-        super().__init__(FakeApi(), POD, CAPACITY, lambda: USAGE, interval=0, natives=self._ask)
+        super().__init__(FakeApi(), POD, CAPACITY, interval=0, natives=self._ask)
         self.sent: list[tuple[str, ...]] = []
 
     async def _ask(self) -> Sequence[str]:
@@ -64,7 +63,7 @@ async def test_each_renewal_asks_the_runtime_and_keeps_the_last_answer_when_it_f
 
 async def test_the_first_renewal_creates_the_lease_and_the_next_ones_patch_it() -> None:
     api = FakeApi()
-    beat = Heartbeat(api, POD, CAPACITY, lambda: USAGE)
+    beat = Heartbeat(api, POD, CAPACITY)
     await beat.renew()
     first = await api.get(LEASES, "nest-system", "pool-0")
     assert first["spec"]["holderIdentity"] == "uid-0" and beat.last_renewed is not None
@@ -77,7 +76,7 @@ async def test_the_first_renewal_creates_the_lease_and_the_next_ones_patch_it() 
 async def test_a_renewal_the_api_server_refuses_is_not_counted_as_renewed() -> None:
     api = FakeApi()
     api.fail("patch", Unreachable("connection refused"))
-    beat = Heartbeat(api, POD, CAPACITY, lambda: USAGE)
+    beat = Heartbeat(api, POD, CAPACITY)
     with pytest.raises(ApiError):
         await beat.renew()
     assert beat.last_renewed is None and LEASES not in api.objects
@@ -86,7 +85,7 @@ async def test_a_renewal_the_api_server_refuses_is_not_counted_as_renewed() -> N
 async def test_the_heartbeat_outlives_an_unreachable_api_server() -> None:
     api = FakeApi()
     api.fail("patch", Unreachable("connection refused"), times=3)
-    beat = Heartbeat(api, POD, CAPACITY, lambda: USAGE, interval=0)
+    beat = Heartbeat(api, POD, CAPACITY, interval=0)
     task = asyncio.create_task(beat.run())
     try:
         await eventually(lambda: beat.last_renewed is not None, what="a renewal")

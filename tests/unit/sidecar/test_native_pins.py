@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 
 from nest_sidecar.code_cache import CodeCache
-from nest_sidecar.runtime import NativePins, RuntimePump, cached_digests, runtime_user
+from nest_sidecar.cri import NativePins, RuntimePump, cached_digests, runtime_user
 from sandbox.api import CreateSandbox, RuntimeInfo, SandboxEvent, SandboxInfo
 from sandbox.client import RuntimeClient
 from tests.dependency_layers import make_code

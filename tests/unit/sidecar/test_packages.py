@@ -350,7 +350,7 @@ class RecordingRuntime:
         self.requests.append(request)
         return SandboxInfo(
             id=request.id, isolation="subprocess", state="Running", reason="", message="",
-            pid=1, exit_code=None, signal=None, restart_count=0, created_at=0.0,
+            pid=1, exit_code=None, signal=None, created_at=0.0,
             started_at=0.0, finished_at=None,
         )  # fmt: skip
 
@@ -359,9 +359,6 @@ class RecordingRuntime:
 
 
 class NoKube:
-    async def ensure_finalizer(self, obj: Mapping[str, Any]) -> None:
-        return None
-
     async def release_finalizer(self, obj: Mapping[str, Any]) -> None:
         return None
 

@@ -8,7 +8,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, cast
 
 from crds.sandbox import PERMANENT_FAILURE_REASONS, RUNTIME_CRASH_REASON, SandboxPhase
-from nest_sidecar.runtime import RUNTIME_CRASH, RuntimePump, crash_notice
+from nest_sidecar.cri import RUNTIME_CRASH, RuntimePump, crash_notice
 from nest_sidecar.status import Observed
 from nest_sidecar.worker import Backoff, PodIdentity, SandboxWorker
 from sandbox.api import CreateSandbox, LastCrash, RuntimeInfo, SandboxEvent, SandboxInfo
@@ -30,7 +30,7 @@ def last_crash(
 def sandbox(uid: str, state: str = "Running") -> SandboxInfo:
     return SandboxInfo(
         id=uid, isolation="namespace", state=state, reason="", message="", pid=1,
-        exit_code=None, signal=None, restart_count=0, created_at=0.0, started_at=0.0,
+        exit_code=None, signal=None, created_at=0.0, started_at=0.0,
         finished_at=None,
     )  # fmt: skip
 
@@ -124,9 +124,6 @@ async def test_a_clean_restart_reports_the_sandboxes_simply_gone() -> None:
 class Kube:
     def __init__(self) -> None:
         self.events: list[tuple[str, str]] = []
-
-    async def ensure_finalizer(self, obj: Mapping[str, Any]) -> None:
-        return None
 
     async def release_finalizer(self, obj: Mapping[str, Any]) -> None:
         return None

@@ -1,6 +1,7 @@
 """The whole sidecar (`main.Sidecar`) on `nest_kube.FakeApi` and an in-memory runtime: it watches
-only the Sandboxes bound to its pod, runs them (finalizer, Running status, a Started Event), keeps
-its Lease, stops and releases a deleted one, and puts right a status someone else changed."""
+only the Sandboxes bound to its pod, runs them (Running status, a Started Event), keeps its Lease,
+stops and releases a deleted one, puts right a status someone else changed, and never adds the
+finalizer (the binder does)."""
 
 from __future__ import annotations
 
@@ -24,9 +25,15 @@ POD_UID = "pod-uid-0"
 SOURCE = {"inline": {"main.py": "def handler(e, c):\n    return 1\n"}}
 
 
-def sandbox(name: str, pod_uid: str = POD_UID) -> dict[str, Any]:
+def sandbox(name: str, pod_uid: str = POD_UID, finalizers: bool = True) -> dict[str, Any]:
+    """Bound as the scheduler binds: the pod-uid label and the sidecar's finalizer, one write."""
     return {
-        "metadata": {"name": name, "namespace": "ns", "labels": {POD_UID_LABEL: pod_uid}},
+        "metadata": {
+            "name": name,
+            "namespace": "ns",
+            "labels": {POD_UID_LABEL: pod_uid},
+            "finalizers": [SIDECAR_FINALIZER] if finalizers else [],
+        },
         "spec": {
             "podName": "pool-0",
             "function": {"handler": "main:handler", "isolation": "namespace", "source": SOURCE},
@@ -48,7 +55,7 @@ class MemoryRuntime:
     async def create(self, request: CreateSandbox) -> SandboxInfo:
         info = SandboxInfo(
             id=request.id, isolation="namespace", state="Running", reason="", message="",
-            pid=1, exit_code=None, signal=None, restart_count=0, created_at=0.0,
+            pid=1, exit_code=None, signal=None, created_at=0.0,
             started_at=0.0, finished_at=None,
         )  # fmt: skip
         self.running[request.id] = info
@@ -131,6 +138,27 @@ async def test_the_sidecar_runs_what_is_bound_to_it_and_repairs_its_status(
         await api.delete(SANDBOXES, "ns", "mine")
         await eventually(lambda: stored(api, "mine") is None, what="the finalizer released")
         assert runtime.running == {}
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_the_sidecar_never_adds_the_finalizer_and_still_stops_a_deleted_sandbox(
+    tmp_path: Path,
+) -> None:
+    api = FakeApi()
+    api.put(SANDBOXES, sandbox("bare", finalizers=False))  # bound with no webhook to refuse it
+    runtime = MemoryRuntime()
+    sidecar = Sidecar(settings(tmp_path), api, runtime)
+    stop = asyncio.Event()
+    task = asyncio.create_task(sidecar.run(stop))
+    try:
+        await eventually(lambda: phase(api, "bare") == "Running", what="bare Running")
+        bare = stored(api, "bare")
+        assert bare is not None and bare["metadata"]["finalizers"] == []
+        assert api.writes["patch", "sandboxes"] == 1  # its status, and nothing else
+        await api.delete(SANDBOXES, "ns", "bare")  # nothing holds it: gone at once
+        await eventually(lambda: runtime.running == {}, what="the sandbox stopped")
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)

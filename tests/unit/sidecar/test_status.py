@@ -88,7 +88,7 @@ def test_the_isolated_condition_says_what_the_boundary_is_or_lacks() -> None:
 
     base = {
         "id": "x", "state": "Running", "reason": "", "message": "", "pid": 1, "exit_code": None,
-        "signal": None, "restart_count": 0, "created_at": 0.0, "started_at": 0.0,
+        "signal": None, "created_at": 0.0, "started_at": 0.0,
         "finished_at": None,
     }  # fmt: skip
     full = SandboxInfo(isolation="subprocess", confined=True, confinement="uid 200001", **base)

@@ -28,7 +28,7 @@ OBJ: dict[str, Any] = {
 def info(state: str, reason: str = "") -> SandboxInfo:
     return SandboxInfo(
         id="u1", isolation="subprocess", state=state, reason=reason, message=reason,
-        pid=1, exit_code=None, signal=9 if reason else None, restart_count=0,
+        pid=1, exit_code=None, signal=9 if reason else None,
         created_at=0.0, started_at=0.0, finished_at=None,
     )  # fmt: skip
 
@@ -60,9 +60,6 @@ class CrashingRuntime:
 
 
 class Kube:
-    async def ensure_finalizer(self, obj: Mapping[str, Any]) -> None:
-        return None
-
     async def release_finalizer(self, obj: Mapping[str, Any]) -> None:
         return None
 

@@ -56,7 +56,7 @@ class Runtime:
         self.created.append(request)
         return SandboxInfo(
             id=request.id, isolation="subprocess", state="Running", reason="", message="",
-            pid=1, exit_code=None, signal=None, restart_count=0, created_at=0.0,
+            pid=1, exit_code=None, signal=None, created_at=0.0,
             started_at=0.0, finished_at=None,
         )  # fmt: skip
 
@@ -74,9 +74,6 @@ class Kube:
     def __init__(self) -> None:
         self.events: list[tuple[str, str, str]] = []
         self.released = asyncio.Event()
-
-    async def ensure_finalizer(self, obj: Mapping[str, Any]) -> None:
-        return None
 
     async def release_finalizer(self, obj: Mapping[str, Any]) -> None:
         self.released.set()

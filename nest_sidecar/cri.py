@@ -1,4 +1,8 @@
-"""The sidecar's view of its pod's runtime daemon: the CRI seam, and the pump of runtime events.
+"""The sidecar's client of its pod's runtime daemon: the CRI seam, and the pump of runtime events.
+
+Named for what it is to the sidecar, as the kubelet names its side of the runtime boundary (CRI,
+and PLEG for the event pump): the daemon itself is `sandbox/runtime.py`, this is how the sidecar
+talks to it and hears from it.
 
 Workers need three things from the runtime (create, remove, list) and to hear when a sandbox
 changes state or disappears. The pump follows the runtime's event stream and, whenever the stream
