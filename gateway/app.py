@@ -24,8 +24,10 @@ from pydantic import BaseModel, ValidationError
 
 from crds import LabelSelector
 from gateway import openapi
-from gateway.auth import Authorizer
+from gateway.auth import Authorizer, authorizer_for
+from gateway.auth_policy import DEFAULT_OUTAGE, OutagePolicy
 from gateway.contexts import RegistrySettings, Uploader
+from gateway.demand import DEMAND_PATH
 from gateway.errors import (
     BadRequest,
     FieldError,
@@ -61,6 +63,7 @@ class Options:
     queue_size: int = 100
     activation_timeout: float = 30.0
     auth_cache_seconds: float = 10.0
+    auth_outage: OutagePolicy = DEFAULT_OUTAGE  # when the API server cannot review (auth_policy)
     limits: BodyLimits = DEFAULT_LIMITS  # the runtimes' must be the same (flags of both)
     dataplane_key_file: str | None = None  # None: forward unsigned (insecure runtimes only)
     registry: RegistrySettings = NO_REGISTRY_FLAGS  # where build contexts are stored
@@ -328,7 +331,8 @@ def create_app(api: Api, options: Options) -> web.Application:
     key_file = options.dataplane_key_file
     keys = dataplane_auth.KeySource(key_file) if key_file else None  # raises: no key, no gateway
     invoker = Invoker(kube, Metrics(registry), options.queue_size, options.activation_timeout, keys)
-    authorizer = Authorizer(kube, options.auth_cache_seconds) if options.auth else None
+    outage = options.auth_outage
+    authorizer = authorizer_for(api, options.auth_cache_seconds, outage) if options.auth else None
     uploader = Uploader(kube, options.registry)
     gateway = Gateway(kube, invoker, authorizer, options.limits, uploader)
     app = api_app(gateway, options)
@@ -359,7 +363,15 @@ def create_app(api: Api, options: Options) -> web.Application:
     async def serve_docs(request: web.Request) -> web.Response:
         return web.Response(text=docs, content_type="text/html")
 
+    async def end_streams(app: web.Application) -> None:
+        invoker.demand.close()
+
     app.cleanup_ctx.append(lifecycle)
+    if authorizer is not None:
+        app.cleanup_ctx.append(authorizer.lifecycle)  # the issuer keys, kept for outages
+    app.on_shutdown.append(end_streams)
+    # The autoscaler's demand stream: operator-facing (signed), not in the OpenAPI document.
+    app.router.add_get(DEMAND_PATH, invoker.demand.handle)
     app.router.add_get("/openapi.json", serve_openapi)
     app.router.add_get("/docs", serve_docs)
     app.router.add_get("/healthz", _healthz)

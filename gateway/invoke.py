@@ -5,9 +5,10 @@ forwards requests to the runtime's data plane in the pool pods, and runs the act
 A connection that cannot be opened, or the runtime's own "not run" answer (sandbox gone,
 stopping, overloaded), is retried on another sandbox, since the request cannot have run; any
 other failure once a request was sent is reported, never retried, so nothing runs twice.
-A function with no ready sandbox holds the request in its bounded queue, signals scale-up once
-(patching the scale subresource from zero) and resumes it as soon as the endpoints watch shows a
-ready address. Per-function metrics are what the operator's autoscaler reads.
+A function with no ready sandbox holds the request in its bounded queue, reports the demand to
+the operator's autoscaler at once (`gateway.demand`: the autoscaler alone writes `/scale`, the
+gateway only tells it what it holds) and resumes it as soon as the endpoints watch shows a
+ready address. Per-function metrics are what the autoscaler's periodic scrape reads.
 Every forwarded request carries the data-plane signature (`sandbox.dataplane_auth`): runtimes
 answer nothing else, so the gateway's RBAC is the only way in. A runtime that refuses the
 signature (a key it does not know yet) did not run the request: another sandbox is tried, and
@@ -29,7 +30,8 @@ from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from yarl import URL
 
-from gateway.errors import Conflict, GatewayError, NotFound, Timeout, Upstream
+from gateway.demand import Demand
+from gateway.errors import GatewayError, NotFound, Timeout, Upstream
 from gateway.kube import Kube, Obj
 from gateway.routing import (
     Activator,
@@ -40,7 +42,6 @@ from gateway.routing import (
     addresses,
     function_info,
     runtime_refusal,
-    scale_target,
 )
 from sandbox import dataplane_auth as auth
 from sandbox.disconnects import cancelled_if_caller_leaves
@@ -81,7 +82,8 @@ class Metrics:
             registry=registry,
         )  # fmt: skip
         self.cold_starts = Counter(
-            "nest_gateway_cold_starts", "Scale-ups from zero signalled by the activator.",
+            "nest_gateway_cold_starts",
+            "Requests held for a function at zero replicas, reported to the autoscaler.",
             labels, registry=registry,
         )  # fmt: skip
 
@@ -231,8 +233,8 @@ class Invoker:
         self.activation_timeout = activation_timeout
         self.table = RoutingTable()
         self.activator = Activator(queue_size)
+        self.demand = Demand(self.activator, keys)
         self.functions: dict[FunctionKey, FunctionInfo] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
 
     async def open(self) -> None:
         """Start the data-plane client: unbounded pool, kept alive, bodies passed as they are."""
@@ -242,8 +244,6 @@ class Invoker:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
-        for task in list(self._tasks):
-            task.cancel()
 
     # -- watch events (called on the loop) -----------------------------------------------------
 
@@ -324,10 +324,11 @@ class Invoker:
     async def _hold(self, key: FunctionKey, info: FunctionInfo, until: float) -> None:
         gauge = self.metrics.queued.labels(*key)
         future, first = self.activator.hold(key)  # QueueFull: 503
-        if first:
-            task = asyncio.create_task(self._scale_up(key, info))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        if first:  # new demand: the autoscaler hears of it now, later ones with the heartbeat
+            self.demand.changed()
+            if info.replicas == 0:
+                self.metrics.cold_starts.labels(*key).inc()
+                log.info("holding a request for %s/%s at zero: reported to the autoscaler", *key)
         gauge.inc()
         try:
             await asyncio.wait_for(future, max(0.0, until - time.perf_counter()))
@@ -340,26 +341,6 @@ class Invoker:
             if not future.done():
                 self.activator.forget(key, future)
             gauge.dec()
-
-    async def _scale_up(self, key: FunctionKey, info: FunctionInfo) -> None:
-        """Patch the scale subresource from zero, guarded by the resourceVersion we saw; on a
-        conflict re-read once, since the autoscaler or a user may have scaled it meanwhile."""
-        for _ in range(2):
-            target = scale_target(info)
-            if target is None:
-                return
-            try:
-                await self.kube.patch_scale(*key, target, info.resource_version)
-            except Conflict:
-                info = function_info(await self.kube.get_deployment(*key))
-                continue
-            except GatewayError as exc:
-                log.warning("scale-up of %s/%s failed: %s", *key, exc.detail)
-                self.activator.rearm(key)
-                return
-            self.metrics.cold_starts.labels(*key).inc()
-            log.info("scaled %s/%s from zero to %d", *key, target)
-            return
 
     async def _try(
         self, key: FunctionKey, address: Address, call: Call, info: FunctionInfo,

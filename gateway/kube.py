@@ -108,13 +108,10 @@ class Kube:
         except ApiError as exc:
             raise api_error(exc, f"function {ns}/{name}") from exc
 
-    async def patch_scale(
-        self, ns: str, name: str, replicas: int, resource_version: str | None = None
-    ) -> Obj:
-        """Merge-patch the scale subresource; with `resource_version` it is a precondition."""
+    async def patch_scale(self, ns: str, name: str, replicas: int) -> Obj:
+        """Merge-patch the scale subresource: only for a user's PUT .../scale, authorised by
+        SubjectAccessReview first (cold starts are the operator's autoscaler's to scale)."""
         body: Obj = {"spec": {"replicas": replicas}}
-        if resource_version:
-            body["metadata"] = {"resourceVersion": resource_version}
         try:
             return await self.api.patch(SANDBOX_DEPLOYMENTS, ns, name, body, subresource="scale")
         except ApiError as exc:

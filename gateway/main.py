@@ -24,6 +24,7 @@ from aiohttp import web
 
 from gateway import openapi
 from gateway.app import Options, create_app
+from gateway.auth_policy import DEFAULT_STALE_SECONDS, OutagePolicy
 from gateway.contexts import RegistrySettings
 from nest_kube import Api, ConfigError, HttpApi, connect
 from sandbox import dataplane_auth, limits
@@ -31,6 +32,8 @@ from sandbox import dataplane_auth, limits
 EPILOG = """\
 environment: NEST_GATEWAY_HOST (or POD_IP), NEST_GATEWAY_PORT, NEST_GATEWAY_AUTH=off,
              NEST_GATEWAY_QUEUE_SIZE, NEST_GATEWAY_ACTIVATION_TIMEOUT, KUBECONFIG,
+             NEST_GATEWAY_AUTH_STALE_SECONDS, NEST_GATEWAY_AUTH_AUDIENCES (comma-separated),
+             NEST_GATEWAY_LOCAL_JWT=off,
              NEST_DATAPLANE_KEY_FILE, NEST_DATAPLANE_INSECURE=1,
              NEST_MAX_BODY_BYTES, NEST_MAX_JSON_DEPTH (the runtime reads the same two),
              NEST_GATEWAY_REGISTRY, NEST_GATEWAY_REGISTRY_PULL_HOST,
@@ -75,7 +78,33 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="seconds a held request waits for a ready sandbox (then: 504)",
     )
     parser.add_argument(
-        "--auth-cache-seconds", type=float, default=10.0, help="how long a 'yes' is remembered"
+        "--auth-cache-seconds",
+        type=float,
+        default=10.0,
+        help="how long a TokenReview/SubjectAccessReview 'yes' is used without asking again",
+    )
+    parser.add_argument(
+        "--auth-stale-seconds",
+        type=float,
+        default=float(env.get("NEST_GATEWAY_AUTH_STALE_SECONDS", str(DEFAULT_STALE_SECONDS))),
+        help="while the API server cannot answer (down, timing out, 5xx): how much longer, "
+        "beyond --auth-cache-seconds, a 'yes' it gave still counts (default %(default)gs; 0: "
+        "none); callers it never allowed get 503 + Retry-After during an outage",
+    )
+    parser.add_argument(
+        "--auth-audience",
+        action="append",
+        metavar="AUD",
+        default=None,  # then NEST_GATEWAY_AUTH_AUDIENCES (flags replace it, never add to it)
+        help="an audience ServiceAccount tokens verified locally during an outage may carry "
+        "(repeatable; default: the issuer, the API server's default --api-audiences)",
+    )
+    parser.add_argument(
+        "--no-local-jwt",
+        action="store_true",
+        default=env.get("NEST_GATEWAY_LOCAL_JWT", "").lower() == "off",
+        help="during an outage, do not verify ServiceAccount JWTs against the issuer keys the "
+        "API server publishes (/openid/v1/jwks); only callers reviewed before are served",
     )
     parser.add_argument(
         "--dataplane-key-file",
@@ -127,6 +156,10 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     return parser
 
 
+def _env_list(name: str) -> list[str]:
+    return [item.strip() for item in os.environ.get(name, "").split(",") if item.strip()]
+
+
 def _api(kubeconfig: str | None) -> Api:
     """The kubeconfig named, else the pod's service account (`nest_kube.connect`'s rule)."""
     return HttpApi(connect(kubeconfig))
@@ -171,6 +204,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         queue_size=args.queue_size,
         activation_timeout=args.activation_timeout,
         auth_cache_seconds=args.auth_cache_seconds,
+        auth_outage=OutagePolicy(
+            stale_seconds=args.auth_stale_seconds,
+            local_jwt=not args.no_local_jwt,
+            audiences=tuple(args.auth_audience or _env_list("NEST_GATEWAY_AUTH_AUDIENCES")),
+        ),
         dataplane_key_file=args.dataplane_key_file,
         limits=limits.from_args(args),
         registry=RegistrySettings(

@@ -4,9 +4,10 @@ This is the pure core of invocation. The endpoints watch feeds `RoutingTable.set
 each invocation asks `pick` for the ready sandbox with the fewest requests in flight (the
 gateway's own count, which it knows exactly, unlike any lagging metric) and brackets the call
 with `acquire`/`release`. When nothing is ready the `Activator` holds the request in a bounded
-per-function queue and says whether this is the first request of a cold episode, i.e. whether to
-signal scale-up now. Everything runs on one event loop: `pick` followed by `hold` has no await
-in between, so an endpoint that turns ready can never slip between them and strand a request.
+per-function queue and says whether the queue was empty, i.e. whether to tell the autoscaler
+about this demand now (it, not the gateway, scales: `gateway.demand`). Everything runs on one
+event loop: `pick` followed by `hold` has no await in between, so an endpoint that turns ready
+can never slip between them and strand a request.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from crds import Autoscaling, Function, SandboxDeploymentSpec
+from crds import Function, SandboxDeploymentSpec
 from gateway.errors import QueueFull
 
 FunctionKey = tuple[str, str]  # (namespace, name)
@@ -41,7 +42,6 @@ class Address:
 
 # The CRD's defaults, from the models that declare them.
 DEFAULT_REPLICAS = int(SandboxDeploymentSpec.model_fields["replicas"].default)
-DEFAULT_MIN_REPLICAS = int(Autoscaling.model_fields["min_replicas"].default)
 DEFAULT_MAX_DURATION = float(Function.model_fields["max_duration_seconds"].default)
 
 
@@ -50,9 +50,7 @@ class FunctionInfo:
     """What invocation needs of a SandboxDeployment, read from the watch."""
 
     replicas: int
-    min_replicas: int
     timeout_seconds: float
-    resource_version: str
     max_duration_seconds: float = DEFAULT_MAX_DURATION  # a streamed answer's longest life
 
 
@@ -71,21 +69,14 @@ def function_info(obj: Mapping[str, Any]) -> FunctionInfo:
 
     The function is read through its model without validating it again (`model_construct`):
     the API server and the admission webhook already did, and a full parse re-checks inline
-    code of up to 1 MiB on every watch event of every function. Autoscaling is small: parsed.
+    code of up to 1 MiB on every watch event of every function.
     """
     spec = obj.get("spec") or {}
     raw = ((spec.get("template") or {}).get("spec") or {}).get("function") or {}
     function = Function.model_construct(**raw)
-    autoscaling = spec.get("autoscaling")
     return FunctionInfo(
         replicas=int(spec.get("replicas", DEFAULT_REPLICAS)),
-        min_replicas=(
-            Autoscaling.model_validate(autoscaling).min_replicas
-            if autoscaling
-            else DEFAULT_MIN_REPLICAS
-        ),
         timeout_seconds=float(function.timeout_seconds),
-        resource_version=str(obj.get("metadata", {}).get("resourceVersion", "")),
         max_duration_seconds=float(function.max_duration_seconds),
     )
 
@@ -109,15 +100,6 @@ def runtime_refusal(status: int, body: bytes) -> str | None:
     if isinstance(parsed, dict) and parsed.get("error") == word and set(parsed) <= _ERROR_BODY_KEYS:
         return word
     return None
-
-
-def scale_target(info: FunctionInfo) -> int | None:
-    """Replicas to patch when a request finds the function without a ready sandbox: only a
-    function at zero is scaled (to its reserved instances, at least one); one already scaled
-    up is starting, and the autoscaler, not the activator, decides how far beyond that to go."""
-    if info.replicas > 0:
-        return None
-    return max(1, info.min_replicas)
 
 
 class RoutingTable:
@@ -175,13 +157,13 @@ class Activator:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._waiters: dict[FunctionKey, deque[asyncio.Future[None]]] = {}
-        self._cold: set[FunctionKey] = set()
 
     def hold(self, key: FunctionKey) -> tuple[asyncio.Future[None], bool]:
         """Queue a request; its future resolves when the function has a ready sandbox.
 
-        The flag is True for the first request of a cold episode: the caller signals scale-up
-        once, at once, instead of every held request patching the API server. Raises QueueFull.
+        The flag is True when the queue was empty: the caller reports the new demand once, at
+        once, instead of once per held request (later ones ride on the periodic report).
+        Raises QueueFull.
         """
         queue = self._waiters.setdefault(key, deque())
         if len(queue) >= self.capacity:
@@ -189,9 +171,8 @@ class Activator:
                 f"{len(queue)} requests already wait for function {key[0]}/{key[1]} to scale up"
             )
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        first = not queue
         queue.append(future)
-        first = key not in self._cold
-        self._cold.add(key)
         return future, first
 
     def forget(self, key: FunctionKey, future: asyncio.Future[None]) -> None:
@@ -202,13 +183,8 @@ class Activator:
             if not queue:
                 del self._waiters[key]
 
-    def rearm(self, key: FunctionKey) -> None:
-        """Let the next held request signal scale-up again (the last signal failed)."""
-        self._cold.discard(key)
-
     def release(self, key: FunctionKey) -> int:
         """Wake every held request of `key`, oldest first; how many were woken."""
-        self._cold.discard(key)
         queue = self._waiters.pop(key, deque())
         woken = 0
         for future in queue:

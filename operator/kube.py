@@ -125,12 +125,30 @@ class Kube:
         )
         return self._written(kind, "MODIFIED", result)
 
-    async def scale(self, kind: Kind, namespace: str, name: str, replicas: int) -> None:
-        """Write replicas through the scale subresource, as `kubectl scale` and HPAs do."""
-        await self.api.patch(
-            RESOURCES[kind][0], namespace, name, {"spec": {"replicas": replicas}},
-            subresource="scale",
-        )  # fmt: skip
+    async def scale(
+        self, kind: Kind, namespace: str, name: str, replicas: int, resource_version: str = ""
+    ) -> None:
+        """Write replicas through the scale subresource, as `kubectl scale` and HPAs do; with
+        `resource_version`, only if the object is still that version (409 otherwise).
+
+        Written through like every write, though the answer is a Scale, not the object: the
+        stored object with the new replicas, resourceVersion and (replicas changed, so the
+        server bumped it) generation, so its controller scales the replica set now instead of
+        at the watch's echo (a cold start waits on this); the echo then replaces the copy."""
+        body: Obj = {"spec": {"replicas": replicas}}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        scale = await self.api.patch(RESOURCES[kind][0], namespace, name, body, subresource="scale")
+        stored = self.store.get(kind, f"{namespace}/{name}")
+        version = (scale.get("metadata") or {}).get("resourceVersion")
+        if stored is None or not version:
+            return
+        spec = stored.get("spec") or {}
+        meta = {**stored["metadata"], "resourceVersion": version}
+        if spec.get("replicas") != replicas:
+            meta["generation"] = int(meta.get("generation") or 1) + 1
+        self._record(kind, "MODIFIED", {**stored, "metadata": meta,
+                                        "spec": {**spec, "replicas": replicas}})  # fmt: skip
 
     async def delete(self, kind: Kind, obj: Obj) -> None:
         """Delete exactly this object (UID precondition); already gone is fine.

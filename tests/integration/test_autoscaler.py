@@ -1,4 +1,5 @@
-"""The autoscaler on the real cluster: up under a load loop, down to the minimum, then to zero.
+"""The autoscaler on the real cluster: up under a load loop, down to the minimum, then to zero,
+and up from zero when the gateway holds a request (the autoscaler's write, not the gateway's).
 
 Windows are shortened through the API (stable 4 s, panic 2 s, zero after 3 s) so the test runs
 in seconds; the policy itself is the same one the unit tests drive with a fake clock.
@@ -15,6 +16,12 @@ from typing import Any
 import yaml
 
 from tests.dataplane import signed_headers
+from tests.integration.test_gateway import (  # noqa: F401 - fixtures used by name
+    Client,
+    developer,
+    gateway_url,
+)
+from tests.integration.test_gateway import function as gateway_function
 from tests.kube import Kubectl, wait_for
 
 SLOW = "import time\ndef handler(event, context):\n    time.sleep(0.2)\n    return {'ok': True}\n"
@@ -115,3 +122,35 @@ def test_scales_up_under_load_then_down_to_min_then_to_zero(
     wait_for(lambda: replicas(kubectl) == 0, timeout=60, what="scale to zero when idle")
     events = kubectl.run("get", "events", "--field-selector=reason=Autoscaled").stdout
     assert "scale to zero" in events
+
+
+def test_a_cold_start_is_the_autoscalers_scale_write_not_the_gateways(
+    kubectl: Kubectl,
+    developer: Client,  # noqa: F811
+) -> None:
+    """The gateway only reports the held request; the scale from zero is the autoscaler's.
+
+    Kubernetes 1.20 does not record writes through /scale in managedFields, so the writer is
+    told by what each writer leaves: the autoscaler records an `Autoscaled` Event for every
+    scale it writes, the gateway none. Were the gateway still patching /scale on a cold start
+    (before issue 12), its write would land first, the autoscaler would find the function
+    already at one sandbox, and no "scaled from 0 to 1" Event would exist."""
+    spec = gateway_function("wake", autoscaling={"minReplicas": 0, "maxReplicas": 2},
+                            concurrency=8)  # fmt: skip
+    assert developer.create(**spec).status_code == 201
+    assert kubectl.json("get", "sbxd", "wake")["spec"]["replicas"] == 0
+    resp = developer.invoke("wake", {"cold": True})  # held, then released once one is ready
+    assert resp.status_code == 200, resp.text
+    assert kubectl.json("get", "sbxd", "wake")["spec"]["replicas"] == 1
+
+    def autoscaled() -> list[dict[str, Any]]:
+        listed = kubectl.json(
+            "get", "events", "--field-selector=involvedObject.name=wake,reason=Autoscaled"
+        )
+        return [e for e in listed["items"] if e["involvedObject"]["kind"] == "SandboxDeployment"]
+
+    events = wait_for(autoscaled, what="the autoscaler's Event for its scale write")
+    woken = [e for e in events if e["message"].startswith("scaled from 0 to 1: ")]
+    assert len(woken) == 1, [(e["message"], e.get("count")) for e in events]
+    assert woken[0].get("count", 1) == 1, "one cold start, one write"
+    assert woken[0]["source"]["component"] == "nest-operator"

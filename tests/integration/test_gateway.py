@@ -29,6 +29,7 @@ from kubernetes import client
 from gateway import openapi
 from nest_api import convert
 from nest_api import models as m
+from tests.dataplane import signed_headers
 from tests.integration.test_sidecar import PID_HANDLER, bind, running
 from tests.kube import Kubectl, wait_for
 
@@ -317,9 +318,17 @@ def test_held_requests_are_released_once_when_a_sandbox_turns_ready(
     nest_pool: list[dict[str, Any]],
     without_operator: None,
 ) -> None:
-    """Scale from zero with the test as the operator: every request answered exactly once."""
+    """Scale from zero with the test as the operator: every request answered exactly once.
+
+    The test is the autoscaler too: it follows the gateway's demand stream, as the operator's
+    does, and scales when a line says requests are held (the gateway itself never scales)."""
     spec = function("cold", autoscaling={"minReplicas": 0, "maxReplicas": 2}, concurrency=16)
     assert developer.create(**spec).status_code == 201
+    demand_url = f"{developer.base}/v1/demand"
+    stream = requests.get(demand_url, stream=True, timeout=30,
+                          headers=signed_headers(demand_url, method="GET"))  # fmt: skip
+    assert stream.status_code == 200, stream.text
+    lines = stream.iter_lines()
     results: dict[int, requests.Response] = {}
     threads = [
         threading.Thread(
@@ -329,9 +338,13 @@ def test_held_requests_are_released_once_when_a_sandbox_turns_ready(
     ]
     for thread in threads:
         thread.start()
-    # The activator signalled scale-up at once: the scale subresource went from 0 to 1.
-    wait_for(lambda: kubectl.json("get", "sbxd", "cold")["spec"]["replicas"] == 1,
-             what="the activator to scale the function from zero")  # fmt: skip
+    # The activator reported the held demand at once; the gateway wrote no scale.
+    held = {"namespace": kubectl.namespace, "name": "cold"}
+    wait_for(lambda: any(held.items() <= e.items() for e in json.loads(next(lines))["held"]),
+             what="the gateway's demand line for the held requests")  # fmt: skip
+    stream.close()
+    assert kubectl.json("get", "sbxd", "cold")["spec"]["replicas"] == 0
+    kubectl.run("scale", "sbxd", "cold", "--replicas=1")  # the autoscaler's part
     metric = f'nest_gateway_queued{{function="cold",namespace="{kubectl.namespace}"}} 8.0'
     wait_for(lambda: metric in requests.get(f"{developer.base}/metrics", timeout=10).text,
              what="8 requests held by the activator")  # fmt: skip

@@ -8,14 +8,15 @@ import pytest
 from pydantic import ValidationError
 
 from gateway.auth import (
+    AnswerCache,
     Authorizer,
-    TtlCache,
     User,
     access_spec,
     bearer_token,
     check_allowed,
     user_from_review,
 )
+from gateway.auth_policy import Windows
 from gateway.errors import Forbidden, NotFound, QueueFull, Unauthenticated, invalid, problem
 from gateway.routes import INVOKE_SUBRESOURCE, ROUTES, Access
 from nest_api import models as m
@@ -63,15 +64,15 @@ def test_denial_names_user_verb_and_resource() -> None:
     )
 
 
-def test_ttl_cache_expires_and_stays_bounded() -> None:
-    now = [0.0]
-    cache = TtlCache(ttl=10, size=2, clock=lambda: now[0])
-    cache.put("a", 1)
-    cache.put("b", 2)
-    cache.put("c", 3)
-    assert (cache.get("a"), cache.get("b"), cache.get("c")) == (None, 2, 3)
-    now[0] = 10.0
-    assert cache.get("b") is None
+def test_answer_cache_reports_ages_expires_and_stays_bounded() -> None:
+    cache = AnswerCache(keep=10, size=2)
+    cache.put("a", 1, now=0)
+    cache.put("b", 2, now=1)
+    cache.put("c", 3, now=2)
+    assert (cache.get("a", 3), cache.get("b", 3), cache.get("c", 3)) == (None, (2, 2), (3, 1))
+    assert cache.get("b", 11) is None and len(cache) == 1
+    cache.drop("c")
+    assert cache.get("c", 3) is None
 
 
 class Reviews:
@@ -92,7 +93,7 @@ class Reviews:
 
 async def test_yes_is_cached_and_no_is_asked_again() -> None:
     reviews = Reviews(allowed=True)
-    authorizer = Authorizer(reviews, ttl=60)
+    authorizer = Authorizer(reviews, Windows(fresh=60))
     access = Access("get")
     assert await authorizer.authorize("Bearer t", access, "ns", "fn") == USER
     await authorizer.authorize("Bearer t", access, "ns", "fn")

@@ -228,6 +228,10 @@ def test_a_build_of_an_older_context_is_not_shown_as_this_ones() -> None:
     })  # fmt: skip
     view = convert.function_view(stale, None)
     assert view.build is not None and view.build.ref is None and view.build.job is None
+    # Nor its condition: True Succeeded is the older context's; this one has not started.
+    assert (view.build.status, view.build.reason, view.build.message) == (
+        "Unknown", None, "waiting for the build to start",
+    )  # fmt: skip
 
 
 def test_functions_without_a_build_have_no_build_view() -> None:

@@ -1,8 +1,8 @@
-"""The gateway's I/O shell on the shared layer's fake: management calls, watches, scale-up.
+"""The gateway's I/O shell on the shared layer's fake: management calls and watches.
 
 The whole application (`create_app`) runs in-process on `nest_kube.fake.FakeApi`, so what is
 tested is the gateway's side of the API server contract: what it writes, how its informers feed
-routing, and how a conflicting scale-up is retried, without a cluster.
+routing, without a cluster (the activator's side, which writes nothing: test_invoke_demand.py).
 """
 
 from __future__ import annotations
@@ -12,15 +12,12 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from prometheus_client import CollectorRegistry
 
 from gateway.app import GATEWAY_KEY, INFORMERS_KEY, Options, create_app
 from gateway.errors import NotFound
-from gateway.invoke import Invoker, Metrics
 from gateway.kube import Kube
-from gateway.routing import function_info
 from nest_kube.fake import FakeApi
-from nest_kube.resources import SANDBOX_DEPLOYMENTS, SANDBOX_ENDPOINTS
+from nest_kube.resources import SANDBOX_ENDPOINTS
 from tests.unit.kube.support import eventually
 
 NS = "team-a"
@@ -66,17 +63,6 @@ async def test_management_writes_what_it_says_and_the_watches_feed_routing(
     assert missing.status == 404 and missing.content_type == "application/problem+json"
 
 
-async def test_a_scale_up_that_loses_a_race_reads_again_and_patches_once() -> None:
-    api = FakeApi()
-    made = api.put(
-        SANDBOX_DEPLOYMENTS, {"metadata": {"name": "f", "namespace": NS}, "spec": {"replicas": 0}}
-    )
-    stale = function_info(made)
-    await api.patch(SANDBOX_DEPLOYMENTS, NS, "f", {"metadata": {"labels": {"x": "y"}}})
-    kube = Kube(api)
-    invoker = Invoker(kube, Metrics(CollectorRegistry()), 10, 1.0)
-    await invoker._scale_up((NS, "f"), stale)  # its resourceVersion is out of date: 409, reread
-    assert (await api.get(SANDBOX_DEPLOYMENTS, NS, "f"))["spec"]["replicas"] == 1
-    assert api.writes["patch", "sandboxdeployments"] == 3  # the label, the refused, the scale
+async def test_a_missing_function_is_not_found() -> None:
     with pytest.raises(NotFound):
-        await kube.get_deployment(NS, "absent")
+        await Kube(FakeApi()).get_deployment(NS, "absent")

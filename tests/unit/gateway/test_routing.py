@@ -13,7 +13,6 @@ from gateway.routing import (
     addresses,
     function_info,
     runtime_refusal,
-    scale_target,
 )
 
 KEY = ("ns", "fn")
@@ -64,28 +63,17 @@ def test_pick_skips_excluded_sandboxes_and_unknown_functions() -> None:
 
 def test_function_info_defaults_match_the_crd() -> None:
     info = function_info({"metadata": {"resourceVersion": "7"}, "spec": {}})
-    assert info == FunctionInfo(
-        replicas=1, min_replicas=0, timeout_seconds=30, resource_version="7"
-    )
+    assert info == FunctionInfo(replicas=1, timeout_seconds=30)
     spec = {
         "replicas": 0,
         "autoscaling": {"minReplicas": 2, "maxReplicas": 5},
         "template": {"spec": {"function": {"timeoutSeconds": 3}}},
     }
     info = function_info({"metadata": {}, "spec": spec})
-    assert (info.replicas, info.min_replicas, info.timeout_seconds) == (0, 2, 3)
+    assert (info.replicas, info.timeout_seconds) == (0, 3)
 
 
-@pytest.mark.parametrize(
-    ("replicas", "minimum", "expected"), [(0, 0, 1), (0, 3, 3), (1, 0, None), (2, 5, None)]
-)
-def test_scale_target_only_scales_a_function_at_zero(
-    replicas: int, minimum: int, expected: int | None
-) -> None:
-    assert scale_target(FunctionInfo(replicas, minimum, 30, "1")) == expected
-
-
-async def test_activator_signals_once_per_cold_episode_and_releases_in_order() -> None:
+async def test_activator_signals_when_a_queue_starts_and_releases_in_order() -> None:
     activator = Activator(capacity=3)
     first, signal = activator.hold(KEY)
     second, again = activator.hold(KEY)
@@ -105,12 +93,8 @@ async def test_activator_queue_is_bounded_and_forgets_who_gave_up() -> None:
         activator.hold(KEY)
     activator.forget(KEY, held)
     assert activator.queued(KEY) == 0
-    other, signal = activator.hold(KEY)
-    assert not signal, "still the same cold episode"
-    activator.rearm(KEY)
-    activator.forget(KEY, other)
     _, signal = activator.hold(KEY)
-    assert signal, "rearm lets the next request signal scale-up again"
+    assert signal, "a queue that emptied (everyone gave up) reports its next request again"
     assert activator.keys() == [KEY]
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nest_operator.autoscaler_policy import Autoscaler, AutoscalerConfig
+from nest_operator.autoscaler_policy import Autoscaler, AutoscalerConfig, wake_target
 
 
 def feed(a: Autoscaler, start: float, end: float, concurrency: float) -> None:
@@ -68,3 +68,63 @@ def test_old_samples_leave_the_stable_window() -> None:
     feed(a, 0, 10, 100)
     feed(a, 10, 80, 4)
     assert a.decide(80, ready=20).replicas == 1
+
+
+def test_reconfigure_keeps_the_samples_a_new_policy_would_not_have() -> None:
+    a = Autoscaler(config())
+    feed(a, 0, 60, 21)
+    assert a.decide(60, ready=5).replicas == 5  # 21 / 5 per sandbox
+    tighter = config(target_concurrency=5)  # 2.5 per sandbox
+    a.reconfigure(tighter)
+    assert a.config == tighter
+    d = a.decide(60, ready=5)
+    assert (d.replicas, d.reason) == (9, "stable"), "the last minute of demand is still known"
+    assert Autoscaler(tighter).decide(60, ready=5).reason == "no metrics"  # what it used to do
+
+
+def test_reconfigure_keeps_panicking_and_its_floor() -> None:
+    a = Autoscaler(config())
+    feed(a, 0, 60, 5)
+    feed(a, 60, 66, 50)
+    assert a.decide(66, ready=1).replicas == 10
+    feed(a, 66, 80, 0)
+    a.reconfigure(config(max_replicas=40))
+    d = a.decide(80, ready=10)
+    assert d.panicking and d.replicas == 10, "a config change is no reason to drop the burst"
+
+
+def test_a_conservative_policy_never_decreases_before_a_full_stable_window() -> None:
+    a = Autoscaler(config(scale_to_zero_after_seconds=0), conservative_from=100)
+    fresh = Autoscaler(config(scale_to_zero_after_seconds=0))
+    for p in (a, fresh):
+        feed(p, 100, 130, 0)
+    assert fresh.decide(130, ready=4).replicas == 0  # what it did right after a restart
+    held = a.decide(130, ready=4)
+    assert held.replicas == 4 and "full stable window" in held.reason and a.conservative
+    feed(a, 130, 159, 0)
+    assert a.decide(159.5, ready=4).replicas == 4  # 59.5 s observed: still not a full window
+    feed(a, 159, 161, 0)
+    assert a.decide(160, ready=4).replicas == 0 and not a.conservative
+
+
+def test_a_conservative_policy_scales_up_and_respects_max_replicas() -> None:
+    a = Autoscaler(config(max_replicas=3), conservative_from=0)
+    feed(a, 0, 10, 100)
+    assert a.decide(10, ready=1).replicas == 3  # up at once: only decreases wait
+    b = Autoscaler(config(max_replicas=2), conservative_from=0)
+    feed(b, 0, 5, 0)
+    assert b.decide(5, ready=4).replicas == 2, "a lowered maxReplicas is not history to keep"
+
+
+def test_samples_from_two_feeds_out_of_order_stay_ordered() -> None:
+    a = Autoscaler(config())
+    a.observe(5.0, 20)  # a demand line handled while the tick was scraping
+    a.observe(4.5, 0)  # the tick's sample, timed before its scrape
+    d = a.decide(4.5, ready=2)
+    assert (d.replicas, d.reason) == (2, "stable"), "the decision sees both samples (avg 10)"
+
+
+def test_a_function_without_autoscaling_is_woken_only_from_zero() -> None:
+    assert wake_target(0, held=1) == 1
+    assert wake_target(0, held=0) is None
+    assert wake_target(2, held=5) is None
