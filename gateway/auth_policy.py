@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass
 from enum import Enum
 
-from gateway.errors import GatewayError, Upstream
+from gateway.errors import ApiUnavailable, GatewayError, Upstream
 from nest_kube import ApiError
 from nest_kube.api import is_transient
 
@@ -143,7 +143,7 @@ def is_outage(exc: BaseException) -> bool:
         return is_transient(exc)
     if isinstance(exc, TimeoutError | OSError):
         return True
-    if isinstance(exc, Upstream) and isinstance(exc.__cause__, ApiError):
+    if isinstance(exc, Upstream | ApiUnavailable) and isinstance(exc.__cause__, ApiError):
         return is_transient(exc.__cause__)
     return False
 

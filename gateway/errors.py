@@ -67,6 +67,17 @@ class NotConfigured(GatewayError):
     status, kind, title = 503, "not-configured", "Not configured"
 
 
+class ApiUnavailable(GatewayError):
+    """The API server did not answer (or answered 429/5xx): the caller should retry, not fix."""
+
+    status, kind, title = 503, "api-unavailable", "API server unavailable"
+    RETRY_AFTER_SECONDS = 5
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.headers["Retry-After"] = str(self.RETRY_AFTER_SECONDS)
+
+
 class NotReady(GatewayError):
     """The gateway has not yet listed the cluster's functions and endpoints."""
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gateway.errors import (
+    ApiUnavailable,
     BadRequest,
     Conflict,
     FieldError,
@@ -41,8 +42,8 @@ def api_error(exc: ApiError, what: str) -> GatewayError:
     """The gateway error for an API server failure on `what` (e.g. "function ns/name")."""
     message = exc.message
     causes = [FieldError(str(c.get("field", "")), str(c.get("message", ""))) for c in exc.causes]
-    if exc.status == 0:  # no answer: the API server is away
-        return Upstream(f"API server unreachable for {what}: {message}")
+    if exc.status == 0 or exc.status == 429 or exc.status >= 500:  # away or overloaded
+        return ApiUnavailable(f"API server unavailable for {what}: {message}")
     if exc.status == 404:
         return NotFound(f"{what} not found")
     if exc.status == 409:

@@ -40,7 +40,11 @@ STATUS_TEXT = {
     401: "Missing or invalid bearer token", 403: "Kubernetes RBAC denies the caller",
     404: "No such function, namespace or revision", 409: "Already exists or changed meanwhile",
     413: "Body too large", 415: "Body is not JSON", 422: "Invalid body (names the field)",
-    502: "The API server or the sandbox failed", 503: "Activation queue full (function scaling up)",
+    502: "The API server or the sandbox failed",
+    503: "Unavailable, with Retry-After: the API server is unreachable (problem type "
+    "`api-unavailable`), or during such an outage the caller is neither remembered nor "
+    "verifiable (`auth-unavailable`), or a function at zero has a full activation queue "
+    "(`queue-full`)",
     504: "Timed out waiting for a sandbox or for the function",
 }  # fmt: skip
 # Every operation that reads a body holds it to `sandbox.limits` (the runtimes' too): the
@@ -62,7 +66,8 @@ UPLOAD_STATUS_TEXT = {
     "problem type `payload-too-large`)",
     415: "Body is not application/gzip",
     503: "The gateway has no registry to store contexts in (problem type `not-configured`; "
-    "the detail names the flag)",
+    "the detail names the flag), or the API server is unavailable (`api-unavailable`, "
+    "`auth-unavailable`, with Retry-After)",
 }
 PASSTHROUGH_STATUS_TEXT = {
     400: "Bad request: a bad path parameter, or a JSON body (one starting with `[` or `{`) "

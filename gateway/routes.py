@@ -55,7 +55,9 @@ class Route:
     passthrough: bool = False
     # A raw upload (not JSON): the body's media type, read up to the route's own size limit.
     upload: str | None = None
-    errors: tuple[int, ...] = (400, 401, 403, 404, 502)
+    # 503 on every route: the API server unreachable (`api-unavailable`) or, during such an
+    # outage, a caller the gateway cannot vouch for (`auth-unavailable`), both with Retry-After.
+    errors: tuple[int, ...] = (400, 401, 403, 404, 502, 503)
 
 
 ROUTES: tuple[Route, ...] = (
@@ -63,7 +65,7 @@ ROUTES: tuple[Route, ...] = (
         "createFunction", ("post",), FUNCTIONS,
         "Create a function from uploaded files or a code reference.", "functions",
         Access("create", named=False), body=m.FunctionCreate, response=m.FunctionView, status=201,
-        errors=(400, 401, 403, 404, 409, 415, 422, 502),
+        errors=(400, 401, 403, 404, 409, 415, 422, 502, 503),
     ),
     Route(
         "uploadContext", ("post",), CONTEXTS,
@@ -84,7 +86,7 @@ ROUTES: tuple[Route, ...] = (
         "replaceFunction", ("put",), FUNCTION,
         "Replace a function's code and settings (rolls out a new revision).", "functions",
         Access("update"), body=m.FunctionUpdate, response=m.FunctionView,
-        errors=(400, 401, 403, 404, 409, 415, 422, 502),
+        errors=(400, 401, 403, 404, 409, 415, 422, 502, 503),
     ),
     Route(
         "deleteFunction", ("delete",), FUNCTION,
@@ -97,7 +99,7 @@ ROUTES: tuple[Route, ...] = (
     Route(
         "replaceScale", ("put",), FUNCTION + "/scale", "Set the desired replicas.", "scale",
         Access("update", subresource="scale"), body=m.ScaleRequest, response=m.Scale,
-        errors=(400, 401, 403, 404, 409, 415, 422, 502),
+        errors=(400, 401, 403, 404, 409, 415, 422, 502, 503),
     ),
     Route(
         "getRolloutStatus", ("get",), FUNCTION + "/rollout", "Rollout status.", "rollout",
@@ -107,7 +109,7 @@ ROUTES: tuple[Route, ...] = (
         "undoRollout", ("post",), FUNCTION + "/rollout:undo",
         "Roll back to the previous (or a given) revision.", "rollout",
         Access("update"), body=m.RolloutUndo, response=m.FunctionView,
-        errors=(400, 401, 403, 404, 409, 415, 422, 502),
+        errors=(400, 401, 403, 404, 409, 415, 422, 502, 503),
     ),
     Route(
         "listSandboxes", ("get",), FUNCTION + "/sandboxes", "List a function's sandboxes.",

@@ -1,8 +1,9 @@
-"""How API server failures reach a management API caller: theirs to fix (4xx) or not (502)."""
+"""How API server failures reach a management API caller: theirs to fix (4xx), not theirs
+(502), or the API server away (503 with Retry-After)."""
 
 from __future__ import annotations
 
-from gateway.errors import Forbidden, InvalidInput, NotFound, Upstream
+from gateway.errors import ApiUnavailable, Forbidden, InvalidInput, NotFound, Upstream
 from gateway.kube import api_error
 from nest_kube import ApiError, Unreachable
 
@@ -28,8 +29,14 @@ def test_not_found_and_invalid_keep_their_meaning() -> None:
     assert isinstance(api_error(_exc(422, "bad"), "f"), InvalidInput)
 
 
-def test_no_answer_is_upstream_and_field_causes_are_kept() -> None:
-    assert isinstance(api_error(Unreachable("connection refused"), "f"), Upstream)
+def test_no_answer_or_a_server_fault_is_unavailable_with_retry_after() -> None:
+    for exc in (Unreachable("connection refused"), _exc(503, "etcd"), _exc(429, "slow down")):
+        error = api_error(exc, "f")
+        assert isinstance(error, ApiUnavailable) and error.status == 503
+        assert error.headers["Retry-After"] == "5"
+
+
+def test_field_causes_are_kept() -> None:
     status = {"kind": "Status", "message": "invalid", "details": {"causes": [
         {"field": "spec.replicas", "message": "must be >= 0"}]}}  # fmt: skip
     error = api_error(ApiError(422, "Invalid", status), "function ns/f")
