@@ -81,8 +81,13 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpar
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parse(parser, argv)
+    return run(parse(build_parser(), argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed command (`args.func`, `args.verbose`) the way every nest command runs: its
+    log lines timestamped, a NestError one line on stderr with its exit code, ^C 130. Shared
+    with `nest-cluster`, whose commands `nest cluster` also runs."""
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import sys
 from collections.abc import Sequence
 
-from nest.errors import NestError
+from nest.cli import run
 from nest_cluster import demo
 from nest_cluster.control_plane import ControlPlane
 from nest_cluster.paths import ClusterPaths
@@ -68,19 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    try:
-        code: int = args.func(args)
-    except NestError as exc:
-        print(f"nest: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        return 130
-    return code
+    return run(build_parser().parse_args(argv))
 
 
 def _up(args: argparse.Namespace) -> int:

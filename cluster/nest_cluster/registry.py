@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import socket
 import subprocess
 import urllib.error
 import urllib.request
@@ -69,18 +68,6 @@ def recorded_port(cluster_json: Mapping[str, Any]) -> int | None:
     """The registry port recorded in cluster.json, if any (older states have none)."""
     port = (cluster_json.get("registry") or {}).get("port")
     return port if isinstance(port, int) and 0 < port < 65536 else None
-
-
-def port_free(port: int) -> bool:
-    """Whether the registry could listen on `port` again. Go listens with SO_REUSEADDR, so
-    connections in TIME_WAIT from before a restart do not count as taking the port."""
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 def hosting_configmap(hosting: RegistryHosting) -> dict[str, Any]:
