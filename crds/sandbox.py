@@ -386,7 +386,8 @@ class SandboxConditionType(StrEnum):
 
 
 class SandboxStatus(NestModel):
-    """Observed state of a Sandbox, written only by the sidecar of the pod it is bound to."""
+    """Observed state of a Sandbox: the sidecar of the pod it is bound to writes it (before
+    that, only the scheduler, to say why no pod takes it; the lifecycle controller evicts)."""
 
     phase: SandboxPhase = Field(
         default=SandboxPhase.PENDING,

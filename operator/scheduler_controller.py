@@ -41,6 +41,7 @@ from nest_operator.store import Kind, Obj, Store, key_of
 from nest_operator.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
+UNSCHEDULABLE = "Unschedulable"  # a Pending sandbox's status.reason, as a pod's PodScheduled
 CONFLICT_RETRY = 0.05  # the bind met a newer version: decide again once the watch delivered it
 
 
@@ -256,10 +257,22 @@ class SchedulerController:
             if self.unschedulable.get(key) != decision.message:
                 self.kube.event(sandbox, "Warning", "FailedScheduling", decision.message)
             self.unschedulable[key] = decision.message
+            status = unschedulable_status(sandbox.get("status") or {}, decision.message, now)
+            if status is not None:
+                await self._write_unschedulable(sandbox, status)
             assert decision.rejection is not None
             self.pending.unschedulable(key, request, decision.rejection, self.clock())
             return
         await self._bind(key, sandbox, decision.pod)
+
+    async def _write_unschedulable(self, sandbox: Obj, status: Obj) -> None:
+        meta = sandbox["metadata"]
+        try:
+            await self.kube.patch_status(Kind.SANDBOX, meta["namespace"], meta["name"], status)
+        except ApiError as exc:  # gone, or the API away: the next attempt writes it again
+            if exc.status != 404 and not terminating(exc):
+                log.warning("status of unschedulable %s/%s: %s", meta["namespace"],
+                            meta["name"], exc)  # fmt: skip
 
     async def _bind(self, key: str, sandbox: Obj, pod: PoolPod) -> None:
         meta = sandbox["metadata"]
@@ -300,6 +313,29 @@ class SchedulerController:
             "Scheduled",
             f"Successfully assigned {what} to {pod.namespace}/{pod.name}",
         )
+
+
+def unschedulable_status(current: Obj, message: str, now: float) -> Obj | None:
+    """The status of a sandbox no pod can take, as kube-scheduler's PodScheduled=False: phase
+    Pending, reason Unschedulable (so `kubectl get` shows it, not only an Event) and a Scheduled
+    condition saying why; None when the status says so already (one write per new message, none
+    after an operator restart). Only unbound sandboxes get it: once bound, status is the
+    sidecar's, whose first write replaces this one."""
+    if current.get("reason") == UNSCHEDULABLE and current.get("message") == message:
+        return None
+    scheduled = next(
+        (cond for cond in current.get("conditions") or [] if cond.get("type") == "Scheduled"), {}
+    )
+    since = scheduled.get("lastTransitionTime") if scheduled.get("status") == "False" else None
+    return {
+        "phase": "Pending",
+        "reason": UNSCHEDULABLE,
+        "message": message,
+        "conditions": [{
+            "type": "Scheduled", "status": "False", "reason": UNSCHEDULABLE, "message": message,
+            "lastTransitionTime": since or adapters.rfc3339(now),
+        }],
+    }  # fmt: skip
 
 
 def _gives_back(before: BoundSandbox, after: BoundSandbox) -> bool:

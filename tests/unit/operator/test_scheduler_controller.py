@@ -20,7 +20,7 @@ from nest_operator.kube import Kube
 from nest_operator.pool_controller import Pools
 from nest_operator.scheduler import Scheduler, SchedulerCache
 from nest_operator.scheduler.queue import Where
-from nest_operator.scheduler_controller import SchedulerController
+from nest_operator.scheduler_controller import SchedulerController, unschedulable_status
 from nest_operator.store import Kind, Obj, Store, key_of
 from tests.unit.operator.fake_kube import FakeKube
 from tests.unit.operator.test_pools import pod, pool
@@ -225,3 +225,28 @@ async def test_without_queueing_every_renewal_re_decides_everything() -> None:
         h.observe(Kind.LEASE, "MODIFIED", lease("p0", count=0))
         assert await h.drain() == ["a/s"]
     assert h.controller.attempts == 4 and len(h.failed()) == 1  # one Event per message
+
+
+async def test_a_sandbox_no_pod_can_take_says_why_in_its_status_once() -> None:
+    h = full_pool()
+    await h.drain()
+    status = h.store.get(Kind.SANDBOX, "a/wait")["status"]  # type: ignore[index]
+    assert (status["phase"], status["reason"]) == ("Pending", "Unschedulable")
+    [cond] = status["conditions"]
+    assert (cond["type"], cond["status"], cond["reason"]) == ("Scheduled", "False", "Unschedulable")
+    assert cond["message"] == status["message"] == h.failed()[0]
+    version = h.store.get(Kind.SANDBOX, "a/wait")["metadata"]["resourceVersion"]  # type: ignore[index]
+    h.later(60)  # tried again, still no room, the same words: no second write
+    await h.drain()
+    assert h.store.get(Kind.SANDBOX, "a/wait")["metadata"]["resourceVersion"] == version  # type: ignore[index]
+
+
+def test_the_unschedulable_status_keeps_its_transition_time_and_skips_a_repeat() -> None:
+
+    first = unschedulable_status({}, "0/1 pods: full", 0.0)
+    assert first is not None
+    assert unschedulable_status(first, "0/1 pods: full", 99.0) is None
+    changed = unschedulable_status(first, "0/2 pods: full", 99.0)
+    assert changed is not None and changed["message"] == "0/2 pods: full"
+    since = first["conditions"][0]["lastTransitionTime"]
+    assert changed["conditions"][0]["lastTransitionTime"] == since
