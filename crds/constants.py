@@ -55,6 +55,9 @@ TEMPLATE_HASH_LABEL: Final = f"{GROUP}/template-hash"
 REVISION_ANNOTATION: Final = f"{GROUP}/revision"
 # The sidecar holds this finalizer on bound Sandboxes so they disappear only once really stopped.
 SIDECAR_FINALIZER: Final = f"{GROUP}/sidecar"
+# The Lease the operator's replicas elect their leader with, in the operator's namespace; no
+# sidecar may write it, whatever its pod is called (admission.lease_verdict).
+ELECTION_LEASE: Final = "nest-operator"
 
 # A pool pod's declared capacity, overriding its runtime container's resources when set.
 CAPACITY_MEMORY_ANNOTATION: Final = f"{GROUP}/capacity-memory"

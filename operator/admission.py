@@ -468,6 +468,8 @@ def lease_verdict(request: Request, claim: PodClaim) -> Verdict:
         verb = request.operation.lower()
         return deny(("leases", f"a sidecar may not {verb} Leases"))
     why = f'a sidecar may write only its own pod\'s Lease "{claim.namespace}/{claim.name}"'
+    if request.name == c.ELECTION_LEASE:  # a pool pod named like it still may not lead
+        return deny(("metadata.name", f'Lease "{c.ELECTION_LEASE}" elects the operator\'s leader'))
     if request.namespace != claim.namespace:
         return deny(("metadata.namespace", why))
     if request.name != claim.name:

@@ -241,6 +241,12 @@ def test_a_sidecar_writes_only_its_own_pods_lease() -> None:
     assert denied(lease(sidecar(), "DELETE", "pool-a")).startswith("leases: ")
 
 
+def test_no_sidecar_writes_the_operators_election_lease_even_from_a_pod_named_so() -> None:
+    named_so = sidecar(adm.PodClaim("nest-system", c.ELECTION_LEASE, "uid-x"))
+    message = denied(lease(named_so, "UPDATE", c.ELECTION_LEASE))
+    assert message.startswith("metadata.name: ") and "elects the operator's leader" in message
+
+
 def test_leases_of_everybody_else_pass() -> None:
     assert verdict(lease(ALICE, "UPDATE", "anything")).allowed
 
