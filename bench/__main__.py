@@ -9,7 +9,7 @@ import json
 
 NAMES = (
     "hotplug", "memory", "density", "invoke", "hotplug-e2e", "schedule", "schedule-churn", "e2e",
-    "coldstart", "coldstart-layer", "gateway", "isolation-cost",
+    "coldstart", "coldstart-layer", "gateway", "isolation-cost", "chaos",
 )  # fmt: skip
 
 
@@ -27,6 +27,8 @@ def main() -> None:
         print(f"{section}:")
         for key, value in report[section].items():
             print(f"  {key:40} {value}")
+    if "table" in report:  # benches with rows (chaos) print them as a table too
+        print(report["table"])
 
 
 if __name__ == "__main__":
