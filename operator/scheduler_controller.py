@@ -323,7 +323,7 @@ def unschedulable_status(current: Obj, message: str, now: float) -> Obj | None:
     sidecar's, whose first write replaces this one."""
     if current.get("reason") == UNSCHEDULABLE and current.get("message") == message:
         return None
-    scheduled = next(
+    scheduled: Obj = next(
         (cond for cond in current.get("conditions") or [] if cond.get("type") == "Scheduled"), {}
     )
     since = scheduled.get("lastTransitionTime") if scheduled.get("status") == "False" else None
