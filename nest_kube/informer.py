@@ -18,6 +18,14 @@ far), following client-go's reflector:
   delivered nothing (a proxy closing it): that backs off, or the loop would spin.
 
 `synced` is set once the first list has been handed to the handlers (client-go's HasSynced).
+`healthy_since` says since when (the informer's clock, monotonic) the list+watch has worked: set
+by a list that answered, or by opening a watch, after a failure (or at the first list); None
+from a failure of either (a 410 is no failure: history was compacted, the server answers) until
+the next attempt, and while stopped. Consumers that judge others by what the watch shows (a
+Lease not renewed) wait a while after it: what nobody could write while it failed is no news.
+A watch counts from when it is opened, not from its first event (the API sends nothing until
+there is news, and a quiet watch is a healthy one); a request that hangs instead of failing is
+not seen here.
 `stop()` keeps the store and the version: `start()` again resumes the watch from there (a 410
 then relists), so a paused informer reports what it missed as deltas, not as a fresh list.
 Handlers are plain callables run on the loop, in order; one that raises is logged and the
@@ -157,6 +165,7 @@ class Informer:
         self.synced = asyncio.Event()
         self.resource_version: str | None = None  # the last one seen: where a watch resumes
         self.lists = 0  # lists done, the first one included (a relist is any after it)
+        self.healthy_since: float | None = None  # see the module's docstring
         self._handlers: list[Handler] = []
         self._task: asyncio.Task[None] | None = None
         self._what = f"{resource}" + (f" in {namespace}" if namespace else "")
@@ -192,6 +201,7 @@ class Informer:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        self.healthy_since = None
 
     async def run(self) -> None:
         # Resumed (stopped, started again): watch from the last version; a 410 relists.
@@ -214,10 +224,13 @@ class Informer:
             )  # fmt: skip
         except ApiError as exc:
             log.warning("listing %s failed: %s", self._what, exc)
+            self._failed(exc)
             return next_step(exc, listing=True)
         except Exception:  # a bug, or a list the server garbled: try again after a pause
             log.exception("listing %s failed", self._what)
+            self._failed(None)
             return Next(relist=True, backoff=True)
+        self._healthy()
         for delta in self.store.replace(listed.get("items") or []):
             self._dispatch(delta)
         self.resource_version = str((listed.get("metadata") or {}).get("resourceVersion") or "")
@@ -230,6 +243,7 @@ class Informer:
         started, delivered = self.clock(), 0
         error: ApiError | None = None
         timeout = int(self.watch_timeout * (1 + random.random()))
+        self._healthy()
         try:
             async for event in self.api.watch(
                 self.resource, self.namespace, resource_version=self.resource_version,
@@ -246,11 +260,21 @@ class Informer:
             error = exc
             level = logging.INFO if is_expired(exc) else logging.WARNING
             log.log(level, "watch of %s ended: %s", self._what, exc)
+            self._failed(exc)
         except Exception:  # a bug, or an object without metadata: start over from a list
             log.exception("watch of %s failed", self._what)
+            self._failed(None)
             return Next(relist=True, backoff=True)
         short = delivered == 0 and self.clock() - started < SHORT_WATCH_SECONDS
         return next_step(error, listing=False, short=short and error is None)
+
+    def _healthy(self) -> None:
+        if self.healthy_since is None:
+            self.healthy_since = self.clock()
+
+    def _failed(self, error: ApiError | None) -> None:
+        if error is None or not is_expired(error):
+            self.healthy_since = None
 
     def get(self, namespace: str | None, name: str) -> Obj | None:
         return self.store.get_by(namespace, name)

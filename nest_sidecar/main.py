@@ -33,6 +33,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from crds.constants import POD_UID_LABEL
+from crds.sandbox import EVICTED_REASON
 from nest_kube import (
     DELETED,
     Api,
@@ -86,6 +87,9 @@ class Settings:
     code_cache_bytes: int = 1 << 30
     code_cache_idle: float = DEFAULT_IDLE_SECONDS
     kubeconfig: str | None = None
+    # After SIGTERM, how long the sidecar keeps serving while Sandboxes are bound to it (its
+    # pod is being deleted: their replica sets move them first); 0: stop at once.
+    drain_seconds: float = 0.0
 
 
 def parse_settings(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settings:
@@ -143,6 +147,11 @@ def parse_settings(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settin
         "--kubeconfig", default=None,
         help="kubeconfig file (else the pod's service account, else $KUBECONFIG)",
     )  # fmt: skip
+    p.add_argument(
+        "--drain-seconds", type=float, default=float(env.get("NEST_DRAIN_SECONDS") or 0),
+        help="after SIGTERM, the longest it keeps serving bound Sandboxes (env "
+        "NEST_DRAIN_SECONDS; a little less than the pod's terminationGracePeriodSeconds)",
+    )  # fmt: skip
     a = p.parse_args(argv)
     if not a.pod_name or not a.pod_uid:
         p.error("--pod-name and --pod-uid (or POD_NAME and POD_UID) are required")
@@ -157,8 +166,14 @@ def parse_settings(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settin
         a.pod_name, a.pod_namespace, a.pod_uid, a.pod_ip, a.runtime_socket, a.runtime_port,
         Path(a.code_cache), a.health_port, a.lease_interval, a.backoff, a.grace, a.pool,
         capacity_from_env(env), FetchTimeouts(*timeouts), cache_bytes, a.code_cache_idle,
-        a.kubeconfig,
+        a.kubeconfig, max(0.0, a.drain_seconds),
     )  # fmt: skip
+
+
+def serving(sandbox: Mapping[str, Any]) -> bool:
+    """Whether a bound Sandbox still needs this sidecar: it runs here, or is being deleted and
+    waits for us to stop it and release it. An evicted one was replaced elsewhere."""
+    return (sandbox.get("status") or {}).get("reason") != EVICTED_REASON
 
 
 class PullCollector(Collector):
@@ -220,6 +235,7 @@ class Sidecar:
         self.workers: dict[str, SandboxWorker] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.started = False
+        self.changed = asyncio.Event()  # the bound Sandboxes changed (a drain waits on it)
         self.heartbeat: Heartbeat | None = None
         self.pod = PodIdentity(settings.pod_name, settings.pod_ip, settings.runtime_port)
         self.cache = CodeCache(
@@ -280,6 +296,7 @@ class Sidecar:
         return info.native_distributions
 
     def _on_event(self, event: Delta) -> None:
+        self.changed.set()
         uid = str(event.obj["metadata"]["uid"])
         if event.type == DELETED:
             # Gone without our finalizer being released (force-removed): stop what remains.
@@ -383,6 +400,30 @@ class Sidecar:
                 await self.recorder.close()
                 await runner.cleanup()
 
+    async def drain(self, term: asyncio.Event, stop: asyncio.Event) -> None:
+        """After SIGTERM (`term`), keep serving until no bound Sandbox needs us (their replica
+        sets replaced them and deleted them, and we stopped and released each) or the drain
+        time runs out; then `stop`. Sandboxes evicted meanwhile are removed from the runtime,
+        which waits for its sandboxes to go before it stops."""
+        await term.wait()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.drain_seconds
+        left = [o for o in self.bound().values() if serving(o)] if self.started else []
+        if left:
+            log.info("SIGTERM: draining %d sandboxes for at most %.0fs", len(left),
+                     self.settings.drain_seconds)  # fmt: skip
+        while left and loop.time() < deadline:
+            self.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), min(1.0, deadline - loop.time()))
+            left = [o for o in self.bound().values() if serving(o)]
+        if left:
+            log.warning("drain time over with %d sandboxes bound: stopping", len(left))
+        for uid, obj in self.bound().items():
+            if not serving(obj):
+                await self._remove_quietly(uid)
+        stop.set()
+
     async def _start_workers(self, stop: asyncio.Event) -> None:
         waits = [asyncio.ensure_future(e.wait()) for e in (self.informer.synced, self.pump.ready)]
         stopper = asyncio.ensure_future(stop.wait())
@@ -416,18 +457,25 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(f"nest-sidecar: {exc}") from exc
 
     async def _main() -> None:
-        stop = asyncio.Event()
+        stop, term = asyncio.Event(), asyncio.Event()
         loop = asyncio.get_running_loop()
         # File work (unpacking code) runs in threads: a pod hot-plugging sandboxes of many
         # different functions unpacks several at once.
         loop.set_default_executor(ThreadPoolExecutor(FILE_THREADS, thread_name_prefix="files"))
+
+        def signalled() -> None:  # the first signal drains, a second one stops at once
+            (stop if term.is_set() else term).set()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, signalled)
         api = HttpApi(connection)
         runtime = RuntimeClient(settings.runtime_socket)
+        sidecar = Sidecar(settings, api, runtime)
+        drain = loop.create_task(sidecar.drain(term, stop), name="drain")
         try:
-            await Sidecar(settings, api, runtime).run(stop)
+            await sidecar.run(stop)
         finally:
+            drain.cancel()
             await runtime.close()
             await api.close()
 

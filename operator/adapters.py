@@ -86,6 +86,7 @@ def pool_pod(pod: Obj, lease: Obj | None) -> PoolPod:
         max_sandboxes=int(capacity.get("max_sandboxes", 0)),
         isolation=frozenset(capacity.get("isolation") or ()),
         native_distributions=native_distributions(annotations),
+        leaving="being deleted" if meta.get("deletionTimestamp") else None,
     )
 
 

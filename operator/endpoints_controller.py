@@ -2,7 +2,9 @@
 
 The gateway and downstream platforms route from this one small object per function instead of
 watching every Sandbox, as kube-proxy reads Endpoints rather than Pods. The address list is a
-pure function of the deployment's sandboxes; the object is written only when it changed.
+pure function of the deployment's sandboxes; the object is written only when it changed. A
+sandbox its replica set took out while draining a pool pod (`drain_logic.OUT_ANNOTATION`) is
+listed not ready, as an EndpointSlice lists a terminating pod: the gateway sends it nothing new.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 from crds import constants as c
 from nest_kube import ApiError
 from nest_operator import adapters
+from nest_operator.drain_logic import OUT_ANNOTATION
 from nest_operator.kube import Kube
 from nest_operator.store import Kind, Obj, Store, controller_uid, key_of, owner_reference
 
@@ -39,8 +42,10 @@ def addresses(sandboxes: list[tuple[Obj, int]]) -> dict[str, Any]:
             address["podIP"] = status["podIP"]
         if status.get("port"):
             address["port"] = status["port"]
+        drained = OUT_ANNOTATION in (meta.get("annotations") or {})
         is_ready = (
-            status.get("phase") == "Running"
+            not drained  # leaving a pod being deleted: no new call, the ones in flight end
+            and status.get("phase") == "Running"
             and adapters.condition_true(sandbox, "Ready")
             and "podIP" in address
             and "port" in address

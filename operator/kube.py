@@ -171,6 +171,11 @@ class Kube:
                 kind, "MODIFIED", {**obj, "metadata": {**meta, "deletionTimestamp": _now()}}
             )
 
+    def gone(self, kind: Kind, obj: Obj) -> None:
+        """The server answered 404 for `obj`: record the deletion its watch may never deliver
+        (a relist that lost it), so no controller keeps acting on it."""
+        self._record(kind, "DELETED", obj)
+
     # -- reads that no informer serves ---------------------------------------------------------
 
     async def pod_ips(self, namespace: str, selector: str) -> list[str]:

@@ -6,7 +6,9 @@ once every kind has been listed — the restart-safety rule that the operator ne
 partial view. The manager runs one `nest_kube.Informer` per kind (one LIST each, then a watch
 from its version), waits for all of them to be synced, then routes each event to the keys it
 affects. docs/operator.md says why these are informers and queues of ours rather than kopf's
-per-object handlers (API writes, measured).
+per-object handlers (API writes, measured). With several replicas every one runs the informers
+(`start_informers`: the webhook's store, a warm standby) and only the Lease holder the
+controllers (`lead`, `stop_leading`; main.py wires them to nest_kube.leader).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from nest_operator.build_logic import BuildSettings
 from nest_operator.deployment_controller import DeploymentController
 from nest_operator.endpoints_controller import EndpointsController
 from nest_operator.kube import Kube, terminating
-from nest_operator.lifecycle_controller import Grace, LifecycleController
+from nest_operator.lifecycle_controller import WATCHED_KINDS, Grace, LifecycleController, Policy
 from nest_operator.pool_controller import PoolController, Pools, pool_key, pool_of
 from nest_operator.replicaset_controller import ReplicaSetController
 from nest_operator.scheduler import Scheduler, SchedulerCache, default_filters
@@ -52,6 +54,11 @@ class Settings:
     autoscale_seconds: float = 1.0
     build_image: str = "nest:latest"  # --build-image: the image of build Jobs
     build_deadline: int = 900  # --build-deadline: their activeDeadlineSeconds
+    # Eviction for health (lifecycle_logic): --eviction-rate, --unhealthy-threshold,
+    # --startup-grace.
+    eviction_rate: float = Policy.eviction_rate
+    unhealthy_threshold: float = Policy.unhealthy_threshold
+    startup_grace: float = Policy.startup_grace
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -64,6 +71,9 @@ class Settings:
             autoscale_seconds=float(env.get("NEST_AUTOSCALE_SECONDS", cls.autoscale_seconds)),
             build_image=env.get("NEST_BUILD_IMAGE") or cls.build_image,
             build_deadline=int(env.get("NEST_BUILD_DEADLINE", cls.build_deadline)),
+            eviction_rate=float(env.get("NEST_EVICTION_RATE", cls.eviction_rate)),
+            unhealthy_threshold=float(env.get("NEST_UNHEALTHY_THRESHOLD", cls.unhealthy_threshold)),
+            startup_grace=float(env.get("NEST_STARTUP_GRACE", cls.startup_grace)),
         )
 
 
@@ -97,6 +107,12 @@ class ControllerManager:
             self.kube,
             Grace(not_ready_seconds=settings.not_ready_grace),
             membership=self.pools.membership,
+            policy=Policy(
+                startup_grace=settings.startup_grace,
+                eviction_rate=settings.eviction_rate,
+                unhealthy_threshold=settings.unhealthy_threshold,
+            ),
+            watches=[self.informers[kind] for kind in WATCHED_KINDS],
         )
         self.queues = {
             "replicasets": WorkQueue("replicasets"),
@@ -108,18 +124,34 @@ class ControllerManager:
         # Expectations that expire and back-offs that end announce themselves by no event.
         self.replicasets.requeue = self.queues["replicasets"].add_after
         self.deployments.requeue = self.queues["deployments"].add_after
-        self.synced = False
+        self.informed = False  # the store holds every kind's first list: the webhook may use it
+        self.synced = False  # the controllers run (this replica leads) and events are routed
         self._tasks: list[asyncio.Task[None]] = []
         self._ready: set[str] = set()  # sandbox UIDs last seen Ready: flips skip the throttle
 
     async def start(self) -> None:
-        """List every kind (each informer once), then start the controllers on that view."""
+        """Standalone: fill the store, then run the controllers (no leader election)."""
+        await self.start_informers()
+        self.lead()
+
+    async def start_informers(self) -> None:
+        """List every kind (each informer once) and keep watching. Every replica does this, the
+        standbys too: the webhook answers from this store, and a standby that becomes leader
+        starts its controllers on a warm view instead of listing everything first."""
         started = time.monotonic()
         for informer in self.informers.values():
             informer.start()
         # No deadline: an unreachable API server is waited out by the informers' back-off,
         # and the `synced` probe reports not-ready meanwhile.
         await asyncio.gather(*(informer.synced.wait() for informer in self.informers.values()))
+        self.informed = True
+        counts = {kind.value: len(self.store.all(kind)) for kind in Kind}
+        log.info("synced in %.2fs: %s", time.monotonic() - started, counts)
+
+    def lead(self) -> None:
+        """Start the controllers on the store's view (the leader only; synchronous, so nothing
+        runs between winning the Lease and the controllers' start)."""
+        assert self.informed, "lead() before the informers synced"
         routed = (Kind.NAMESPACE, Kind.POOL, Kind.POD, Kind.LEASE, Kind.SANDBOX, Kind.REPLICASET,
                   Kind.DEPLOYMENT)  # fmt: skip
         for kind in routed:  # tenancy inputs first: pods are judged against their pools
@@ -140,8 +172,16 @@ class ControllerManager:
             self._tasks.append(task)
         self._tasks.append(asyncio.create_task(self._resync(), name="resync"))
         self._tasks.append(asyncio.create_task(self.autoscaler.run(), name="autoscaler"))
-        counts = {kind.value: len(self.store.all(kind)) for kind in Kind}
-        log.info("synced in %.2fs: %s", time.monotonic() - started, counts)
+        log.info("controllers started")
+
+    def stop_leading(self) -> None:
+        """Leadership lost: no controller may take another step. Cancelling is synchronous (each
+        task stops at its next await); the process then exits (main.py), so nothing here has to
+        be undone for a second term."""
+        self.synced = False  # no more routing into the queues
+        for task in self._tasks:
+            task.cancel()
+        log.warning("controllers stopped: this replica no longer leads")
 
     async def stop(self) -> None:
         for task in self._tasks:

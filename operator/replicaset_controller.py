@@ -25,6 +25,7 @@ from crds.common import LabelSelector
 from crds.workloads import unusable_selector
 from nest_kube import ApiError
 from nest_operator import adapters
+from nest_operator.drain_logic import DRAIN_ANNOTATION, OUT_ANNOTATION, Leaving, plan, surge
 from nest_operator.kube import Kube
 from nest_operator.replicaset_logic import (
     FAILED_CREATE,
@@ -165,14 +166,35 @@ class ReplicaSetController:
         snapshots = [adapters.owned_sandbox(s) for s in owned]
         load = {info.pod.uid: info.count for info in self.cache.pods()}
         desired = int(rs["spec"].get("replicas", 1))
-        decision = reconcile(desired, snapshots, load, may_create=may_create)
+        leaving = {
+            snap.name: left
+            for s, snap in zip(owned, snapshots, strict=True)
+            if snap.active and (left := leaving_sandbox(s, snap.ready)) is not None
+        }
+        staying = [snap for snap in snapshots if snap.name not in leaving]
+        decision = reconcile(desired, staying, load, may_create=may_create)
+        drain = plan(
+            desired,
+            sum(1 for snap in staying if snap.active),
+            sum(1 for snap in staying if snap.active and snap.ready and snap.phase != "Failed"),
+            list(leaving.values()),
+            surge(self._max_surge(rs), desired),
+            now,
+        )
+        create = decision.create
+        if drain.create_cap is not None:
+            create = min(create, drain.create_cap)
         failure = None
-        error = await self._create(rs, body, decision.create, now)
+        error = await self._create(rs, body, create, now)
         if error is not None:
             failure = Failure(FAILED_CREATE, api_message(error))
         by_name = {s["metadata"]["name"]: s for s in owned}
+        await self._take_out([by_name[name] for name in drain.take_out], now)
+        if drain.wake_in is not None and self.requeue is not None:
+            self.requeue(key_of(rs), max(drain.wake_in, 0.1))
         finished = [s for s, snap in zip(owned, snapshots, strict=True) if snap.finished]
-        doomed = [by_name[name] for name in decision.delete] + finished + collect
+        drained = [by_name[name] for name in drain.delete]
+        doomed = [by_name[name] for name in decision.delete] + finished + collect + drained
         results = await asyncio.gather(
             *(self.kube.delete(Kind.SANDBOX, s) for s in doomed), return_exceptions=True
         )
@@ -182,6 +204,31 @@ class ReplicaSetController:
         if failure is not None:
             self.kube.event(rs, "Warning", failure.reason, failure.message)
         return failure
+
+    def _max_surge(self, rs: Obj) -> int | str | None:
+        """maxSurge of the deployment owning `rs` (a rolling update's), None without one."""
+        for ref in rs["metadata"].get("ownerReferences") or []:
+            if ref.get("controller") and ref.get("kind") == c.DEPLOYMENT_KIND:
+                d = self.store.by_uid(Kind.DEPLOYMENT, ref.get("uid") or "")
+                strategy = ((d or {}).get("spec") or {}).get("strategy") or {}
+                value = (strategy.get("rollingUpdate") or {}).get("maxSurge")
+                return value if isinstance(value, int | str) else None
+        return None
+
+    async def _take_out(self, sandboxes: list[Obj], now: float) -> None:
+        """Take leaving sandboxes out of the endpoints (the endpoints controller omits them);
+        they are deleted once drained."""
+        stamp = adapters.rfc3339(now)
+        for sandbox in sandboxes:
+            patch = {"metadata": {"annotations": {OUT_ANNOTATION: stamp}}}
+            try:
+                await self.kube.patch(Kind.SANDBOX, *_ns_name(sandbox), patch)
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+                continue
+            log.info("sandbox %s/%s leaves the endpoints: its pool pod is being deleted and "
+                     "its replacement is ready", *_ns_name(sandbox))  # fmt: skip
 
     def _controlled(self, uid: str) -> list[str]:
         return [s["metadata"]["uid"] for s in self.store.owned(Kind.SANDBOX, uid)]
@@ -283,6 +330,23 @@ class ReplicaSetController:
         body = status_body(result, selector_string)
         if any(current.get(k) != v for k, v in body.items()):
             await self.kube.patch_status(Kind.REPLICASET, *_ns_name(rs), body)
+
+
+def leaving_sandbox(sandbox: Obj, ready: bool) -> Leaving | None:
+    """`sandbox` as a leaving one when the lifecycle controller marked its pod as draining."""
+    annotations = sandbox["metadata"].get("annotations") or {}
+    deadline = annotations.get(DRAIN_ANNOTATION)
+    if not deadline:
+        return None
+    out = annotations.get(OUT_ANNOTATION)
+    timeout = ((sandbox.get("spec") or {}).get("function") or {}).get("timeoutSeconds")
+    return Leaving(
+        name=sandbox["metadata"]["name"],
+        ready=ready and (sandbox.get("status") or {}).get("phase") == "Running",
+        deadline=adapters.timestamp(deadline),
+        out_since=adapters.timestamp(out) if out else None,
+        timeout=float(timeout or 30),
+    )
 
 
 def _selector(rs: Obj, stamped: dict[str, str]) -> tuple[LabelSelector | None, Failure | None]:

@@ -6,7 +6,8 @@ so it never deletes or re-creates what it simply has not seen yet. Writes go thr
 too (write-through), so a decision already counts the sandbox it just created or deleted before
 the watch reports it: that, not timing, is what prevents duplicates. Events older than what the
 store holds (by resourceVersion) are ignored, and deleted objects leave a tombstone so a late
-event cannot resurrect them.
+event cannot resurrect them; a deletion itself is never stale (the object is gone, whichever
+version of it the deleting event carries).
 """
 
 from __future__ import annotations
@@ -81,20 +82,34 @@ class Store:
     def apply(self, kind: Kind, event: str, obj: Obj) -> bool:
         """Record a watch event (ADDED/MODIFIED/DELETED); False when it was stale."""
         key, uid, version = key_of(obj), obj["metadata"].get("uid"), _version(obj)
+        old = self._objects[kind].get(key)
+        # Another object of the same name is never the one this event is about.
+        other = old is not None and uid and old["metadata"].get("uid") != uid
+        same = None if other else old
+        if event == "DELETED":
+            return self._delete(kind, key, uid, version, same)
         if uid in self._tombstones and version <= self._tombstones[uid]:
             return False
-        old = self._objects[kind].get(key)
-        if old is not None and old["metadata"].get("uid") == uid and _version(old) > version:
+        if same is not None and _version(same) > version:
             return False
         if old is not None:
             self._unindex(kind, key, old)
-        if event == "DELETED":
-            self._objects[kind].pop(key, None)
-            if uid:
-                self._tombstones[uid] = max(version, self._tombstones.get(uid, 0))
-            return True
         self._objects[kind][key] = obj
         self._index(kind, key, obj)
+        return True
+
+    def _delete(self, kind: Kind, key: str, uid: str | None, version: int, old: Obj | None) -> bool:
+        """A deletion is final whatever its resourceVersion: a relist reports it with the last
+        state its informer saw, which may be older than what a write put here since (client-go's
+        DeletedFinalStateUnknown); taken for stale, it left a deleted Sandbox here for good."""
+        if old is not None:
+            self._unindex(kind, key, old)
+            del self._objects[kind][key]
+            version = max(version, _version(old))
+        elif uid in self._tombstones and version <= self._tombstones[uid]:
+            return False
+        if uid:
+            self._tombstones[uid] = max(version, self._tombstones.get(uid, 0))
         return True
 
     def replace_all(self, kind: Kind, objects: Iterable[Obj]) -> None:

@@ -8,6 +8,13 @@ cleanup. A background loop keeps the serving certificate, the caBundle and the S
 (the pure parts are in webhook_certs.py) and reloads the certificate whenever its Secret
 changes, which is how cert-manager's renewals take effect. A lookup that fails denies the
 request, as `failurePolicy: Fail` would.
+
+With several replicas on a cluster whose pods live on loopback, the Service can name only one of
+them (an ExternalName): a replica takes the route only when the one it names does not answer a
+TLS handshake (checked every ROUTE_CHECK_SECONDS), so two live replicas never take it in turns
+and a dead one is replaced within seconds. This matters beyond admission: the operator's own
+leader-election Lease lives in nest-system, whose Lease writes pass this webhook, so a route left
+on a dead leader would keep the standby from taking over.
 """
 
 from __future__ import annotations
@@ -40,6 +47,8 @@ log = logging.getLogger(__name__)
 REVIEW_API = "admission.k8s.io/v1"
 STRATEGIC = "application/strategic-merge-patch+json"
 BODY_LIMIT = 16 * 1024 * 1024  # object + oldObject of a Sandbox with inline code
+ROUTE_CHECK_SECONDS = 2.0  # how often a replica checks that the replica the route names answers
+ROUTE_PROBE_TIMEOUT = 1.0  # a TLS handshake on loopback takes milliseconds
 
 
 @dataclass(frozen=True)
@@ -220,6 +229,8 @@ class WebhookServer:
         self.serving = False
         self._runner: web.AppRunner | None = None
         self._task: asyncio.Task[None] | None = None
+        self._route_task: asyncio.Task[None] | None = None
+        self.route_target: str | None = None  # the ExternalName last read (loopback clusters)
 
     # -- decisions -------------------------------------------------------------------------
 
@@ -264,12 +275,15 @@ class WebhookServer:
         with contextlib.suppress(Exception):  # the loop retries; the first try just saves time
             await self.reconcile()
         self._task = asyncio.create_task(self._loop(), name="webhook-certificates")
+        if certs.is_loopback(self.settings.pod_ip):
+            self._route_task = asyncio.create_task(self._check_route(), name="webhook-route")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._route_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._runner is not None:
             await self._runner.cleanup()
         self.facts.close()
@@ -308,6 +322,41 @@ class WebhookServer:
                 log.warning("webhook certificate/route reconcile failed: %r", exc)
                 settled = False
             await asyncio.sleep(self.settings.resync_seconds if settled else 2.0)  # a period
+
+    async def _check_route(self) -> None:
+        """Loopback clusters: take the route when the replica it names stopped answering."""
+        while True:
+            await asyncio.sleep(ROUTE_CHECK_SECONDS)  # a period, not a synchronisation
+            target = self.route_target
+            if not self.serving or target is None or target == self.settings.pod_ip:
+                continue
+            if await self._answers(target):
+                continue
+            log.info("webhook route names %s, which does not answer: checking it", target)
+            try:
+                configuration = await self._configuration()
+                if configuration is not None:
+                    await self._route(configuration)
+            except Exception as exc:
+                log.warning("webhook route check failed: %r", exc)
+
+    async def _answers(self, host: str) -> bool:
+        """Whether a webhook server completes a TLS handshake at `host` (a stopped or dead
+        process does not; the kernel alone would accept the TCP connection)."""
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE  # liveness only: nothing is sent over it
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, self.settings.port, ssl=context),
+                ROUTE_PROBE_TIMEOUT,
+            )
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(writer.wait_closed(), ROUTE_PROBE_TIMEOUT)
+        return True
 
     async def reconcile(self) -> bool:
         """One pass: Secret (issue or renew), server, caBundle, Service. True when all is well."""
@@ -396,6 +445,15 @@ class WebhookServer:
                 raise
             current = None
         change = certs.service_change(current, desired)
+        spec = (current or {}).get("spec") or {}
+        if spec.get("type") == "ExternalName":
+            self.route_target = spec.get("externalName")
+        if (
+            change == "patch"
+            and _taken_by_another(current, desired)
+            and await self._answers(str(spec["externalName"]))
+        ):
+            return  # another live replica serves the route: leave it there
         if change is None:
             return
         if change == "recreate":
@@ -410,6 +468,8 @@ class WebhookServer:
                 desired,
                 _content_type=STRATEGIC,
             )
+        if desired["spec"]["type"] == "ExternalName":
+            self.route_target = desired["spec"]["externalName"]
         log.info(
             "webhook Service %s/%s: %s (%s)",
             s.namespace,
@@ -417,3 +477,14 @@ class WebhookServer:
             change,
             desired["spec"]["type"],
         )
+
+
+def _taken_by_another(current: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> bool:
+    """Both ExternalName, to different hosts: the route names another replica (the owner and
+    ports being right is then not ours to fix either: that replica's loop keeps them)."""
+    have, want = (current or {}).get("spec") or {}, desired["spec"]
+    return (
+        have.get("type") == want["type"] == "ExternalName"
+        and bool(have.get("externalName"))
+        and have.get("externalName") != want.get("externalName")
+    )

@@ -64,6 +64,7 @@ from sandbox.service import Runtime
 
 log = logging.getLogger("nest.runtime")
 ADDRESS_KEY = web.AppKey("address", list)
+DRAIN_POLL = 0.5  # seconds between looks at whether a draining runtime still hosts sandboxes
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +80,9 @@ class Config:
     insecure_dataplane: bool = False
     limits: BodyLimits = DEFAULT_LIMITS
     state_dir: str | None = None  # the crash record's directory; None: beside the socket
+    # After SIGTERM, how long it keeps serving while it hosts sandboxes (its pool pod is being
+    # deleted, and the sidecar removes each once it was replaced elsewhere); 0: stop at once.
+    drain_seconds: float = 0.0
 
 
 def state_dir_for(socket_path: str) -> str:
@@ -166,6 +170,13 @@ def parse_config(argv: Sequence[str] | None, env: Mapping[str, str]) -> Config:
         "can name the one that crashed it (env NEST_RUNTIME_STATE_DIR; default: beside the "
         "socket, <socket without .sock>.state)",
     )
+    parser.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=float(env.get("NEST_DRAIN_SECONDS") or 0),
+        help="after SIGTERM, the longest it keeps serving while it hosts sandboxes (env "
+        "NEST_DRAIN_SECONDS; a little less than the pod's terminationGracePeriodSeconds)",
+    )
     limits.add_flags(parser, env)
     args = parser.parse_args(argv)
     if not args.dataplane_key_file and not args.insecure_dataplane:
@@ -180,7 +191,7 @@ def parse_config(argv: Sequence[str] | None, env: Mapping[str, str]) -> Config:
     return Config(
         args.socket, args.host, args.port, _split(args.preload), layers, args.log_level, boundary,
         args.dataplane_key_file, args.insecure_dataplane, limits.from_args(args),
-        args.state_dir or state_dir_for(args.socket),
+        args.state_dir or state_dir_for(args.socket), max(0.0, args.drain_seconds),
     )  # fmt: skip
 
 
@@ -330,7 +341,24 @@ def load_keys(config: Config) -> auth.KeySource | None:
     return None
 
 
-async def serve(config: Config, stop: asyncio.Event) -> None:
+async def drained(
+    runtime: Runtime, term: asyncio.Event, stop: asyncio.Event, seconds: float
+) -> None:
+    """Set `stop` once `term` (SIGTERM) is set and the runtime hosts no sandbox (the sidecar
+    removed each after its replacement elsewhere took over), or `seconds` after `term`: a pool
+    pod being deleted keeps answering while its sandboxes are moved."""
+    await term.wait()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    if runtime.list():
+        log.info("SIGTERM: serving %d sandboxes for at most %.0fs", len(runtime.list()), seconds)
+    while runtime.list() and loop.time() < deadline:
+        await asyncio.sleep(DRAIN_POLL)  # a poll of our own state, bounded by the deadline
+    stop.set()
+
+
+async def serve(config: Config, stop: asyncio.Event, term: asyncio.Event | None = None) -> None:
+    """Run until `stop`; with `term`, until it and a drain (`drained`) are over."""
     keys = load_keys(config)  # before anything starts: no key, no runtime
     if config.boundary is None:
         log.warning("subprocess sandboxes are NOT confined (--unconfined): one tenant only")
@@ -355,7 +383,11 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
             "runtime ready: control %s, data http://%s:%s", config.socket, config.host, address[1]
         )
         print(json.dumps({"ready": True, "data_port": address[1]}), flush=True)
+        if term is not None:
+            drain = asyncio.ensure_future(drained(runtime, term, stop, config.drain_seconds))
         await stop.wait()
+        if term is not None:
+            drain.cancel()
     finally:
         await runtime.close()
         await control.cleanup()
@@ -366,11 +398,15 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
 
 
 async def _main(config: Config) -> None:
-    stop = asyncio.Event()
+    stop, term = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def signalled() -> None:  # the first signal drains, a second one stops at once
+        (stop if term.is_set() else term).set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await serve(config, stop)
+        loop.add_signal_handler(sig, signalled)
+    await serve(config, stop, term)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -36,6 +36,7 @@ from nest_operator.scheduler.interface import (
 from nest_operator.scheduler.plugins import (
     ISOLATION_SUPPORTED,
     NATIVE_DEPENDENCIES,
+    POD_DRAINING,
     POD_READY,
     POOL_MATCH,
     RESOURCES_FIT,
@@ -44,6 +45,7 @@ from nest_operator.scheduler.plugins import (
     IsolationSupported,
     MostAllocated,
     NativeDependencies,
+    PodDraining,
     PodReady,
     PoolMatch,
     ReplicaSpread,
@@ -68,6 +70,7 @@ PRE_FILTERS: Mapping[str, Callable[[PluginArgs], PreFilterPlugin]] = {
     POOL_MATCH: lambda args: PoolMatch(),
 }
 FILTERS: Mapping[str, Callable[[PluginArgs], FilterPlugin]] = {
+    POD_DRAINING: lambda args: PodDraining(),
     POD_READY: lambda args: PodReady(args.lease_ttl),
     ISOLATION_SUPPORTED: lambda args: IsolationSupported(),
     TENANT_ISOLATION: lambda args: TenantIsolation(),
@@ -85,19 +88,23 @@ SCORES: Mapping[str, Callable[[PluginArgs], ScorePlugin]] = {
 class Profile:
     """A scheduler by plugin names, as a KubeSchedulerProfile lists them.
 
-    Filters run in the order their refusals are reported: health, isolation, tenancy, native
-    dependencies, resources (a pod another tenant holds is unavailable however much room it
-    has). Spread outweighs packing so that a replica set's sandboxes land on at least two pods
-    before packing wins (kube-scheduler weighs PodTopologySpread 2 against resources 1 for the
-    same reason); code locality breaks near-ties towards pods that skip the code download.
+    Filters run in the order their refusals are reported: draining (a cordon), health,
+    isolation, tenancy, native dependencies, resources (a pod another tenant holds is
+    unavailable however much room it has). Spread outweighs packing and code locality together
+    so that a replica set's sandboxes land on at least two pods before either wins: a second
+    replica placed away from the first scores ReplicaSpread's full 100 instead of 50 (x4: 200
+    more), against locality's 100 and the few points one sandbox moves packing; kube-scheduler
+    weighs PodTopologySpread over resources for the same reason. Between pods that spread
+    equally, locality (skip the download) and packing decide.
     """
 
     pre_filter: str = POOL_MATCH
     filters: tuple[str, ...] = (
-        POD_READY, ISOLATION_SUPPORTED, TENANT_ISOLATION, NATIVE_DEPENDENCIES, RESOURCES_FIT,
+        POD_DRAINING, POD_READY, ISOLATION_SUPPORTED, TENANT_ISOLATION, NATIVE_DEPENDENCIES,
+        RESOURCES_FIT,
     )  # fmt: skip
     scores: tuple[tuple[str, int], ...] = (
-        (MostAllocated.name, 1), (ReplicaSpread.name, 2), (CodeLocality.name, 1),
+        (MostAllocated.name, 1), (ReplicaSpread.name, 4), (CodeLocality.name, 1),
     )  # fmt: skip
     feasible_pods_to_score: int | None = DEFAULT_FEASIBLE_PODS_TO_SCORE
 

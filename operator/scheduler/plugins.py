@@ -35,6 +35,7 @@ MAX_SCORE = 100
 
 POOL_MATCH = "PoolMatch"
 POD_READY = "PodReady"
+POD_DRAINING = "PodDraining"
 ISOLATION_SUPPORTED = "IsolationSupported"
 TENANT_ISOLATION = "TenantIsolation"
 NATIVE_DEPENDENCIES = "NativeDependencies"
@@ -120,6 +121,31 @@ class PodReady:
         if new is None or not _in_pool(request, event) or self._check(new, event.at) is not None:
             return False
         return old is None or self._check(old, event.at) is not None
+
+
+class PodDraining:
+    """The pod is not leaving its pool: a pod being deleted is cordoned while it drains.
+
+    Like `kubectl drain`'s cordon, a pool pod with a deletionTimestamp takes no new sandbox
+    while its replica sets move theirs elsewhere; a replacement placed on it would only have
+    to move again. Unresolvable, and no event undoes it: a deletion is never taken back.
+    """
+
+    name = POD_DRAINING
+    events: frozenset[EventKind] = frozenset()
+
+    def filter(self, request: SandboxRequest, info: PodInfo, now: float) -> Status | None:
+        leaving = info.pod.leaving
+        return None if leaving is None else draining(leaving)
+
+    def hint(self, request: SandboxRequest, event: ClusterEvent) -> bool:
+        return False
+
+
+@functools.lru_cache(maxsize=8)
+def draining(why: str) -> Status:
+    """The refusal of a pod leaving its pool (cached: the reasons are few and fixed)."""
+    return unresolvable(POD_DRAINING, f"cordoned, draining: {why}")
 
 
 class IsolationSupported:

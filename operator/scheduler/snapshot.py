@@ -51,6 +51,8 @@ class PoolPod:
     cached_digests: frozenset[str] = frozenset()
     # Compiled distributions its shared runtime loaded, "name==version" (from its Lease).
     native_distributions: frozenset[str] = frozenset()
+    # Why the pod is leaving its pool (being deleted: drained), None while it stays.
+    leaving: str | None = None
 
 
 NAMESPACE_MODE = "namespace"

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
+from nest_kube.leader import holder_pod
 from tests.dataplane import signed_headers
 from tests.kube import Kubectl, wait_for
 
@@ -273,16 +274,29 @@ def test_no_capacity_means_pending_with_a_reason_until_a_pool_pod_is_added(
         what="a FailedScheduling event",
     )
     assert "0/" in events and "insufficient memory" in events
+    # The reason is in its status too, as a pod's PodScheduled=False (kubectl get shows it).
+    status = kubectl.json("get", "sbx", pending)["status"]
+    assert (status["phase"], status["reason"]) == ("Pending", "Unschedulable")
+    assert "insufficient memory" in status["message"]
+    [scheduled] = [cond for cond in status["conditions"] if cond["type"] == "Scheduled"]
+    assert (scheduled["status"], scheduled["reason"]) == ("False", "Unschedulable")
     kubectl.run("scale", "deployment", small_pool, "-n", "nest-system", "--replicas=2")
     settled(kubectl, "big", 3)
     assert len({s["spec"]["podName"] for s in sandboxes(kubectl, "big")}) == 2
 
 
 def _operator_pid(kubectl: Kubectl) -> tuple[str, int]:
+    """The leading replica (the election Lease's holder) and its container's pid."""
+    lease = kubectl.json("get", "lease", "nest-operator", "-n", "nest-system")
+    leader = holder_pod(lease["spec"].get("holderIdentity") or "")
     pods = kubectl.json(
         "get", "pods", "-n", "nest-system", "-l", "app.kubernetes.io/name=nest-operator"
     )
-    pod = next(p for p in pods["items"] if not p["metadata"].get("deletionTimestamp"))
+    pod = next(
+        p
+        for p in pods["items"]
+        if p["metadata"]["name"] == leader and not p["metadata"].get("deletionTimestamp")
+    )
     status = pod["status"]["containerStatuses"][0]
     return pod["metadata"]["name"], int(status["containerID"].removeprefix("nest://"))
 
@@ -300,7 +314,8 @@ def test_killing_the_operator_mid_rollout_converges_without_duplicates(
         what="the rollout to start (a second replica set)",
     )
     os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: _operator_pid(kubectl)[1] != pid, timeout=60, what="the operator restarted")
+    # The other replica takes the Lease (test_operator_ha.py bounds how fast) and converges.
+    wait_for(lambda: _operator_pid(kubectl)[1] != pid, timeout=60, what="a new leader")
     final = settled(kubectl, "hello", 10, timeout=120)
     current = sandboxes(kubectl, "hello")
     assert len(current) == 10, [s["metadata"]["name"] for s in current]
@@ -314,4 +329,4 @@ def test_killing_the_operator_mid_rollout_converges_without_duplicates(
     assert final["status"]["updatedReplicas"] == 10
     ready = wait_for(lambda: len(e := endpoints(kubectl, "hello")) == 10 and e, what="10 endpoints")
     assert all(invoke(a, {})[1]["version"] == 2 for a in ready)
-    assert pod  # the same operator pod, restarted in place by its kubelet
+    assert pod

@@ -226,7 +226,8 @@ def test_profiles_name_plugins_from_the_registry() -> None:
     scheduler = Scheduler.from_profile(Profile(filters=("ResourcesFit",), scores=()))
     assert list(scheduler.plugins) == ["PoolMatch", "ResourcesFit"]
     assert [p.name for p in Scheduler.from_profile().filters] == [
-        "PodReady", "IsolationSupported", "TenantIsolation", "NativeDependencies", "ResourcesFit",
+        "PodDraining", "PodReady", "IsolationSupported", "TenantIsolation", "NativeDependencies",
+        "ResourcesFit",
     ]  # fmt: skip
     with pytest.raises(ValueError, match="unknown filter plugin 'Nope'"):
         Scheduler.from_profile(Profile(filters=("Nope",)))
@@ -243,7 +244,9 @@ def test_bin_packing_prefers_the_fuller_pod_and_ties_go_to_the_smallest_name() -
     assert second.pod is not None and second.pod.name == "c"
 
 
-def test_spread_puts_a_replica_set_on_two_pods_before_packing() -> None:
+def test_spread_puts_a_replica_set_on_two_pods_before_packing_and_code_locality() -> None:
+    """The second replica goes to the other pod although the first pod is fuller and already
+    holds the code: one pod's loss must not take every replica (issue 13)."""
     cache = cache_of(pod("a"), pod("b"))
     scheduler = Scheduler(feasible_pods_to_score=None)
     chosen = []
@@ -251,7 +254,7 @@ def test_spread_puts_a_replica_set_on_two_pods_before_packing() -> None:
         decision = scheduler.schedule_and_assume(request(f"s{n}"), cache, NOW)
         assert decision.pod is not None
         chosen.append(decision.pod.name)
-    assert set(chosen) == {"a", "b"}
+    assert chosen[0] != chosen[1] and sorted(chosen) == ["a", "a", "b", "b"]
 
 
 def test_assume_counts_at_once_and_forget_undoes_it() -> None:
