@@ -2,10 +2,11 @@
 
 Why: scale to zero is only free if waking up is fast. Each trial scales the function to zero
 (through the gateway's scale API), waits until its sandbox is gone, then times one invocation:
-the gateway holds it, patches the scale subresource from 0 to 1, the operator creates and binds
-a Sandbox, the sidecar hot-plugs it, the endpoints controller publishes it and the gateway
-releases the request. Baseline, same run: warm invocations of the same function through the
-same gateway. Target (DESIGN.md): from zero ≤ 100 ms for namespace isolation.
+the gateway holds it and reports the demand on its stream, the operator's autoscaler scales the
+function from 0 to 1, the operator creates and binds a Sandbox, the sidecar hot-plugs it, the
+endpoints controller publishes it and the gateway releases the request. Baseline, same run:
+warm invocations of the same function through the same gateway. Target (DESIGN.md): from zero
+≤ 100 ms for namespace isolation.
 """
 
 from __future__ import annotations

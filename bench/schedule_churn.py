@@ -66,6 +66,7 @@ class _Kube:
         self.route: Any = None
         self.events = 0
         self.patches = 0
+        self.status_patches = 0
         self._rv = itertools.count(10_000_000)
 
     def event(self, obj: Obj, type_: str, reason: str, message: str) -> None:
@@ -82,6 +83,16 @@ class _Kube:
                     obj[section].setdefault(key, {}).update(value)
                 else:
                     obj[section][key] = value
+        obj["metadata"]["resourceVersion"] = str(next(self._rv))
+        self.route(kind, "MODIFIED", obj)
+        return obj
+
+    async def patch_status(self, kind: Kind, namespace: str, name: str, status: Obj) -> Obj:
+        """The scheduler's Unschedulable status: once per sandbox and new message."""
+        self.status_patches += 1
+        current = self.store.get(kind, f"{namespace}/{name}")
+        assert current is not None
+        obj = {**copy.deepcopy(current), "status": {**(current.get("status") or {}), **status}}
         obj["metadata"]["resourceVersion"] = str(next(self._rv))
         self.route(kind, "MODIFIED", obj)
         return obj
