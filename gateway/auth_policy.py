@@ -95,20 +95,29 @@ def usable_stale(age: float | None, windows: Windows) -> bool:
     return age is not None and age < windows.keep
 
 
+def _asked(age: float | None, windows: Windows, review: Review | None, what: str) -> Answer | None:
+    """What a fresh memory or the API server's review says; None when the API server did not
+    answer (then the callers decide what may stand in)."""
+    if review is None:
+        if must_ask(age, windows):
+            raise ValueError(f"a stale or missing {what} must be reviewed")
+        return Answer.CACHED
+    if review is Review.YES:
+        return Answer.REVIEWED
+    if review is Review.NO:
+        return Answer.REFUSED  # the API server is the authority whenever it answers
+    return None
+
+
 def identity_answer(
     age: float | None, windows: Windows, review: Review | None, local: Local | None
 ) -> Answer:
     """Who the caller is. `age`: of the remembered TokenReview of this very token (None: none);
     `review`: what asking gave (None: not asked, the memory is fresh); `local`: what verifying
     the token found (only consulted when the API server did not answer)."""
-    if review is None:
-        if must_ask(age, windows):
-            raise ValueError("a stale or missing identity must be reviewed")
-        return Answer.CACHED
-    if review is Review.YES:
-        return Answer.REVIEWED
-    if review is Review.NO:
-        return Answer.REFUSED  # the API server is the authority whenever it answers
+    asked = _asked(age, windows, review, "identity")
+    if asked is not None:
+        return asked
     if local is Local.INVALID:
         return Answer.REFUSED  # expired or forged: remembered or not, it is no longer good
     if usable_stale(age, windows):
@@ -124,14 +133,9 @@ def access_answer(age: float | None, windows: Windows, review: Review | None) ->
     """Whether the caller may do it. `age`: of the remembered SubjectAccessReview "yes" for this
     identity and these attributes; `review`: as for `identity_answer`. A local proof of identity
     never grants anything: without a remembered decision an outage is a 503."""
-    if review is None:
-        if must_ask(age, windows):
-            raise ValueError("a stale or missing decision must be reviewed")
-        return Answer.CACHED
-    if review is Review.YES:
-        return Answer.REVIEWED
-    if review is Review.NO:
-        return Answer.REFUSED
+    asked = _asked(age, windows, review, "decision")
+    if asked is not None:
+        return asked
     return Answer.STALE if usable_stale(age, windows) else Answer.UNAVAILABLE
 
 

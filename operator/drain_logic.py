@@ -26,7 +26,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from crds import RollingUpdate
 from crds import constants as c
+from nest_operator.deployment_logic import resolve_int_or_percent
+
+# The CRD's default, from the model that declares it.
+DEFAULT_MAX_SURGE = RollingUpdate.model_fields["max_surge"].default
 
 # On a replica set's sandbox of a pod being deleted: the pod's deadline (its deletionTimestamp,
 # which the API server sets to the moment its grace period ends), RFC 3339.
@@ -69,13 +74,8 @@ def surge(max_surge: int | str | None, desired: int) -> int:
     """Sandboxes the replica set may run above `desired` while it drains (maxSurge of its
     deployment's rolling update, rounded up as kube does; at least one: with maxSurge 0 a
     drain still moves one sandbox at a time, or it would never move any)."""
-    if max_surge is None:
-        max_surge = "25%"
-    if isinstance(max_surge, str) and max_surge.endswith("%"):
-        value = -(-int(max_surge[:-1]) * desired // 100)
-    else:
-        value = int(max_surge)
-    return max(1, value)
+    value = DEFAULT_MAX_SURGE if max_surge is None else max_surge
+    return max(1, resolve_int_or_percent(value, desired, round_up=True))
 
 
 def drain_seconds(leaving: Leaving) -> float:
