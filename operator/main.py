@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import functools
 import logging
 import os
@@ -119,14 +120,14 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     # switch interval than the default 5 ms bounds how long each answer waits for it.
     sys.setswitchinterval(0.001)
     await dataplane_key.ensure_at_startup()  # the gateway and pool pods wait for this Secret
-    memo["manager"] = manager = ControllerManager(connection(), Settings.from_env())
+    memo["manager"] = manager = ControllerManager(connection(), memo["settings"])
     hook = WebhookSettings.from_env()
     if hook.enabled:  # SandboxRestriction first: every Sandbox write waits for it
         server = WebhookServer(load_api(connection()), hook, manager.store)
         memo["webhook"] = WebhookThread(server)
         await memo["webhook"].start()
     await manager.start_informers()  # every replica: the webhook's store, a warm standby
-    election = Election.from_env()
+    election: Election = memo["election_config"]
     if not election.enabled:
         manager.lead()
         return
@@ -225,22 +226,33 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
-    # The manager reads its settings from the environment (Settings.from_env), flags included.
-    os.environ["NEST_BUILD_IMAGE"] = args.build_image
-    os.environ["NEST_BUILD_DEADLINE"] = str(args.build_deadline)
-    os.environ["NEST_EVICTION_RATE"] = str(args.eviction_rate)
-    os.environ["NEST_UNHEALTHY_THRESHOLD"] = str(args.unhealthy_threshold)
-    os.environ["NEST_STARTUP_GRACE"] = str(args.startup_grace)
-    os.environ["NEST_LEADER_ELECT"] = args.leader_elect
-    os.environ["NEST_LEADER_ELECT_LEASE_DURATION"] = str(args.leader_elect_lease_duration)
-    os.environ["NEST_LEADER_ELECT_RENEW_DEADLINE"] = str(args.leader_elect_renew_deadline)
-    os.environ["NEST_LEADER_ELECT_RETRY_PERIOD"] = str(args.leader_elect_retry_period)
-    Election.from_env()  # refuse inconsistent durations now, not after start-up
+    # The flags (whose defaults are the environment's) over what only the environment sets;
+    # handed to the start-up handler in kopf's memo. Inconsistent durations fail here, now.
+    settings = dataclasses.replace(
+        Settings.from_env(),
+        build_image=args.build_image,
+        build_deadline=args.build_deadline,
+        eviction_rate=args.eviction_rate,
+        unhealthy_threshold=args.unhealthy_threshold,
+        startup_grace=args.startup_grace,
+    )
+    elect = dataclasses.replace(
+        Election.from_env(),
+        enabled=args.leader_elect == "on",
+        timing=leader.Timing(
+            lease_duration=args.leader_elect_lease_duration,
+            renew_deadline=args.leader_elect_renew_deadline,
+            retry_period=args.leader_elect_retry_period,
+        ),
+    )
     kopf.configure(verbose=args.verbose)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     if not args.verbose:  # kopf reports every handled event at INFO: one line per watch event
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    kopf.run(clusterwide=True, standalone=True, liveness_endpoint=args.liveness, stop_flag=STOP)
+    kopf.run(
+        clusterwide=True, standalone=True, liveness_endpoint=args.liveness, stop_flag=STOP,
+        memo=kopf.Memo(settings=settings, election_config=elect),
+    )  # fmt: skip
     if _lost:  # not a clean stop: the Deployment restarts this container, as a standby
         log.warning("exiting: %s", _lost[0])
         sys.exit(LOST_EXIT)
