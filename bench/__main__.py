@@ -9,7 +9,7 @@ import json
 
 NAMES = (
     "hotplug", "memory", "density", "invoke", "hotplug-e2e", "schedule", "schedule-churn", "e2e",
-    "coldstart", "coldstart-layer", "gateway", "isolation-cost", "chaos",
+    "coldstart", "coldstart-layer", "gateway", "isolation-cost", "chaos", "cli",
 )  # fmt: skip
 
 

@@ -5,54 +5,62 @@ finalizer, ...) from `crds.constants`. This package depends on no other Nest pac
 every component can use it.
 """
 
-from crds.common import (
-    Condition,
-    ConditionStatus,
-    LabelSelector,
-    LabelSelectorRequirement,
-    NestModel,
-    SelectorOperator,
-    TemplateMetadata,
-)
-from crds.endpoints import EndpointAddress, SandboxEndpoints, SandboxEndpointsStatus
-from crds.errors import CrdError, ManifestError, SchemaError
-from crds.pool import (
-    PoolConditionType,
-    SandboxPool,
-    SandboxPoolSpec,
-    SandboxPoolStatus,
-    Tenancy,
-)
-from crds.sandbox import (
-    CodeSource,
-    ConfigMapSource,
-    Function,
-    Interface,
-    Isolation,
-    Resources,
-    RestartPolicy,
-    Sandbox,
-    SandboxConditionType,
-    SandboxPhase,
-    SandboxSpec,
-    SandboxStatus,
-    can_transition,
-)
-from crds.workloads import (
-    Autoscaling,
-    DeploymentConditionType,
-    ReplicaSetConditionType,
-    RollingUpdate,
-    SandboxDeployment,
-    SandboxDeploymentSpec,
-    SandboxDeploymentStatus,
-    SandboxReplicaSet,
-    SandboxReplicaSetSpec,
-    SandboxReplicaSetStatus,
-    SandboxTemplate,
-    Strategy,
-    StrategyType,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+# The models load on first use (PEP 562), so `crds.constants` costs no pydantic: the `nest`
+# command reads only names from here on its common paths (issue 14).
+if TYPE_CHECKING:
+    from crds.common import (
+        Condition,
+        ConditionStatus,
+        LabelSelector,
+        LabelSelectorRequirement,
+        NestModel,
+        SelectorOperator,
+        TemplateMetadata,
+    )
+    from crds.endpoints import EndpointAddress, SandboxEndpoints, SandboxEndpointsStatus
+    from crds.errors import CrdError, ManifestError, SchemaError
+    from crds.pool import (
+        PoolConditionType,
+        SandboxPool,
+        SandboxPoolSpec,
+        SandboxPoolStatus,
+        Tenancy,
+    )
+    from crds.sandbox import (
+        CodeSource,
+        ConfigMapSource,
+        Function,
+        Interface,
+        Isolation,
+        Resources,
+        RestartPolicy,
+        Sandbox,
+        SandboxConditionType,
+        SandboxPhase,
+        SandboxSpec,
+        SandboxStatus,
+        can_transition,
+    )
+    from crds.workloads import (
+        Autoscaling,
+        DeploymentConditionType,
+        ReplicaSetConditionType,
+        RollingUpdate,
+        SandboxDeployment,
+        SandboxDeploymentSpec,
+        SandboxDeploymentStatus,
+        SandboxReplicaSet,
+        SandboxReplicaSetSpec,
+        SandboxReplicaSetStatus,
+        SandboxTemplate,
+        Strategy,
+        StrategyType,
+    )
 
 __all__ = [
     "Autoscaling",
@@ -100,3 +108,16 @@ __all__ = [
     "Tenancy",
     "can_transition",
 ]
+
+_MODULES = ("common", "endpoints", "errors", "pool", "sandbox", "workloads")
+
+if not TYPE_CHECKING:  # mypy reads the imports above, and still flags a misspelt name
+
+    def __getattr__(name: str) -> object:
+        if name in __all__:
+            for module in _MODULES:
+                found = importlib.import_module(f"crds.{module}").__dict__
+                if name in found:
+                    globals()[name] = found[name]
+                    return found[name]
+        raise AttributeError(f"module 'crds' has no attribute {name!r}")

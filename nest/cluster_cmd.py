@@ -11,13 +11,16 @@ only says how to get it.
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import subprocess
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nest.errors import NestError
+
+# subprocess and importlib.util load when a door is used: the `nest` parser imports this module
+# for every command (issue 14).
+if TYPE_CHECKING:
+    import subprocess
 
 DEV_PACKAGE = "nest_cluster"
 NOT_INSTALLED = (
@@ -54,6 +57,9 @@ def run_local_cluster(
     args: Sequence[str], capture: bool = False
 ) -> subprocess.CompletedProcess[str]:
     """Run `nest-cluster ARGS`; its exit code is the caller's to pass on."""
+    import importlib.util
+    import subprocess
+
     if importlib.util.find_spec(DEV_PACKAGE) is None:
         raise NestError(NOT_INSTALLED)
     return subprocess.run(local_cluster_argv(args), capture_output=capture, text=True, check=False)

@@ -11,9 +11,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from crds import generate
-from crds.errors import CrdError
 from nest.errors import NestError
+
+# crds.generate (the models, pydantic, yaml) is imported by the two commands that use it: the
+# `nest` parser imports this module for every command (issue 14).
 
 
 class CrdsError(NestError):
@@ -56,6 +57,9 @@ def _add_dir(parser: argparse.ArgumentParser) -> None:
 
 def run_generate(args: argparse.Namespace) -> int:
     """Write the YAML; prints each path written."""
+    from crds import generate
+    from crds.errors import CrdError
+
     try:
         paths = generate.write(args.dir)
     except (CrdError, OSError) as exc:
@@ -67,6 +71,9 @@ def run_generate(args: argparse.Namespace) -> int:
 
 def run_check(args: argparse.Namespace) -> int:
     """Exit 0 when the YAML matches the models, 1 (listing the differences) otherwise."""
+    from crds import generate
+    from crds.errors import CrdError
+
     try:
         problems = generate.check(args.dir)
     except CrdError as exc:

@@ -19,17 +19,13 @@ import os
 import random
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
-from crds import Isolation
 from crds.constants import DEPLOYMENT_PLURAL
-from crds.sandbox import OciSource
-from nest import functions
+from nest import names
 from nest.dirs import cache_dir
 from nest.errors import (
     FunctionFailedError,
@@ -38,10 +34,14 @@ from nest.errors import (
     WaitTimeoutError,
 )
 from nest.kube import Cluster
-from nest.package import incluster
-from nest_api.models import FunctionCreate
-from sandbox import dataplane_auth
-from sandbox.hosting import RegistryHosting
+
+# The models, the package builder and the kubernetes client are imported where a command uses
+# them, never here: the parser imports this module for every command, `nest invoke` included,
+# and those imports cost more than the command itself (issue 14).
+if TYPE_CHECKING:
+    from nest.functions import DeployOptions
+    from nest_api.models import FunctionCreate
+    from sandbox.hosting import RegistryHosting
 
 log = logging.getLogger("nest.invoke")
 DEPLOY_EPILOG = """\
@@ -103,7 +103,7 @@ def register(sub: Any) -> None:
         "deploy",
         help="create or update a function from a .py file or a directory",
         description="Create or update a function (a SandboxDeployment of the same name) from a "
-        f".py file or a directory (up to {functions.MAX_INLINE_BYTES // 1024} KiB, sent inline; "
+        f".py file or a directory (up to {names.MAX_INLINE_BYTES // 1024} KiB, sent inline; "
         "a directory with requirements.txt or pyproject.toml dependencies is built into a "
         "function package pushed to a registry), then wait until it is ready.",
         epilog=DEPLOY_EPILOG,
@@ -117,12 +117,12 @@ def register(sub: Any) -> None:
     )
     deploy.add_argument(
         "--isolation",
-        choices=[mode.value for mode in Isolation],
+        choices=list(names.ISOLATIONS),
         help="subprocess (default), or namespace (trusted code)",
     )
     deploy.add_argument(
         "--interface",
-        choices=["nest", "apigateway-v1", "apigateway-v2", "asgi", "wsgi"],
+        choices=list(names.INTERFACES),
         help="what the handler is: nest (default), a Lambda handler behind API Gateway "
         "(apigateway-v1: REST API, apigateway-v2: HTTP API / Function URL), or an ASGI or WSGI "
         "app (e.g. --handler app:app)",
@@ -243,12 +243,16 @@ def with_package(
     ("name==version", the package's compiled distributions) go on the template as an annotation
     so the scheduler knows them before placing a namespace-mode sandbox (an annotation, not a
     spec field: it is derived from the package, never written by hand, and the CRD stays as is)."""
+    from crds.sandbox import OciSource
+    from nest import functions
+
     oci = OciSource(ref=ref, pull_secret=pull_secret or None)  # the model checks the ref
     return functions.with_source(deployment, {"oci": oci.to_k8s()}, natives)
 
 
 def _hosting(args: argparse.Namespace, cluster: Cluster) -> RegistryHosting:
     from nest.package.push import hosting_from_cluster
+    from sandbox.hosting import RegistryHosting
 
     if args.registry:
         return RegistryHosting(args.registry, args.registry)
@@ -283,7 +287,9 @@ def build_and_push(
     return ref, package.natives
 
 
-def _options(args: argparse.Namespace) -> functions.DeployOptions:
+def _options(args: argparse.Namespace) -> DeployOptions:
+    from nest import functions
+
     return functions.DeployOptions(
         name=args.name,
         handler=args.handler,
@@ -305,6 +311,8 @@ def _apply(
     note: str = "",
 ) -> int:
     """Create or update the SandboxDeployment (`finish` edits the body first), then wait."""
+    from nest import functions
+
     stored = cluster.find(DEPLOYMENT_PLURAL, request.name)
     if stored is None:
         cluster.create(DEPLOYMENT_PLURAL, finish(functions.manifest(cluster.namespace, request)))
@@ -319,6 +327,8 @@ def _apply(
 
 
 def deploy_cmd(args: argparse.Namespace) -> int:
+    from nest import functions
+
     if args.build_in_cluster or packaged(args.path, args.package):
         return deploy_package(args)
     request = functions.function_request(functions.read_code(args.path), _options(args))
@@ -328,6 +338,9 @@ def deploy_cmd(args: argparse.Namespace) -> int:
 def deploy_package(args: argparse.Namespace) -> int:
     """`nest deploy DIR` for a package: build (here, or in the cluster), push, then the same
     create-or-update and wait."""
+    from nest import functions
+    from nest.package import incluster
+
     if not args.path.is_dir():
         flag = "--build-in-cluster" if args.build_in_cluster else "--package"
         raise NestError(f"{args.path}: {flag} needs a directory")
@@ -361,6 +374,9 @@ def wait_ready(cluster: Cluster, name: str, timeout: float) -> None:
     Raises FunctionFailedError when its sandboxes fail for good and WaitTimeoutError (exit 3)
     at the deadline, both naming the last state seen.
     """
+    from nest import functions
+    from nest.package import incluster
+
     deadline = time.monotonic() + timeout
     last = ""
     while True:
@@ -421,10 +437,12 @@ Signer = Callable[[str, bytes], Mapping[str, str]]
 def dataplane_signer(cluster: Cluster) -> Signer:
     """Signs a direct call to a runtime, which answers only signed requests: with the key in
     Secret nest-system/nest-dataplane-key, which the caller must be allowed to read."""
+    from sandbox import dataplane_auth
+
     try:
-        secret = cluster.core.read_namespaced_secret(dataplane_auth.SECRET_NAME, "nest-system")
-        keys = dataplane_auth.from_secret_data(secret.data)
-    except Exception as exc:  # ApiException (403, 404) or a malformed key
+        data = cluster.secret_data("nest-system", dataplane_auth.SECRET_NAME)
+        keys = dataplane_auth.from_secret_data(data)
+    except Exception as exc:  # NestError (403, 404) or a malformed key
         raise NestError(
             f"invoking a sandbox directly needs the data-plane key (Secret nest-system/"
             f"{dataplane_auth.SECRET_NAME}), which cannot be read: {getattr(exc, 'reason', exc)}; "
@@ -443,6 +461,9 @@ def post(
     sign: Signer | None = None,
 ) -> tuple[int, bytes]:  # fmt: skip
     """POST to the first address that accepts a connection; (status, body) of its answer."""
+    import urllib.error
+    import urllib.request
+
     failures = []
     for url in urls:
         log.debug("POST %s", url)

@@ -21,16 +21,17 @@ from pydantic import ValidationError
 
 from crds import SandboxDeployment
 from crds.constants import FUNCTION_LABEL as FUNCTION_LABEL  # for nest.render and the tests
-from crds.constants import NATIVE_DISTRIBUTIONS_ANNOTATION, REVISION_ANNOTATION, TEMPLATE_HASH_LABEL
+from crds.constants import NATIVE_DISTRIBUTIONS_ANNOTATION, TEMPLATE_HASH_LABEL
 from crds.sandbox import PERMANENT_FAILURE_REASONS, native_distributions_value
 from nest.errors import InvalidFunctionError, NestError, NotFoundError
+from nest.names import MAX_INLINE_BYTES as MAX_INLINE_BYTES  # where the parser reads it
+from nest.names import current_hash as current_hash  # kept here for the commands and tests
+from nest.names import current_revision as current_revision
+from nest.names import revision_of as revision_of
 from nest_api import convert
 from nest_api import models as m
 from nest_api.errors import ApiError, NotFound
 
-# Inline code lives in the SandboxDeployment (and in every replica set and sandbox stamped from
-# it); etcd objects stop at ~1.5 MiB, so anything near that belongs in a ConfigMap or at a URL.
-MAX_INLINE_BYTES = 512 * 1024
 # Never code: caches, version control and virtualenvs found in a function's directory.
 SKIPPED_DIRS = frozenset(
     {
@@ -189,28 +190,6 @@ def gateway_call(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     except ApiError as exc:
         fields = "; ".join(f"{e.field}: {e.message}" for e in exc.errors)
         raise InvalidFunctionError(f"{exc.detail}{': ' + fields if fields else ''}") from exc
-
-
-def revision_of(obj: dict[str, Any]) -> int | None:
-    value = (obj.get("metadata", {}).get("annotations") or {}).get(REVISION_ANNOTATION)
-    return int(value) if value is not None and str(value).isdigit() else None
-
-
-def current_revision(deployment: dict[str, Any], replicasets: list[dict[str, Any]]) -> int | None:
-    """The deployment's revision annotation, else its newest replica set's (as Deployments,
-    a rollback re-numbers the restored replica set, so the newest is the current one)."""
-    owned = [revision_of(rs) for rs in convert.owned_replicasets(deployment, replicasets)]
-    return revision_of(deployment) or max((r for r in owned if r is not None), default=None)
-
-
-def current_hash(deployment: dict[str, Any], replicasets: list[dict[str, Any]]) -> str | None:
-    """The template hash of the deployment's current revision, once the operator made it."""
-    revision = current_revision(deployment, replicasets)
-    for rs in convert.owned_replicasets(deployment, replicasets):
-        if revision_of(rs) == revision:
-            labels: dict[str, str] = rs["metadata"].get("labels") or {}
-            return labels.get(TEMPLATE_HASH_LABEL)
-    return None
 
 
 @dataclass(frozen=True)

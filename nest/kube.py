@@ -4,6 +4,11 @@ Management commands talk to the API server with the user's own kubeconfig creden
 kubectl does, so they work whether or not the gateway runs; invocations go through the gateway
 when it can be found. Every API failure becomes a `NestError` here, so commands never show a
 kubernetes-client traceback.
+
+The calls are plain REST requests (nest.rest) with credentials from a small kubeconfig loader
+(nest.kubeconfig): a command costs an interpreter and a few milliseconds of imports, not the
+kubernetes client's second. A kubeconfig that loader does not implement goes through the
+kubernetes client instead, and code that needs its typed API (`core`) gets it on first use.
 """
 
 from __future__ import annotations
@@ -11,11 +16,10 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
+from functools import cached_property
 from pathlib import Path
 from typing import Any
-
-from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
+from urllib.parse import quote
 
 from crds.constants import (
     DEPLOYMENT_PLURAL,
@@ -26,6 +30,8 @@ from crds.constants import (
     SANDBOX_PLURAL,
     VERSION,
 )
+from nest import kubeconfig as kc
+from nest import rest
 from nest.dirs import local_kubeconfig
 from nest.errors import ApiError, NestError, NotFoundError
 
@@ -49,23 +55,28 @@ def kubeconfig_path(env: Mapping[str, str]) -> Path:
 
 def context_namespace(kubeconfig: Path) -> str:
     """The current context's namespace, as kubectl would use it; `default` when unset."""
-    try:
-        _, active = config.list_kube_config_contexts(config_file=str(kubeconfig))
-    except config.ConfigException as exc:
-        raise NestError(f"{kubeconfig}: {exc}") from exc
-    namespace = (active or {}).get("context", {}).get("namespace")
-    return str(namespace) if namespace else "default"
+    return kc.context_namespace(kc.load(kubeconfig), kubeconfig)
 
 
-def api_error(exc: ApiException, what: str) -> NestError:
+def api_error(exc: rest.HttpError, what: str) -> NestError:
     """One line naming what failed and the API server's own message."""
     try:
         message = json.loads(exc.body or "{}").get("message") or exc.reason
-    except ValueError:
+    except (ValueError, AttributeError):  # not JSON, or JSON but no object
         message = exc.reason
     if exc.status == 404:
         return NotFoundError(f"{what}: not found")
     return ApiError(f"{what}: {message} (HTTP {exc.status})")
+
+
+def _custom(namespace: str | None, plural: str, *rest_: str) -> str:
+    """The REST path of a Nest object (collection when no name), in a namespace or all."""
+    where = f"/namespaces/{quote(namespace)}" if namespace is not None else ""
+    tail = "".join(f"/{quote(part)}" for part in rest_)
+    return f"/apis/{GROUP}/{VERSION}{where}/{plural}{tail}"
+
+
+MERGE_PATCH = "application/merge-patch+json"  # what the kubernetes client sends for a dict
 
 
 class Cluster:
@@ -73,20 +84,49 @@ class Cluster:
 
     def __init__(self, kubeconfig: Path, namespace: str | None) -> None:
         self.kubeconfig = kubeconfig
-        self.namespace = namespace or context_namespace(kubeconfig)
+        config = kc.load(kubeconfig)
+        self.namespace = namespace or kc.context_namespace(config, kubeconfig)
+        self._token: str | None = None
+        self.transport: rest.Transport
         try:
-            self.api: client.ApiClient = config.new_client_from_config(config_file=str(kubeconfig))
-        except config.ConfigException as exc:
-            raise NestError(f"{kubeconfig}: {exc}") from exc
-        self.custom = client.CustomObjectsApi(self.api)
-        self.core = client.CoreV1Api(self.api)
+            creds = kc.credentials(config, kubeconfig)
+        except kc.Unsupported:
+            self.transport = rest.ViaClient(self.api)  # the kubernetes client knows how
+            self.light = False
+        else:
+            self.transport, self._token, self.light = rest.Light(creds), creds.token, True
 
     @classmethod
     def from_args(cls, namespace: str | None) -> Cluster:
         return cls(kubeconfig_path(os.environ), namespace)
 
+    # -- the kubernetes client, for callers of its typed API (and kubeconfigs we cannot read) --
+
+    @cached_property
+    def api(self) -> Any:
+        from kubernetes import config
+
+        try:
+            return config.new_client_from_config(config_file=str(self.kubeconfig))
+        except config.ConfigException as exc:
+            raise NestError(f"{self.kubeconfig}: {exc}") from exc
+
+    @cached_property
+    def core(self) -> Any:
+        from kubernetes import client
+
+        return client.CoreV1Api(self.api)
+
+    @cached_property
+    def custom(self) -> Any:
+        from kubernetes import client
+
+        return client.CustomObjectsApi(self.api)
+
     def bearer_token(self) -> str | None:
         """The kubeconfig's bearer token, which the gateway checks by TokenReview."""
+        if self.light:
+            return self._token
         configuration = self.api.configuration
         # Clients name the key BearerToken (newer) or authorization (older); the call runs the
         # refresh hook that exec and OIDC credentials install.
@@ -97,17 +137,33 @@ class Cluster:
                 return token
         return None
 
+    # -- requests ------------------------------------------------------------------------------
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        what: str,
+        query: rest.Query = (),
+        body: object = None,
+        content_type: str = "application/json",
+    ) -> Obj:
+        """One API request, its JSON answer; a failure is a NestError naming `what`."""
+        try:
+            answer = self.transport.request(method, path, query, body, content_type)
+        except rest.HttpError as exc:
+            raise api_error(exc, what) from exc
+        try:
+            decoded: object = json.loads(answer)
+        except ValueError:
+            decoded = answer
+        return _obj(decoded)
+
     # -- Nest objects ----------------------------------------------------------------------------
 
-    def _args(self, plural: str) -> tuple[str, str, str, str]:
-        return GROUP, VERSION, self.namespace, plural
-
     def get(self, plural: str, name: str) -> Obj:
-        try:
-            obj = self.custom.get_namespaced_custom_object(*self._args(plural), name)
-        except ApiException as exc:
-            raise api_error(exc, f"{_kind(plural)} {self.namespace}/{name}") from exc
-        return _obj(obj)
+        what = f"{_kind(plural)} {self.namespace}/{name}"
+        return self.call("GET", _custom(self.namespace, plural, name), what)
 
     def find(self, plural: str, name: str) -> Obj | None:
         try:
@@ -118,61 +174,40 @@ class Cluster:
     def list(
         self, plural: str, selector: str | None = None, all_namespaces: bool = False
     ) -> ObjList:
-        try:
-            if all_namespaces:
-                found = self.custom.list_cluster_custom_object(
-                    GROUP, VERSION, plural, label_selector=selector or ""
-                )
-            else:
-                found = self.custom.list_namespaced_custom_object(
-                    *self._args(plural), label_selector=selector or ""
-                )
-        except ApiException as exc:
-            where = "all namespaces" if all_namespaces else self.namespace
-            raise api_error(exc, f"listing {plural} in {where}") from exc
-        items: ObjList = _obj(found).get("items") or []
+        where = "all namespaces" if all_namespaces else self.namespace
+        path = _custom(None if all_namespaces else self.namespace, plural)
+        query = [("labelSelector", selector)] if selector else []
+        found = self.call("GET", path, f"listing {plural} in {where}", query)
+        items: ObjList = found.get("items") or []
         return sorted(
             items, key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"])
         )
 
     def create(self, plural: str, body: Obj) -> Obj:
-        try:
-            obj = self.custom.create_namespaced_custom_object(*self._args(plural), body)
-        except ApiException as exc:
-            raise api_error(exc, f"creating {_kind(plural)} {body['metadata']['name']}") from exc
-        return _obj(obj)
+        what = f"creating {_kind(plural)} {body['metadata']['name']}"
+        return self.call("POST", _custom(self.namespace, plural), what, body=body)
 
     def replace(self, plural: str, body: Obj) -> Obj:
         name = body["metadata"]["name"]
-        try:
-            obj = self.custom.replace_namespaced_custom_object(*self._args(plural), name, body)
-        except ApiException as exc:
-            raise api_error(exc, f"updating {_kind(plural)} {name}") from exc
-        return _obj(obj)
+        path = _custom(self.namespace, plural, name)
+        return self.call("PUT", path, f"updating {_kind(plural)} {name}", body=body)
 
     def patch(self, plural: str, name: str, patch: Obj) -> Obj:
-        try:
-            obj = self.custom.patch_namespaced_custom_object(*self._args(plural), name, patch)
-        except ApiException as exc:
-            raise api_error(exc, f"patching {_kind(plural)} {name}") from exc
-        return _obj(obj)
+        path = _custom(self.namespace, plural, name)
+        what = f"patching {_kind(plural)} {name}"
+        return self.call("PATCH", path, what, body=patch, content_type=MERGE_PATCH)
 
     def scale(self, name: str, replicas: int) -> Obj:
-        try:
-            obj = self.custom.patch_namespaced_custom_object_scale(
-                *self._args(DEPLOYMENT_PLURAL), name, {"spec": {"replicas": replicas}}
-            )
-        except ApiException as exc:
-            raise api_error(exc, f"scaling function {name}") from exc
-        return _obj(obj)
+        path = _custom(self.namespace, DEPLOYMENT_PLURAL, name, "scale")
+        body = {"spec": {"replicas": replicas}}
+        return self.call(
+            "PATCH", path, f"scaling function {name}", body=body, content_type=MERGE_PATCH
+        )
 
     def delete(self, plural: str, name: str) -> None:
-        try:
-            self.custom.delete_namespaced_custom_object(
-                *self._args(plural), name, propagation_policy="Foreground"
-            )
-        except ApiException as exc:
-            raise api_error(exc, f"{_kind(plural)} {self.namespace}/{name}") from exc
+        path = _custom(self.namespace, plural, name)
+        what = f"{_kind(plural)} {self.namespace}/{name}"
+        self.call("DELETE", path, what, [("propagationPolicy", "Foreground")])
 
     # -- a function and what belongs to it -------------------------------------------------------
 
@@ -190,14 +225,10 @@ class Cluster:
 
     def events_about(self, names: set[str]) -> ObjList:
         """Events of this namespace whose object is one of `names`, oldest first."""
-        try:
-            events = self.core.list_namespaced_event(self.namespace).items
-        except ApiException as exc:
-            raise api_error(exc, f"listing events in {self.namespace}") from exc
-        found: list[Obj] = [
-            self.api.sanitize_for_serialization(e)
-            for e in events
-            if e.involved_object and e.involved_object.name in names
+        path = f"/api/v1/namespaces/{quote(self.namespace)}/events"
+        events = self.call("GET", path, f"listing events in {self.namespace}").get("items") or []
+        found: ObjList = [
+            without_nulls(e) for e in events if (e.get("involvedObject") or {}).get("name") in names
         ]
         return sorted(found, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
 
@@ -205,38 +236,56 @@ class Cluster:
 
     def pool_pods(self) -> ObjList:
         """Pool pods (the "nodes" of Nest) in every namespace the user may list."""
-        try:
-            pods = self.core.list_pod_for_all_namespaces(label_selector=POOL_LABEL).items
-        except ApiException as exc:
-            raise api_error(exc, "listing pool pods") from exc
-        found: ObjList = [self.api.sanitize_for_serialization(p) for p in pods]
-        return sorted(found, key=lambda p: (p["metadata"]["namespace"], p["metadata"]["name"]))
+        found = self.call(
+            "GET", "/api/v1/pods", "listing pool pods", [("labelSelector", POOL_LABEL)]
+        )
+        pods: ObjList = [without_nulls(p) for p in found.get("items") or []]
+        return sorted(pods, key=lambda p: (p["metadata"]["namespace"], p["metadata"]["name"]))
 
     def pod_log(self, namespace: str, pod: str, container: str, tail: int | None) -> str:
+        path = f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(pod)}/log"
+        query = [("container", container)] + ([("tailLines", str(tail))] if tail else [])
         try:
-            text: str = self.core.read_namespaced_pod_log(
-                pod, namespace, container=container, tail_lines=tail
-            )
-        except ApiException as exc:
+            answer = self.transport.request("GET", path, query)
+        except rest.HttpError as exc:
             raise api_error(exc, f"log of {namespace}/{pod}/{container}") from exc
-        return text
+        return answer.decode("utf-8", "replace")
+
+    def secret_data(self, namespace: str, name: str) -> dict[str, str]:
+        """A Secret's data (base64 values, as the API serves them)."""
+        path = f"/api/v1/namespaces/{quote(namespace)}/secrets/{quote(name)}"
+        data: dict[str, str] = (
+            self.call("GET", path, f"secret {namespace}/{name}").get("data") or {}
+        )
+        return data
 
     def gateway_url(self) -> str | None:
         """The base URL of a Ready gateway pod (pod IP: there may be no Services locally)."""
+        path = f"/api/v1/namespaces/{GATEWAY_NAMESPACE}/pods"
         try:
-            pods = self.core.list_namespaced_pod(
-                GATEWAY_NAMESPACE, label_selector=GATEWAY_SELECTOR
-            ).items
-        except ApiException:
+            found = self.call(
+                "GET", path, "listing gateway pods", [("labelSelector", GATEWAY_SELECTOR)]
+            )
+        except ApiError:
             return None  # not installed, or not ours to see: invoke goes direct
-        for pod in pods:
-            meta, status = pod.metadata, pod.status
-            if meta is None or status is None or meta.deletion_timestamp is not None:
+        for pod in found.get("items") or []:
+            meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+            if meta.get("deletionTimestamp"):
                 continue
-            statuses = status.container_statuses or []
-            if statuses and all(s.ready for s in statuses) and status.pod_ip:
-                return f"http://{status.pod_ip}:{GATEWAY_PORT}"
+            statuses = status.get("containerStatuses") or []
+            if statuses and all(s.get("ready") for s in statuses) and status.get("podIP"):
+                return f"http://{status['podIP']}:{GATEWAY_PORT}"
         return None
+
+
+def without_nulls(value: Any) -> Any:
+    """A decoded object without its null fields, as the kubernetes client's
+    sanitize_for_serialization returned them (what `-o json` printed before)."""
+    if isinstance(value, dict):
+        return {k: without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [without_nulls(v) for v in value]
+    return value
 
 
 def selector_string(deployment: Obj) -> str:

@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from crds.constants import DEPLOYMENT_PLURAL
-from nest import functions
+from nest import names
 from nest.deploy_cmd import add_namespace, add_wait, wait_ready
 from nest.errors import InvalidFunctionError, WaitTimeoutError
 from nest.kube import Cluster, kubeconfig_path
@@ -153,12 +153,14 @@ def rollout_status_cmd(args: argparse.Namespace) -> int:
     cluster = Cluster.from_args(args.namespace)
     wait_ready(cluster, args.name, args.timeout)
     deployment = cluster.function(args.name)
-    revision = functions.current_revision(deployment, cluster.replicasets_of(deployment))
+    revision = names.current_revision(deployment, cluster.replicasets_of(deployment))
     print(f'function "{args.name}" successfully rolled out (revision {revision})')
     return 0
 
 
 def rollout_undo_cmd(args: argparse.Namespace) -> int:
+    from nest import functions  # the models: only for the command that needs them
+
     cluster = Cluster.from_args(args.namespace)
     deployment = cluster.function(args.name)
     template, revision = functions.undo_template(

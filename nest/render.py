@@ -12,13 +12,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import yaml
-
-from crds.constants import POOL_LABEL, REVISION_ANNOTATION
-from nest.functions import FUNCTION_LABEL, current_revision, revision_of
+from crds.constants import FUNCTION_LABEL, POOL_LABEL, REVISION_ANNOTATION
+from nest.names import OUTPUTS as OUTPUTS  # the choices of -o
+from nest.names import current_revision, revision_of
 
 Obj = dict[str, Any]
-OUTPUTS = ("table", "json", "yaml")
 
 
 def age(timestamp: str | None, now: datetime) -> str:
@@ -51,6 +49,8 @@ def dump(objects: Obj | list[Obj], output: str) -> str:
         else {"apiVersion": "v1", "kind": "List", "items": objects}
     )
     if output == "yaml":
+        import yaml  # only for -o yaml: its import is a good part of a table's whole cost
+
         return yaml.safe_dump(doc, sort_keys=False)
     return json.dumps(doc, indent=2) + "\n"
 

@@ -29,9 +29,11 @@ from crds import (
     SandboxTemplate,
     TemplateMetadata,
 )
-from crds.constants import FUNCTION_LABEL, REVISION_ANNOTATION, TEMPLATE_HASH_LABEL
+from crds.constants import FUNCTION_LABEL, TEMPLATE_HASH_LABEL
 from nest_api import models as m
 from nest_api.errors import BadRequest, NotFound, Upstream, invalid
+from nest_api.revisions import owned_replicasets as owned_replicasets
+from nest_api.revisions import revision_of as _revision_of
 
 # FUNCTION_LABEL (crds.constants) selects a function's sandboxes: every template written here
 # carries it, and the sidecar reports its value to the code as context.function_name.
@@ -131,28 +133,6 @@ def parse(model: type[M], obj: dict[str, Any], what: str) -> M:
     except ValidationError as exc:
         name = obj.get("metadata", {}).get("name", "?")
         raise Upstream(f"stored {what} {name} does not match the API: {exc}") from exc
-
-
-def _revision_of(obj: dict[str, Any]) -> int | None:
-    value = (obj.get("metadata", {}).get("annotations") or {}).get(REVISION_ANNOTATION)
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
-        return None
-
-
-def owned_replicasets(
-    deployment: dict[str, Any], items: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
-    """The replica sets a deployment owns (by UID), oldest revision first."""
-    uid = deployment["metadata"].get("uid")
-    owned = [
-        rs
-        for rs in items
-        if any(ref.get("uid") == uid for ref in rs["metadata"].get("ownerReferences") or [])
-        and _revision_of(rs) is not None
-    ]
-    return sorted(owned, key=lambda rs: _revision_of(rs) or 0)
 
 
 def revisions(deployment: dict[str, Any], items: list[dict[str, Any]]) -> list[m.Revision]:
