@@ -9,6 +9,18 @@ changes state or disappears. The pump follows the runtime's event stream and, wh
 breaks, relists: a sandbox that vanished from the list (the runtime restarted and runs nothing)
 is reported to its worker, which re-creates it and counts the restart.
 
+While the runtime does not answer, nobody knows whether its sandboxes still serve, so, as the
+kubelet's PLEG marks a pod NotReady when its container runtime is down, the pump declares the
+runtime lost (`on_outage(message)`) once it has not answered for `lost_after` (0.5 s) since the
+stream broke: every worker then reports its Running sandbox Ready=False with reason
+`RuntimeUnavailable` (phase Running, no restart counted), and the endpoints controller lists it
+not ready, so the gateway stops sending calls to a dead address. When the runtime answers again
+the pump relists first (a vanished sandbox is reported gone, as above, and restarted) and then
+says so (`on_outage(None)`): a sandbox the runtime still runs (it never restarted: a dropped or
+stalled stream) is Ready again. A stream the runtime merely cut off reconnects within one
+`retry` (0.2 s), under `lost_after`, so it flaps nothing. Only a broken stream starts the clock:
+a runtime that hangs with its stream open is not noticed (a probe would flap under load).
+
 When the runtime did not exit cleanly, the new one says who was running code at the time
 (`RuntimeInfo.last_crash`, isolation.crashlog): a vanished sandbox the runtime named as the
 culprit is reported Failed with reason `RuntimeCrash` (final: it would crash the next shared
@@ -43,6 +55,14 @@ log = logging.getLogger(__name__)
 
 RUNTIME_CRASH = "RuntimeCrash"  # crds.sandbox.RUNTIME_CRASH_REASON: final, never restarted here
 RUNTIME_RESTARTED = "RuntimeRestarted"
+# The Ready condition's reason while the runtime does not answer (the sandbox may still run).
+RUNTIME_UNAVAILABLE = "RuntimeUnavailable"
+# Seconds the runtime may not answer before its sandboxes are reported not ready. A clock, not
+# "one failed reconnect": a hung runtime (stopped, overloaded) never refuses a connection, it
+# just does not answer, and only a deadline catches that. Half a second is two reconnect tries
+# (`retry`), enough for a stream the runtime cut off, and little of a killed runtime's outage
+# (it takes 5-18 s to come back), so calls stop going to a dead address within about a second.
+LOST_AFTER = 0.5
 
 
 class RuntimeAPI(Protocol):
@@ -63,6 +83,8 @@ class RuntimeAPI(Protocol):
 Listener = Callable[[str, SandboxInfo | None], None]
 # sandbox id -> how people know it ("namespace/name")
 Namer = Callable[[str], str]
+# why the runtime is declared lost (a message for the Ready condition), or None: it answers again
+Outage = Callable[[str | None], None]
 
 
 def _names(ids: list[str], name_of: Namer) -> str:
@@ -176,7 +198,8 @@ class NativePins:
 
 class RuntimePump:
     """Feeds runtime state changes to `listener`; `ready` holds while the runtime answers.
-    `on_info` hears every RuntimeInfo it reads (NativePins.observe)."""
+    `on_info` hears every RuntimeInfo it reads (NativePins.observe); `on_outage` hears when the
+    runtime is declared lost (a message) and when it answers again (None), once each."""
 
     def __init__(
         self,
@@ -185,16 +208,23 @@ class RuntimePump:
         retry: float = 0.2,
         name_of: Namer = _by_id,
         on_info: Callable[[RuntimeInfo], None] | None = None,
+        on_outage: Outage | None = None,
+        lost_after: float = LOST_AFTER,
     ) -> None:
         self.runtime = runtime
         self.listener = listener
         self.retry = retry
         self.name_of = name_of
         self.on_info = on_info
+        self.on_outage = on_outage
+        self.lost_after = lost_after
         self.ready = asyncio.Event()
         self.info: RuntimeInfo | None = None
         self.known: dict[str, SandboxInfo] = {}
         self.restarts = 0
+        self.outage: str | None = None  # why the runtime is declared lost; None while it answers
+        self._why = ""  # the latest failure, for the message once declared
+        self._deadline: asyncio.TimerHandle | None = None  # declares it lost unless it answers
 
     async def relist(self) -> None:
         info = await self.runtime.info()
@@ -218,6 +248,7 @@ class RuntimePump:
                 self.listener(sandbox_id, sandbox)
         self.known = current
         self.ready.set()
+        self._answered()  # after the vanished were reported: they restart, the rest are Ready
 
     def _vanished(self, sandbox_id: str, crash: LastCrash | None) -> SandboxInfo | None:
         """What to tell the worker of a sandbox the runtime no longer has: None (it is simply
@@ -228,7 +259,45 @@ class RuntimePump:
         reason, message = crash_notice(crash, sandbox_id, self.name_of)
         return last.model_copy(update={"state": "Failed", "reason": reason, "message": message})
 
+    def _unanswered(self, why: str) -> None:
+        """The runtime did not answer: declared lost `lost_after` from the first such failure,
+        unless it answers first. A timer, so a reconnect that hangs still declares it."""
+        self.ready.clear()
+        self._why = why
+        if self.outage is None and self._deadline is None:
+            loop = asyncio.get_running_loop()
+            self._deadline = loop.call_later(self.lost_after, self._declare_lost)
+
+    def _declare_lost(self) -> None:
+        self._deadline = None
+        self.outage = (
+            f"the pod's runtime has not answered for {self.lost_after:g}s ({self._why}): "
+            "whether this sandbox still serves is unknown"
+        )
+        log.warning("runtime lost: %d sandboxes not ready until it answers (%s)",
+                    len(self.known), self._why)  # fmt: skip
+        if self.on_outage is not None:
+            self.on_outage(self.outage)
+
+    def _answered(self) -> None:
+        if self._deadline is not None:  # back in time: nobody heard of it
+            self._deadline.cancel()
+            self._deadline = None
+        if self.outage is not None:
+            self.outage = None
+            log.info("runtime answers again: %d sandboxes running", len(self.known))
+            if self.on_outage is not None:
+                self.on_outage(None)
+
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            if self._deadline is not None:  # stopped: nobody is left to hear it
+                self._deadline.cancel()
+                self._deadline = None
+
+    async def _run(self) -> None:
         while True:
             try:
                 # Subscribe before listing, so no change between the two is missed.
@@ -237,12 +306,16 @@ class RuntimePump:
                     async for event in events:
                         self.known[event.sandbox.id] = event.sandbox
                         self.listener(event.sandbox.id, event.sandbox)
+                # The stream ended: the runtime went away, or cut off a watcher that fell behind.
+                if self.ready.is_set():
+                    log.warning("runtime event stream ended")
+                self._unanswered("its event stream ended")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the runtime is restarting or gone: relist when it's back
                 if self.ready.is_set():
                     log.warning("runtime event stream broken: %s", exc)
-                self.ready.clear()
+                self._unanswered(str(exc) or type(exc).__name__)
             await asyncio.sleep(self.retry)
 
     def forget(self, sandbox_id: str) -> None:

@@ -231,7 +231,9 @@ class Sidecar:
             self.kube, self.sandbox,
             on_write=self.metrics.status_writes.inc, on_repair=self.metrics.status_repairs.inc,
         )  # fmt: skip
-        self.pump = RuntimePump(runtime, self._runtime_changed, name_of=self._name_of)
+        self.pump = RuntimePump(
+            runtime, self._runtime_changed, name_of=self._name_of, on_outage=self._runtime_outage
+        )
         self.workers: dict[str, SandboxWorker] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.started = False
@@ -278,6 +280,12 @@ class Sidecar:
         worker = self.workers.get(sandbox_id)
         if worker is not None:
             worker.runtime_changed(info)
+
+    def _runtime_outage(self, why: str | None) -> None:
+        """The runtime is declared lost (or back): every worker's sandbox is (or is again) not
+        ready — theirs, not only the ones the pump knows, so one just created hears it too."""
+        for worker in self.workers.values():
+            worker.runtime_outage(why)
 
     def ready(self) -> tuple[bool, str]:
         if not self.informer.synced.is_set():
@@ -331,6 +339,7 @@ class Sidecar:
             grace_seconds=self.settings.grace_seconds,
         )
         worker.runtime_info = self.pump.known.get(uid)
+        worker.outage = self.pump.outage
         self.workers[uid] = worker
 
         def finished(task: asyncio.Task[None]) -> None:

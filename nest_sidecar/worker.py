@@ -4,8 +4,13 @@ A worker owns one Sandbox's life in this pod — fetch its code, create it in th
 run, restart it per its restartPolicy with back-off, stop it on deletion and only then release the
 finalizer. Its phase moves only along `crds.can_transition`; an illegal move is a bug and raises.
 Everything it learns it reports as an `Observed` snapshot to the status manager, the only writer of
-Sandbox status. Inputs arrive as notifications (`update` from the informer, `runtime_changed` from
-the runtime pump) that wake the worker, so it never polls.
+Sandbox status. Inputs arrive as notifications (`update` from the informer, `runtime_changed` and
+`runtime_outage` from the runtime pump) that wake the worker, so it never polls.
+
+Ready means the sandbox serves now, not only that it runs: while the pump has declared the
+runtime lost, a Running sandbox is reported Ready=False (reason `RuntimeUnavailable`, phase and
+restart count unchanged), as a pod is NotReady while its node's container runtime is down; it is
+Ready again when the runtime answers and still runs it, and restarted (counted) when it does not.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from crds.sandbox import (
     Sandbox,
 )
 from nest_kube import on_controller
-from nest_sidecar.cri import RuntimeAPI
+from nest_sidecar.cri import RUNTIME_UNAVAILABLE, RuntimeAPI
 from nest_sidecar.errors import (
     CodeFetchFailed,
     SidecarError,
@@ -165,6 +170,7 @@ class SandboxWorker:
             pod_name=pod.name,
         )
         self.runtime_info: SandboxInfo | None = None
+        self.outage: str | None = None  # why the pump declared the runtime lost; None: it answers
         self._wake = asyncio.Event()
         self.failures = 0
         self.retry_at: float | None = None  # monotonic time a pending restart is due
@@ -180,6 +186,11 @@ class SandboxWorker:
     def runtime_changed(self, info: SandboxInfo | None) -> None:
         self.runtime_info = info
         self._runtime_events += 1
+        self._wake.set()
+
+    def runtime_outage(self, why: str | None) -> None:
+        """The pump declared the runtime lost (`why`), or it answers again (None)."""
+        self.outage = why
         self._wake.set()
 
     @property
@@ -377,9 +388,7 @@ class SandboxWorker:
         isolated, isolation_reason, isolation_message = boundary(self.runtime_info)
         self._move(
             SandboxPhase.RUNNING,
-            ready=True,
-            reason=None,
-            message=None,
+            **self._readiness(),
             start_time=started or datetime.now(UTC),
             pod_ip=self.pod.ip,
             port=self.pod.port,
@@ -389,10 +398,22 @@ class SandboxWorker:
         )
         self._running_since = time.monotonic()
 
+    def _readiness(self) -> dict[str, Any]:
+        """The Running status's readiness: ready unless the runtime is declared lost."""
+        if self.outage is None:
+            return {"ready": True, "reason": None, "message": None}
+        return {"ready": False, "reason": RUNTIME_UNAVAILABLE, "message": self.outage}
+
     async def _watch_running(self) -> None:
         await self._wait()
         info = self.runtime_info
-        if self.deleting or (info is not None and info.state not in RUNTIME_FAILED):
+        if self.deleting:
+            return
+        if info is not None and info.state not in RUNTIME_FAILED:
+            # Still running as far as anyone knows: only its readiness may have changed (one
+            # write when the runtime is declared lost, one when it answers again).
+            if self.observed.ready != (self.outage is None):
+                self._move(SandboxPhase.RUNNING, **self._readiness())
             return
         if time.monotonic() - self._running_since >= self.backoff.reset_after:
             self.failures = 0
