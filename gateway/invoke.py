@@ -2,9 +2,17 @@
 
 The I/O around `gateway.routing`: this module owns the routing state (fed by the two watches),
 forwards requests to the runtime's data plane in the pool pods, and runs the activator loop.
-A connection that cannot be opened, or the runtime's own "not run" answer (sandbox gone,
-stopping, overloaded), is retried on another sandbox, since the request cannot have run; any
-other failure once a request was sent is reported, never retried, so nothing runs twice.
+The retry rule (`gateway.retry`, RFC 9110 §9.2.2 as Go's net/http applies it): an attempt that
+certainly did not run is sent to another sandbox: a connection that could not be opened, one
+aiohttp wrote nothing to, or the runtime's own "not run" answer (sandbox gone, stopping,
+overloaded). A connection closed or reset after the request went out and before any byte of
+the answer may have run: it is sent elsewhere only when the request is replayable (GET, HEAD,
+OPTIONS, TRACE, PUT, DELETE, or an `Idempotency-Key` header), else answered 502 naming the
+sandbox. Once the answer began nothing is retried, so nothing runs twice that may not.
+A sandbox whose connection was refused or broke is skipped for a while (`RoutingTable.eject`).
+When every ready sandbox refused (none ran the request: a runtime restarting), the request is
+held and tried again after a back-off (0.1 s doubling to 1 s) or at the next endpoints change,
+whichever comes first, until the activation deadline.
 A function with no ready sandbox holds the request in its bounded queue, reports the demand to
 the operator's autoscaler at once (`gateway.demand`: the autoscaler alone writes `/scale`, the
 gateway only tells it what it holds) and resumes it as soon as the endpoints watch shows a
@@ -30,6 +38,7 @@ from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from yarl import URL
 
+from gateway import retry
 from gateway.demand import Demand
 from gateway.errors import GatewayError, NotFound, Timeout, Upstream
 from gateway.kube import Kube, Obj
@@ -97,6 +106,7 @@ class Call:
     query: str
     headers: Mapping[str, str]
     body: bytes
+    replayable: bool = False  # may run twice (`retry.replayable`): retried after a broken call
 
 
 @dataclass(frozen=True)
@@ -139,7 +149,7 @@ def invoke_call(headers: Mapping[str, str], body: bytes, caller: Caller | None =
     interface), with the caller's content type and forwarding headers."""
     content_type = headers.get("Content-Type", "application/json")
     return Call("POST", "invoke", "", {"Content-Type": content_type} | forwarding(headers, caller),
-                body)  # fmt: skip
+                body, retry.replayable("POST", headers))  # fmt: skip
 
 
 def mounted_path(raw_path: str, prefix: str) -> str | None:
@@ -171,7 +181,8 @@ def trigger_call(
     kept |= forwarding(headers, caller)
     if raw_path is None:
         raw_path = "/" + quote(path.lstrip("/"), safe="/")
-    return Call(method, "http/" + raw_path.lstrip("/"), query, kept, body)
+    replayable = retry.replayable(method, headers)
+    return Call(method, "http/" + raw_path.lstrip("/"), query, kept, body, replayable)
 
 
 def _kept(headers: Mapping[str, str]) -> CIMultiDict[str]:
@@ -240,6 +251,12 @@ class Invoker:
         """Start the data-plane client: unbounded pool, kept alive, bodies passed as they are."""
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
         self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        # aiohttp resends an idempotent request once, to the same sandbox, when its connection
+        # breaks (RFC 9112 §9.3.1). The gateway decides that itself (`gateway.retry`), and sends
+        # it to another sandbox: the one that just broke it is the worst choice. No public
+        # switch exists; the attribute is one ClientSession declares (ATTRS). Should a later
+        # aiohttp drop it, the cost is that extra attempt on the same sandbox, nothing worse.
+        self._session._retry_connection = False
 
     async def close(self) -> None:
         if self._session is not None:
@@ -297,6 +314,8 @@ class Invoker:
         tried: set[str] = set()
         overloaded: web.Response | None = None
         unauthorized = False
+        retry_in: float | None = None  # the back-off while every ready sandbox refuses
+        held = False
         while True:
             info = await self._info(key)
             address = self.table.pick(key, tried)
@@ -315,31 +334,51 @@ class Invoker:
                     f"the pool refused the gateway's data-plane signature for {key[0]}/{key[1]}: "
                     f"the gateway's and the runtimes' {auth.SECRET_NAME} keys differ"
                 )
+            if tried:
+                # Every ready sandbox refused, none ran it: a runtime restarting comes back
+                # before the endpoints say anything (or without them ever changing), so try
+                # again after a back-off as well as at the next endpoints change.
+                if time.perf_counter() >= hold_until:
+                    raise Timeout(
+                        f"no sandbox of {key[0]}/{key[1]} took the request within "
+                        f"{self.activation_timeout:g}s: every ready one refused it"
+                    )
+                retry_in = retry.next_hold_retry(retry_in)
             # None ready, or only stale addresses (scaled down, pod gone): wait for the next set.
-            await self._hold(key, info, hold_until)
+            await self._hold(key, info, hold_until, retry_in if tried else None, again=held)
+            held = True
             tried.clear()
             if key not in self.functions:
                 raise NotFound(f"function {key[0]}/{key[1]} was deleted")
 
-    async def _hold(self, key: FunctionKey, info: FunctionInfo, until: float) -> None:
+    async def _hold(
+        self, key: FunctionKey, info: FunctionInfo, until: float, retry_in: float | None = None,
+        again: bool = False,
+    ) -> None:  # fmt: skip
+        """Hold until the function's endpoints show a ready address, or `retry_in` seconds when
+        given (then the deadline only ends the wait, the caller tries once more). `again`: this
+        request was held before (a cold start is counted once)."""
         gauge = self.metrics.queued.labels(*key)
         future, first = self.activator.hold(key)  # QueueFull: 503
         if first:  # new demand: the autoscaler hears of it now, later ones with the heartbeat
             self.demand.changed()
-            if info.replicas == 0:
+            if info.replicas == 0 and not again:
                 self.metrics.cold_starts.labels(*key).inc()
                 log.info("holding a request for %s/%s at zero: reported to the autoscaler", *key)
         gauge.inc()
         try:
-            await asyncio.wait_for(future, max(0.0, until - time.perf_counter()))
-        except TimeoutError:
-            self.activator.forget(key, future)
-            raise Timeout(
-                f"no sandbox of {key[0]}/{key[1]} became ready within {self.activation_timeout:g}s"
-            ) from None
+            wait = max(0.0, until - time.perf_counter())
+            done, _ = await asyncio.wait({future}, timeout=wait if retry_in is None
+                                         else min(wait, retry_in))  # fmt: skip
+            if not done and retry_in is None:
+                raise Timeout(
+                    f"no sandbox of {key[0]}/{key[1]} became ready within "
+                    f"{self.activation_timeout:g}s"
+                )
         finally:
             if not future.done():
                 self.activator.forget(key, future)
+                future.cancel()
             gauge.dec()
 
     async def _try(
@@ -368,10 +407,13 @@ class Invoker:
             )
         self.table.acquire(address)
         gauge.inc()
+        answered = False
         try:
             async with self._session.request(
                 call.method, url, data=call.body, headers=headers, timeout=timeout
             ) as resp:
+                answered = True
+                self.table.answered(address)
                 if caller is not None and resp.headers.get("Transfer-Encoding") == "chunked":
                     return await relay(resp, caller, key)
                 body = await resp.read()
@@ -382,16 +424,36 @@ class Invoker:
                     log.error("sandbox %s of %s/%s refused our signature: %s", address.sandbox,
                               *key, body[:200].decode(errors="replace"))  # fmt: skip
                 return response if word is None else Refused(word, response)
-        except aiohttp.ClientConnectorError as exc:
-            log.info("sandbox %s of %s/%s unreachable (%s); trying another", address.sandbox,
-                     *key, exc)  # fmt: skip
-            return Refused("Unreachable", None)
         except TimeoutError:
             raise Timeout(
                 f"function {key[0]}/{key[1]} did not answer within {info.timeout_seconds:g}s"
             ) from None
         except aiohttp.ClientError as exc:
-            raise Upstream(f"sandbox {address.sandbox} failed mid-request: {exc}") from exc
+            failure = None if answered else retry.failure_of(exc)
+            if failure is None:
+                raise Upstream(f"sandbox {address.sandbox} failed mid-request: {exc}") from exc
+            return self._failed(key, address, call, failure, exc)
         finally:
             self.table.release(address)
             gauge.dec()
+
+    def _failed(
+        self, key: FunctionKey, address: Address, call: Call, failure: retry.Failure,
+        exc: aiohttp.ClientError,
+    ) -> Refused:  # fmt: skip
+        """An attempt that failed before the answer began: ejects the sandbox when its runtime
+        looks gone, then Refused (try another) or, when it may have run and may not run twice,
+        the 502. The pooled idle connections to a dead runtime need no closing here: its kernel
+        closed them, and aiohttp drops a pooled connection whose peer closed when it is next
+        taken (`is_connected`), so they cost no attempt."""
+        span = self.table.eject(key, address) if failure.ejects else None
+        if span is not None:
+            log.info("sandbox %s of %s/%s skipped for %gs: %s", address.sandbox, *key, span,
+                     failure.value.lower())  # fmt: skip
+        if not retry.retryable(failure, call.replayable):
+            log.warning("sandbox %s of %s/%s broke the connection with a %s in flight (%s): "
+                        "not retried", address.sandbox, *key, call.method, exc)  # fmt: skip
+            raise Upstream(retry.not_retried(address.sandbox, key, failure, call.method)) from exc
+        log.info("sandbox %s of %s/%s: %s (%s); trying another", address.sandbox, *key,
+                 failure.value.lower(), exc)  # fmt: skip
+        return Refused(failure.value, None)

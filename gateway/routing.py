@@ -8,14 +8,23 @@ per-function queue and says whether the queue was empty, i.e. whether to tell th
 about this demand now (it, not the gateway, scales: `gateway.demand`). Everything runs on one
 event loop: `pick` followed by `hold` has no await in between, so an endpoint that turns ready
 can never slip between them and strand a request.
+
+Outlier ejection (Envoy's consecutive connect-failure ejection, reduced to one failure): a
+sandbox whose connection was refused or broke is skipped by `pick` for a while, 1 s doubling to
+10 s each time it fails again once back, so a dead runtime costs one failed attempt per sandbox
+and period instead of one per request. It is still picked when every candidate is ejected (an
+ejection is a guess; a request held while an untried sandbox exists would be a loss). An answer
+of any kind clears it, and so does the endpoints watch dropping the sandbox: one that comes back
+(a restarted runtime marks it Ready again) starts clean.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import defaultdict, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,28 +111,48 @@ def runtime_refusal(status: int, body: bytes) -> str | None:
     return None
 
 
-class RoutingTable:
-    """Ready addresses per function and requests in flight per sandbox."""
+# Outlier ejection: the first period, and the cap it doubles to while the sandbox keeps failing.
+EJECT_FIRST_SECONDS = 1.0
+EJECT_MAX_SECONDS = 10.0
 
-    def __init__(self) -> None:
+
+@dataclass(frozen=True, slots=True)
+class Ejection:
+    """A sandbox skipped until `until` (the table's clock) for a period of `span` seconds."""
+
+    until: float
+    span: float
+
+
+class RoutingTable:
+    """Ready addresses per function, requests in flight per sandbox, and ejected sandboxes."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._ready: dict[FunctionKey, tuple[Address, ...]] = {}
         self._in_flight: defaultdict[str, int] = defaultdict(int)
         self._turn: defaultdict[FunctionKey, int] = defaultdict(int)
+        self._ejected: dict[str, Ejection] = {}
+        self._clock = clock
 
     def set_endpoints(self, key: FunctionKey, ready: tuple[Address, ...]) -> None:
+        listed = {a.uid for a in ready}
+        for gone in self._ready.get(key, ()):
+            if gone.uid not in listed:  # left the endpoints: it comes back, if ever, clean
+                self._ejected.pop(gone.uid, None)
         if ready:
             self._ready[key] = ready
         else:
             self._ready.pop(key, None)
 
     def remove(self, key: FunctionKey) -> None:
-        self._ready.pop(key, None)
+        self.set_endpoints(key, ())
 
     def ready(self, key: FunctionKey) -> tuple[Address, ...]:
         return self._ready.get(key, ())
 
     def pick(self, key: FunctionKey, exclude: Iterable[str] = ()) -> Address | None:
-        """The ready sandbox with the fewest requests in flight, `exclude`d UIDs aside.
+        """The ready sandbox with the fewest requests in flight, `exclude`d UIDs aside, and
+        ejected ones aside unless nothing else is left.
 
         Ties rotate, so a trickle of sequential requests spreads over every sandbox instead of
         always landing on the first one listed.
@@ -132,10 +161,38 @@ class RoutingTable:
         candidates = [a for a in self._ready.get(key, ()) if a.uid not in skip]
         if not candidates:
             return None
+        now = self._clock()
+        healthy = [a for a in candidates if not self._is_ejected(a.uid, now)]
+        candidates = healthy or candidates
         least = min(self._in_flight[a.uid] for a in candidates)
         tied = [a for a in candidates if self._in_flight[a.uid] == least]
         self._turn[key] += 1
         return tied[self._turn[key] % len(tied)]
+
+    def eject(self, key: FunctionKey, address: Address) -> float | None:
+        """Skip `address` for a while after its connection was refused or broke: the period in
+        seconds, or None when it is already ejected (the requests in flight on a runtime that
+        died all fail at once: one outage, one ejection) or no longer listed."""
+        if address not in self._ready.get(key, ()):
+            return None  # left the endpoints meanwhile: nothing to skip, no state to keep
+        now = self._clock()
+        current = self._ejected.get(address.uid)
+        if current is not None and now < current.until:
+            return None
+        span = EJECT_FIRST_SECONDS if current is None else min(current.span * 2, EJECT_MAX_SECONDS)
+        self._ejected[address.uid] = Ejection(now + span, span)
+        return span
+
+    def answered(self, address: Address) -> None:
+        """The sandbox's runtime answered (whatever it said): it is reachable again."""
+        self._ejected.pop(address.uid, None)
+
+    def ejected(self, uid: str) -> bool:
+        return self._is_ejected(uid, self._clock())
+
+    def _is_ejected(self, uid: str, now: float) -> bool:
+        ejection = self._ejected.get(uid)
+        return ejection is not None and now < ejection.until
 
     def acquire(self, address: Address) -> None:
         self._in_flight[address.uid] += 1

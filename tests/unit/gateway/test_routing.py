@@ -1,4 +1,5 @@
-"""The routing core: least-in-flight choice, retries' exclusions, and the activator's queue."""
+"""The routing core: least-in-flight choice, retries' exclusions, outlier ejection and the
+activator's queue."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import pytest
 
 from gateway.errors import QueueFull
 from gateway.routing import (
+    EJECT_FIRST_SECONDS,
+    EJECT_MAX_SECONDS,
     Activator,
     Address,
     FunctionInfo,
@@ -59,6 +62,73 @@ def test_pick_skips_excluded_sandboxes_and_unknown_functions() -> None:
     assert table.pick(("ns", "other")) is None
     table.set_endpoints(KEY, ())
     assert table.pick(KEY) is None and table.ready(KEY) == ()
+
+
+class Clock:
+    """The table's clock, moved by the test: ejection periods without waiting for them."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_an_ejected_sandbox_is_skipped_until_its_period_ends() -> None:
+    clock = Clock()
+    table = RoutingTable(clock)
+    table.set_endpoints(KEY, (A, B))
+    assert table.eject(KEY, A) == EJECT_FIRST_SECONDS
+    assert [table.pick(KEY) for _ in range(4)] == [B] * 4, "ties no longer rotate onto A"
+    table.acquire(B)
+    table.acquire(B)
+    assert table.pick(KEY) == B, "an ejected sandbox loses even to a busier one"
+    clock.now += EJECT_FIRST_SECONDS
+    assert not table.ejected("uid-a")
+    assert table.pick(KEY) == A, "back once its period is over"
+
+
+def test_every_candidate_ejected_is_still_tried_rather_than_none() -> None:
+    table = RoutingTable(Clock())
+    table.set_endpoints(KEY, (A, B))
+    table.eject(KEY, A)
+    assert table.pick(KEY, exclude={"uid-b"}) == A, "B refused too: A is the last hope"
+    table.eject(KEY, B)
+    assert table.pick(KEY) in {A, B}
+    assert table.pick(KEY, exclude={"uid-a", "uid-b"}) is None
+
+
+def test_the_period_doubles_while_it_keeps_failing_and_resets_on_an_answer() -> None:
+    clock = Clock()
+    table = RoutingTable(clock)
+    table.set_endpoints(KEY, (A, B))
+    spans = []
+    for _ in range(6):
+        spans.append(table.eject(KEY, A))
+        assert table.eject(KEY, A) is None, "failures during the period are the same outage"
+        clock.now += EJECT_MAX_SECONDS
+    assert spans == [1.0, 2.0, 4.0, 8.0, EJECT_MAX_SECONDS, EJECT_MAX_SECONDS]
+    table.eject(KEY, A)
+    table.answered(A)
+    assert not table.ejected("uid-a") and table.eject(KEY, A) == EJECT_FIRST_SECONDS
+
+
+def test_leaving_the_endpoints_forgets_an_ejection() -> None:
+    clock = Clock()
+    table = RoutingTable(clock)
+    table.set_endpoints(KEY, (A, B))
+    table.eject(KEY, A)
+    clock.now += EJECT_FIRST_SECONDS
+    table.eject(KEY, A)  # 2 s now
+    table.set_endpoints(KEY, (A, B))  # re-listed without leaving: the ejection stays
+    assert table.ejected("uid-a")
+    table.set_endpoints(KEY, (B,))  # not Ready while its runtime restarts
+    assert table.eject(KEY, A) is None, "no state is kept for a sandbox that is not listed"
+    table.set_endpoints(KEY, (A, B))  # Ready again: starts clean
+    assert not table.ejected("uid-a")
+    assert table.eject(KEY, A) == EJECT_FIRST_SECONDS
+    table.remove(KEY)
+    assert not table.ejected("uid-a")
 
 
 def test_function_info_defaults_match_the_crd() -> None:
