@@ -8,6 +8,13 @@ from deploy/ with authentication on (a ServiceAccount token, answers cached as i
 the sandbox is created through the gateway's API and made ready by the operator. The direct
 side signs its requests with the cluster's data-plane key, as the gateway does (the runtime
 refuses unsigned ones), re-signed every round so no signature outlives its window.
+
+"At equal p99" (issue 14): a closed loop at one concurrency gives each side its own latency, so
+both sides are driven at several concurrencies and compared at one latency budget, the
+gateway's p99 at the reference concurrency: each side's throughput is the most it reached with
+its p99 within the budget, interpolated between the two concurrencies around it
+(`rate_within`). `ratios.gateway_rps_over_direct` is that ratio; the raw ratio at the
+reference concurrency stays beside it.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import asyncio
 import base64
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,9 +34,10 @@ from bench.cluster import BenchCluster
 from bench.common import Report, ms, percentile
 from sandbox import dataplane_auth as auth
 
-ROUNDS = 3
-SECONDS = 3.0
-CONCURRENCY = 16
+ROUNDS = 2
+SECONDS = 2.0
+CONCURRENCY = 16  # the reference: where the budget is read
+CONCURRENCIES = (1, 4, CONCURRENCY, 32)
 ECHO = "async def handler(event, context):\n    return event\n"
 EVENT = b'{"hello":"nest"}'
 GATEWAY_SELECTOR = "app.kubernetes.io/name=nest-gateway"
@@ -102,12 +111,31 @@ def connect(bench: BenchCluster, timeout: float = 120) -> Gateway:
     raise RuntimeError("the nest-gateway pod from deploy/ did not become Ready")
 
 
-async def _drive(host: str, port: int, request: bytes) -> loadgen.Load:
+def rate_within(points: Sequence[tuple[float, float]], budget: float) -> float:
+    """The throughput a side reaches with its p99 within `budget`, from its (p99, rps) points
+    (one per concurrency, in rising concurrency): the best point within the budget, or between
+    it and the next point (whose p99 is beyond) the rate interpolated at the budget. A side
+    that never reaches the budget is credited with its best rate (it saturated first)."""
+    ordered = list(points)
+    best = 0.0
+    for (p99, rps), after in zip(ordered, [*ordered[1:], None], strict=True):
+        if p99 > budget:
+            break
+        best = max(best, rps)
+        if after is not None and after[0] > budget and after[1] > rps:
+            share = (budget - p99) / (after[0] - p99)
+            best = max(best, rps + share * (after[1] - rps))
+    return best if best else (min(ordered)[1] if ordered else 0.0)
+
+
+async def _drive(
+    host: str, port: int, request: bytes, concurrency: int = CONCURRENCY
+) -> loadgen.Load:
     """bench.loadgen.drive with a request of our own (it carries the Authorization header)."""
     latencies: list[float] = []
     started = time.perf_counter()
     until = started + SECONDS
-    workers = (loadgen._worker(host, port, request, until, latencies) for _ in range(CONCURRENCY))
+    workers = (loadgen._worker(host, port, request, until, latencies) for _ in range(concurrency))
     await asyncio.gather(*workers)
     return loadgen.Load(len(latencies), time.perf_counter() - started, latencies)
 
@@ -137,19 +165,37 @@ async def run() -> Report:
         )
         keys = auth.from_secret_data(secret.data)
         await _drive(gw.host, gw.port, through)  # warm both paths: auth cache, connections
-        results: dict[str, list[loadgen.Load]] = {"gateway": [], "direct": []}
+        loads: dict[tuple[str, int], list[loadgen.Load]] = {}
         for _ in range(ROUNDS):
-            direct = _request(address["podIP"], address["port"], direct_path, None, keys)
-            results["direct"].append(await _drive(address["podIP"], address["port"], direct))
-            results["gateway"].append(await _drive(gw.host, gw.port, through))
-    for side, loads in results.items():
-        best = max(loads, key=lambda load: load.rps)
+            for concurrency in CONCURRENCIES:
+                direct = _request(address["podIP"], address["port"], direct_path, None, keys)
+                loads.setdefault(("direct", concurrency), []).append(
+                    await _drive(address["podIP"], address["port"], direct, concurrency)
+                )
+                loads.setdefault(("gateway", concurrency), []).append(
+                    await _drive(gw.host, gw.port, through, concurrency)
+                )
+    curves: dict[str, list[tuple[float, float]]] = {"gateway": [], "direct": []}
+    for (side, concurrency), runs in loads.items():
+        best = max(runs, key=lambda load: load.rps)
+        p99 = ms(percentile(best.latencies, 99))
+        curves[side].append((p99, best.rps))
         target = report.results if side == "gateway" else report.baselines
-        target[f"{side}_rps"] = best.rps
-        target[f"{side}_p50_ms"] = ms(percentile(best.latencies, 50))
-        target[f"{side}_rps_median_of_rounds"] = statistics.median(load.rps for load in loads)
+        target[f"{side}_rps_c{concurrency}"] = best.rps
+        target[f"{side}_p99_ms_c{concurrency}"] = p99
+        if concurrency == CONCURRENCY:
+            target[f"{side}_rps"] = best.rps
+            target[f"{side}_p50_ms"] = ms(percentile(best.latencies, 50))
+            target[f"{side}_rps_median_of_rounds"] = statistics.median(r.rps for r in runs)
+    budget = report.results[f"gateway_p99_ms_c{CONCURRENCY}"]
+    report.results["p99_budget_ms"] = budget
+    report.results["gateway_rps_within_budget"] = rate_within(curves["gateway"], budget)
+    report.baselines["direct_rps_within_budget"] = rate_within(curves["direct"], budget)
     report.results["concurrency"] = CONCURRENCY
-    report.ratios["gateway_over_direct_rps"] = (
+    report.ratios["gateway_rps_over_direct"] = (
+        report.results["gateway_rps_within_budget"] / report.baselines["direct_rps_within_budget"]
+    )
+    report.ratios["gateway_rps_over_direct_same_concurrency"] = (
         report.results["gateway_rps"] / report.baselines["direct_rps"]
     )
     report.ratios["gateway_p50_over_direct"] = (
