@@ -2,18 +2,28 @@
 
 Why: density is memory-bound. USS is what the kernel would free if the sandbox went away;
 PSS additionally charges each process its share of the zygote pages it still shares. Baseline:
-the USS of an idle bare interpreter, i.e. what a process-per-function design pays.
+the USS of an idle bare interpreter, i.e. what a process-per-function design pays. The
+subprocess backend is measured twice: plain, and with the tenant boundary on (own uid,
+Landlock, seccomp, limits; needs root, else that figure is left out). Goal (issue 14): at most
+1.5 MB per subprocess sandbox with the boundary on.
 """
 
 from __future__ import annotations
+
+import os
+import shutil
+import tempfile
 
 import psutil
 
 from bench.common import HELLO, MB, Report, idle_interpreter_uss_mb, settle, uss_pss
 from isolation.base import SandboxSpec
+from isolation.boundary import BoundaryConfig
 from isolation.contract import Request
 from isolation.namespace import NamespaceBackend
 from isolation.process import SubprocessBackend
+
+GOAL_BOUNDARY_USS_MB = 1.5  # issue 14: per subprocess sandbox, boundary on
 
 
 async def _namespace(k: int) -> tuple[float, float]:
@@ -41,8 +51,8 @@ def _tree_memory(pids: list[int]) -> tuple[int, int]:
     return uss, pss
 
 
-async def _subprocess(k: int) -> tuple[float, float]:
-    backend = SubprocessBackend()
+async def _subprocess(k: int, boundary: BoundaryConfig | None = None) -> tuple[float, float]:
+    backend = SubprocessBackend(boundary=boundary)
     await backend.start()
     try:
         await backend.create(SandboxSpec("warm", HELLO, "main:handler"))
@@ -80,4 +90,14 @@ async def run(k_namespace: int = 500, k_subprocess: int = 50) -> Report:
         "namespace_over_idle_interpreter": ns_uss / idle,
         "subprocess_over_idle_interpreter": sp_uss / idle,
     }
+    if os.geteuid() == 0:  # confined sandboxes setuid to their own uid
+        scratch = tempfile.mkdtemp(prefix="nest-bench-scratch-")
+        try:
+            on_uss, on_pss = await _subprocess(k_subprocess, BoundaryConfig(scratch_root=scratch))
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        report.results["subprocess_boundary_uss_mb_per_sandbox"] = on_uss
+        report.results["subprocess_boundary_pss_mb_per_sandbox"] = on_pss
+        report.ratios["subprocess_boundary_over_idle_interpreter"] = on_uss / idle
+        report.ratios["subprocess_boundary_uss_over_goal"] = on_uss / GOAL_BOUNDARY_USS_MB
     return report

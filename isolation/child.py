@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import os
 import select
 import socket
@@ -41,7 +42,7 @@ from urllib.parse import parse_qsl
 
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 
-from isolation import confine
+from isolation import codecache, confine
 from isolation.boundary import Confinement
 from isolation.confine import ConfinementError
 from isolation.contract import FunctionInfo, Request, Response
@@ -56,6 +57,8 @@ from isolation.host import (
     run_eagerly,
 )
 from isolation.ipc import (
+    _PREFIX,
+    MAX_BODY,
     FrameParser,
     encode_frame,
     encode_headers,
@@ -68,12 +71,16 @@ READY = encode_frame({"t": "ready"})
 # What a confined sandbox keeps of the runtime's environment (the rest is its pod's business).
 INHERITED_ENV = frozenset({"PATH", "LANG", "LC_ALL", "PYTHONUNBUFFERED", "PYTHONHASHSEED", "TZ"})
 STOP = encode_frame({"t": "stop"})
+MAX_SPEC = MAX_BODY  # the spec comes from the runtime: a sanity bound, not a defence
 
 
-def main(fd: int, spec: dict[str, Any]) -> int:
+def main(fd: int) -> int:
     """Runs in the forked child; returns the process exit code."""
     confine.die_with_parent()
     sock = socket.socket(fileno=fd)
+    spec = read_spec(sock)
+    if spec is None:
+        return 1  # the runtime went away before it sent the spec
     try:
         raw = spec.get("confine")
         confinement = Confinement.from_json(raw) if raw else None
@@ -84,6 +91,7 @@ def main(fd: int, spec: dict[str, Any]) -> int:
         os.chdir(spec["workdir"] or spec["code_dir"])
         # Its own code first, then its dependency layers in order, then the interpreter's.
         sys.path[0:0] = [spec["code_dir"], *spec.get("dependency_paths", ())]
+        codecache.install(spec["code_dir"])  # its modules, as the zygote loaded them
         host = _load(spec)
     except ConfinementError as exc:
         sock.sendall(_failed(LoadError("Error", f"sandbox boundary: {exc}")))
@@ -99,6 +107,33 @@ def main(fd: int, spec: dict[str, Any]) -> int:
     if _blocks(spec, host):
         return _serve_blocking(sock, host)
     return asyncio.run(_serve(sock, host))
+
+
+def _recv_exactly(sock: socket.socket, size: int) -> bytes | None:
+    # Exactly the first frame and nothing past it: what follows is read as frames later.
+    data = sock.recv(size, socket.MSG_WAITALL) if size else b""
+    return data if len(data) == size else None
+
+
+def spec_frame(spec: dict[str, Any]) -> bytes:
+    """The first frame on a sandbox's channel: its spec, written by the runtime (`read_spec`)."""
+    return encode_frame({"t": "spec", "spec": spec})
+
+
+def read_spec(sock: socket.socket) -> dict[str, Any] | None:
+    """The sandbox's spec: the first frame the runtime writes on the channel (a "spec" frame)."""
+    prefix = _recv_exactly(sock, _PREFIX.size)
+    if prefix is None:
+        return None
+    header_length, body_length = _PREFIX.unpack(prefix)
+    if header_length > MAX_SPEC or body_length:
+        return None
+    raw = _recv_exactly(sock, header_length)
+    if raw is None:
+        return None
+    header = json.loads(raw)
+    spec = header.get("spec") if isinstance(header, dict) else None
+    return spec if header.get("t") == "spec" and isinstance(spec, dict) else None
 
 
 def _enter(confinement: Confinement, env: dict[str, str]) -> None:
@@ -359,7 +394,7 @@ def _warm_handler(event: Any, context: Any) -> Any:
     return {"ok": True, "event": event}
 
 
-def _warm_frames(rounds: int) -> bytes:
+def warm_frames(rounds: int) -> bytes:
     header: dict[str, Any] = {"t": "invoke", "rid": "warm", "method": "POST", "path": "/"}
     header |= {"raw_path": "/", "query": "", "headers": [["Content-Type", "application/json"]]}
     header |= {"root_path": "", "client": "", "deadline": 1e18}
@@ -378,7 +413,7 @@ def _warm_blocking(rounds: int) -> None:
     ours, theirs = socket.socketpair()
     with ours, theirs:
         # Requests and answers both fit in the socket buffers, so one thread plays both ends.
-        ours.sendall(_warm_frames(rounds) + STOP)
+        ours.sendall(warm_frames(rounds) + STOP)
         _serve_blocking(theirs, _warm_host(_LazyLoop().block_on))
 
 
@@ -386,7 +421,7 @@ async def _warm_asyncio(rounds: int) -> None:
     ours, theirs = socket.socketpair()
     serving = asyncio.create_task(_serve(theirs, _warm_host(None)))
     reader, writer = await asyncio.open_unix_connection(sock=ours)
-    frames = _warm_frames(rounds)
+    frames = warm_frames(rounds)
     writer.write(frames)
     for _ in range(rounds):
         await read_frame(reader)

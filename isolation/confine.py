@@ -23,12 +23,13 @@ import errno
 import os
 import resource
 import signal
-from pathlib import Path
 from typing import Any
 
 from isolation.boundary import CLONE_NAMESPACE_FLAGS, DENIED_SYSCALLS, OWN_PROCESS, Confinement
 
+PR_GET_DUMPABLE = 3
 PR_SET_DUMPABLE = 4
+PR_GET_CHILD_SUBREAPER = 37
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -60,6 +61,7 @@ def landlock_abi() -> int:
 # O_PATH descriptors of the directories every sandbox may read, opened once in the zygote and
 # inherited: a child then only adds rules for them, with no lookups of its own.
 _STATIC: dict[str, tuple[int, bool]] = {}  # path -> (descriptor, is a directory)
+_STATIC_RULES: dict[str, Any] = {}  # path -> pointer to its Landlock rule (built by `warm`)
 
 
 # The seccomp filter as BPF, compiled by `warm` in the zygote; every child installs it.
@@ -90,6 +92,13 @@ def warm(static_paths: tuple[str, ...] = ()) -> bytes:
                 continue
             with contextlib.suppress(OSError):
                 _STATIC[path] = (os.open(path, os.O_PATH | os.O_CLOEXEC), os.path.isdir(path))
+        rights = _rights()
+        for path, (fd, is_dir) in _STATIC.items():
+            # Built once here: a child passes the same rule (a pointer to it) to the kernel.
+            rule = landlock.plumbing.PathBeneathAttr(
+                rights["read_dir" if is_dir else "read_file"], fd
+            )
+            _STATIC_RULES[path] = ctypes.pointer(rule)
     global PROGRAM
     program = PROGRAM = compile_seccomp()
     _fprog(program)
@@ -184,20 +193,49 @@ def _rights() -> dict[str, int]:
     return _RIGHTS
 
 
+def static_paths() -> tuple[str, ...]:
+    """The paths `warm` opened for every sandbox (what a child's ruleset mostly consists of)."""
+    return tuple(_STATIC)
+
+
+def rehearse(confinement: Confinement) -> None:
+    """In the zygote: compute what `apply` would for `confinement`, changing nothing here.
+
+    The Landlock ruleset is built and thrown away (never restricted to), the seccomp program
+    is looked up, and the prctl calls are made with values that keep the zygote as it is: the
+    code paths a child takes are then warm before the zygote freezes (`isolation.rehearse`).
+    """
+    if confinement.landlock and landlock_abi() > 0:
+        ruleset = _ruleset(confinement)
+        os.close(ruleset._fd)
+    if PROGRAM:
+        ctypes.byref(_fprog(PROGRAM))
+    dumpable = _libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0)
+    if dumpable in (0, 1):
+        _prctl(PR_SET_DUMPABLE, dumpable)
+    subreaper = ctypes.c_int(0)
+    got = _libc.prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(subreaper), 0, 0, 0)
+    if got == 0 and subreaper.value:
+        _prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
 def _landlock(confinement: Confinement) -> None:
+    _ruleset(confinement).apply()
+
+
+def _ruleset(confinement: Confinement) -> Any:
+    """The sandbox's Landlock ruleset, with every rule added (not yet restricted to)."""
     import landlock
-    from landlock.plumbing import PathBeneathAttr, get_add_rule
+    from landlock.plumbing import get_add_rule
 
     rights = _rights()
     ruleset = landlock.Ruleset(restrict_rules=rights["write_dir"])  # every right is handled
     add_rule = get_add_rule()
     for paths, kind in ((confinement.read_paths, "read"), (confinement.write_paths, "write")):
         for path in paths:
-            static = _STATIC.get(path) if kind == "read" else None
+            static = _STATIC_RULES.get(path) if kind == "read" else None
             if static is not None:
-                fd, is_dir = static
-                rule = PathBeneathAttr(rights["read_dir" if is_dir else "read_file"], fd)
-                add_rule(ruleset._fd, 1, ctypes.byref(rule), 0)  # 1: LANDLOCK_RULE_PATH_BENEATH
+                add_rule(ruleset._fd, 1, static, 0)  # 1: LANDLOCK_RULE_PATH_BENEATH
                 continue
             try:
                 is_dir = os.path.isdir(path)
@@ -205,13 +243,19 @@ def _landlock(confinement: Confinement) -> None:
                 ruleset.allow(path, rules=allowed)
             except FileNotFoundError:
                 continue  # e.g. /lib64 on a system without it
-    ruleset.apply()
+    return ruleset
 
 
 def join_cgroup(confinement: Confinement) -> None:
-    pid = str(os.getpid())
+    # Plain os calls rather than pathlib: this runs in every child, and each code path a child
+    # runs for the first time costs it private pages (see `isolation.rehearse`).
+    pid = str(os.getpid()).encode()
     for procs in confinement.cgroup_procs:
-        Path(procs).write_text(pid)
+        fd = os.open(procs, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, pid)
+        finally:
+            os.close(fd)
 
 
 def set_limits(confinement: Confinement) -> None:

@@ -35,6 +35,7 @@ from isolation.base import (
     Usage,
 )
 from isolation.boundary import BoundaryConfig
+from isolation.child import spec_frame
 from isolation.contract import Request, Response, new_request_id
 from isolation.errors import (
     InvokeTimeout,
@@ -139,15 +140,17 @@ class SubprocessBackend:
                 await self._restart_zygote()
         zygote = proc.zygote = self._zygote
         try:
+            # Compiled into the bytecode cache (confined sandboxes cannot write it) and loaded
+            # by the zygote, once per code directory: its sandboxes share the code objects.
+            await zygote.prepare(os.path.abspath(proc.spec.code_dir))
             if self.principals is not None:
-                await zygote.precompile(os.path.abspath(proc.spec.code_dir))
                 for path in proc.spec.dependency_paths:  # layers ship no bytecode
                     await zygote.precompile(os.path.abspath(path))
             child_spec = self._child_spec(proc.spec)
         except (RuntimeError, OSError) as exc:  # no uid left, scratch or cgroup not writable
             raise LoadError(Reason.ERROR, f"sandbox boundary: {exc}") from None
         try:
-            pid, sock = await zygote.fork(child_spec)
+            pid, sock = await zygote.fork()
         except (RuntimeError, OSError) as exc:  # the zygote died under this very request
             raise LoadError(Reason.CRASHED, f"could not fork the sandbox: {exc}") from None
         proc.pid = pid
@@ -158,6 +161,7 @@ class SubprocessBackend:
             proc.ps = None  # already gone: the handshake below reports how
         loop = asyncio.get_running_loop()
         transport, channel = await loop.create_unix_connection(lambda: Channel(proc), sock=sock)
+        transport.write(spec_frame(child_spec))  # the child's first read (isolation.zygote)
         timeout = proc.spec.limits.timeout_s
         try:
             async with asyncio.timeout(timeout):
@@ -209,7 +213,7 @@ class SubprocessBackend:
     async def _restart_zygote(self) -> None:
         """Replace a zygote that died: its sandboxes are reported Crashed, new ones fork again."""
         await self._zygote.close()  # reaps the dead process and drops its bytecode cache
-        self._zygote = Zygote(self._preload)
+        self._zygote = Zygote(self._preload, confined=self._boundary is not None)
         await self._zygote.start()
 
     async def _on_exit(self, proc: Proc, wait_status: int) -> None:

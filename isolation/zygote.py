@@ -8,10 +8,13 @@ runtime's `__main__`), imports the runtime and the preload list, runs
 `gc.freeze()` so the collector never touches — and so never copies — the inherited heap, then
 waits for fork requests.
 
-Protocol over a `multiprocess` duplex pipe (JSON; file descriptors via SCM_RIGHTS):
-    runtime -> zygote   {"key": n, "spec": {...}} + the child's end of a socketpair
-    zygote  -> runtime  {"t": "ready"} | {"t": "forked", "key": n, "pid": p}
-                        | {"t": "exit", "pid": p, "status": waitstatus}
+Protocol over a unix SOCK_SEQPACKET socketpair, in fixed-size binary messages, so that the
+zygote's own loop runs as little Python as possible: every page it writes after a fork is a page
+each of its sandboxes then holds a private copy of (`isolation.sharing`).
+    runtime -> zygote   u64 key, with the child's end of a socketpair (SCM_RIGHTS)
+    zygote  -> runtime  (kind, a, b): READY | FORKED key pid | EXITED pid waitstatus
+The sandbox's spec never passes through the zygote: the runtime writes it into the sandbox's
+own channel as its first frame (`isolation.child.spec_frame`), and the child reads it there.
 The zygote reaps its children (no zombies) and reports each exit status, so the runtime learns
 exit codes and signals. If the runtime dies, the zygote dies (PR_SET_PDEATHSIG), and so do the
 sandboxes: a restarted runtime really runs nothing. The bytecode cache a dead runtime leaves in
@@ -27,24 +30,21 @@ import fcntl
 import gc
 import importlib
 import itertools
-import json
 import os
 import py_compile
 import select
 import shutil
 import signal
 import socket
+import struct
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from typing import Any
 
-import multiprocess
-from multiprocess.connection import Connection
-from multiprocess.reduction import recv_handle, send_handle
 from multiprocess.util import spawnv_passfds
 
+from isolation import codecache, rehearse, sharing
 from isolation.confine import die_with_parent
 
 _PR_SET_CHILD_SUBREAPER = 36
@@ -54,13 +54,33 @@ _OWNER = ".owner"  # flock()ed by the runtime that uses the cache, for as long a
 _UNOWNED_AFTER_S = 600.0  # a cache without an owner file (older runtimes) is stale after this
 
 
+_REQUEST = struct.Struct("=cQ")  # runtime -> zygote: FORK and its key (+ the child's socket)
+_MAX_REQUEST = 1 + 4096  # or PREPARE and a code directory's path
+PREPARE, FORK = b"P", b"F"
+_MESSAGE = struct.Struct("=cqq")  # zygote -> runtime: kind and two numbers
+READY, FORKED, EXITED = b"R", b"F", b"X"
+_FD_SPACE = socket.CMSG_SPACE(struct.calcsize("i"))
+
+
 def exec_entry(fd: int, preload: Sequence[str], pycache: str, confined: bool = False) -> None:
-    """Entry point of the zygote interpreter; `fd` is its end of the control pipe."""
-    zygote_main(Connection(fd), preload, pycache, confined)
+    """Entry point of the zygote interpreter; `fd` is its end of the control socket."""
+    zygote_main(socket.socket(fileno=fd), preload, pycache, confined)
+
+
+def received_fd(ancdata: list[tuple[int, int, bytes]]) -> int | None:
+    """The one descriptor an SCM_RIGHTS message carried; any others are closed."""
+    fds: list[int] = []
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            usable = len(data) - len(data) % 4
+            fds.extend(struct.unpack(f"={usable // 4}i", data[:usable]))
+    for extra in fds[1:]:
+        os.close(extra)
+    return fds[0] if fds else None
 
 
 def zygote_main(
-    conn: Connection, preload: Sequence[str], pycache: str, confined: bool = False
+    ctl: socket.socket, preload: Sequence[str], pycache: str, confined: bool = False
 ) -> None:
     die_with_parent()
     # A sandbox's orphaned descendants (once the sandbox itself is gone) come here to be reaped,
@@ -87,43 +107,61 @@ def zygote_main(
         # clearing it here, once, spares every child the pages a clear would dirty.
         child.reset_environment()
     child.warm_up()
-    # CPython's advice for pre-fork servers: never collect in the parent (collections leave
-    # holes in its pages, which the children's allocations then fill, copying each page) and
-    # freeze what exists so the children's collector never writes to the inherited heap.
-    gc.freeze()
+    rehearse.rehearse(pycache, confined)
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+    poller = select.poll()
+    poller.register(ctl.fileno(), select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
+    ctl_fd = ctl.fileno()
     children: set[int] = set()
-    conn.send_bytes(b'{"t":"ready"}')
+    # CPython's advice for pre-fork servers: never collect in the parent (collections leave
+    # holes in its pages, which the children's allocations then fill, copying each page) and
+    # freeze what exists so the children's collector never writes to the inherited heap. The
+    # holes there are anyway are filled (`sharing.fill_pools`).
+    sharing.fill_pools()
+    gc.freeze()
+    ctl.send(_MESSAGE.pack(READY, 0, 0))
     while True:
-        readable, _, _ = select.select([conn.fileno(), wake_r], [], [])
-        if wake_r in readable:
+        events = poller.poll()
+        if any(fd == wake_r for fd, _ in events):
             os.read(wake_r, 4096)
-            _reap(conn, children)
-        if conn.fileno() not in readable:
+            _reap(ctl, children)
+        if not any(fd == ctl_fd for fd, _ in events):
             continue
         try:
-            request = json.loads(conn.recv_bytes())
-            fd = recv_handle(conn)
-        except (EOFError, OSError):
+            message, ancdata, _, _ = ctl.recvmsg(_MAX_REQUEST, _FD_SPACE)
+        except OSError:
+            break
+        if not message:
             break  # the runtime is gone
-        pid = os.fork()
+        fd = received_fd(ancdata)
+        if message[:1] == PREPARE:
+            codecache.prepare(os.fsdecode(message[1:]), pycache)
+            gc.freeze()  # what it loaded is shared by every child, as the rest is
+        if fd is None or len(message) != _REQUEST.size or message[:1] != FORK:
+            if fd is not None:
+                os.close(fd)
+            continue
+        pid, lean = sharing.lean_fork()
         if pid == 0:
             code = 70
             try:
+                if lean:
+                    sharing.after_lean_fork()
                 gc.enable()
                 signal.set_wakeup_fd(-1)
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                for inherited in (conn.fileno(), wake_r, wake_w):
+                for inherited in (ctl_fd, wake_r, wake_w):
                     os.close(inherited)
-                code = child.main(fd, request["spec"])
+                code = child.main(fd)
             finally:
                 os._exit(code)
         os.close(fd)
         children.add(pid)
-        conn.send_bytes(json.dumps({"t": "forked", "key": request["key"], "pid": pid}).encode())
+        ctl.send(_MESSAGE.pack(FORKED, _REQUEST.unpack(message)[1], pid))
     for pid in children:
         os.kill(pid, signal.SIGKILL)
     for pid in children:
@@ -224,7 +262,7 @@ def _unowned(path: str, age_s: float) -> bool:
     return True
 
 
-def _reap(conn: Connection, children: set[int]) -> None:
+def _reap(ctl: socket.socket, children: set[int]) -> None:
     """Reap every exited process: our sandboxes (reported) and adopted orphans (not)."""
     while True:
         try:
@@ -235,7 +273,7 @@ def _reap(conn: Connection, children: set[int]) -> None:
             return
         if pid in children:
             children.discard(pid)
-            conn.send_bytes(json.dumps({"t": "exit", "pid": pid, "status": status}).encode())
+            ctl.send(_MESSAGE.pack(EXITED, pid, status))
 
 
 class Zygote:
@@ -245,6 +283,7 @@ class Zygote:
         self._preload = list(preload)
         self._confined = confined
         self._compiled: set[str] = set()  # code directories already in the bytecode cache
+        self._prepared: set[str] = set()  # code directories the zygote has loaded
         self._pycache: str | None = None
         self._pycache_lock = -1
         self._keys = itertools.count(1)
@@ -252,12 +291,12 @@ class Zygote:
         self._exits: dict[int, asyncio.Future[int]] = {}
         self._ready: asyncio.Future[None] | None = None
         self._lost = False
-        self._conn: Connection | None = None
+        self._sock: socket.socket | None = None
         self.pid: int | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._conn, theirs = multiprocess.Pipe(duplex=True)
+        self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._pycache, self._pycache_lock = make_pycache()
         code = (
             "import gc; gc.disable(); "  # no collections in the zygote: see zygote_main
@@ -270,30 +309,37 @@ class Zygote:
         )
         theirs.close()
         self._ready = loop.create_future()
-        loop.add_reader(self._conn.fileno(), self._on_message)
+        loop.add_reader(self._sock.fileno(), self._on_message)
         await self._ready
 
     def _on_message(self) -> None:
-        assert self._conn is not None
-        try:
-            message = json.loads(self._conn.recv_bytes())
-        except (EOFError, OSError):
-            self._on_zygote_lost()
-            return
-        kind = message["t"]
-        if kind == "forked":
-            fut = self._forks.pop(message["key"], None)
-            if fut is not None and not fut.done():
-                fut.set_result(message["pid"])
-        elif kind == "exit":
-            self.exit_future(message["pid"]).set_result(message["status"])
-        elif kind == "ready" and self._ready is not None and not self._ready.done():
-            self._ready.set_result(None)
+        assert self._sock is not None
+        while True:
+            try:
+                message = self._sock.recv(_MESSAGE.size, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            except OSError:
+                message = b""
+            if len(message) != _MESSAGE.size:  # EOF (or garbage): the zygote is gone
+                self._on_zygote_lost()
+                return
+            kind, a, b = _MESSAGE.unpack(message)
+            if kind == FORKED:
+                fut = self._forks.pop(a, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(b)
+            elif kind == EXITED:
+                exited = self.exit_future(a)
+                if not exited.done():
+                    exited.set_result(b)
+            elif kind == READY and self._ready is not None and not self._ready.done():
+                self._ready.set_result(None)
 
     def _on_zygote_lost(self) -> None:
-        assert self._conn is not None
+        assert self._sock is not None
         self._lost = True
-        asyncio.get_running_loop().remove_reader(self._conn.fileno())
+        asyncio.get_running_loop().remove_reader(self._sock.fileno())
         lost = RuntimeError("the zygote process exited")
         for fork in self._forks.values():
             if not fork.done():
@@ -310,6 +356,17 @@ class Zygote:
             return
         await asyncio.to_thread(compile_tree, code_dir, self._pycache)
         self._compiled.add(code_dir)
+
+    async def prepare(self, code_dir: str) -> None:
+        """Compile `code_dir` and have the zygote load its modules for every sandbox of it
+        (`isolation.codecache`); once per code directory."""
+        if self._sock is None or code_dir in self._prepared:
+            return
+        await self.precompile(code_dir)
+        path = os.fsencode(code_dir)
+        if len(path) < _MAX_REQUEST and self._sock is not None:
+            self._sock.send(PREPARE + path)
+        self._prepared.add(code_dir)
 
     @property
     def pycache(self) -> str | None:
@@ -331,17 +388,18 @@ class Zygote:
     def forget(self, pid: int) -> None:
         self._exits.pop(pid, None)
 
-    async def fork(self, spec: dict[str, Any]) -> tuple[int, socket.socket]:
-        """Fork a sandbox process; returns its pid and the runtime's end of its channel."""
-        if self._conn is None or self.pid is None:
+    async def fork(self) -> tuple[int, socket.socket]:
+        """Fork a sandbox process; returns its pid and the runtime's end of its channel, on
+        which the caller writes `isolation.child.spec_frame(...)` first."""
+        if self._sock is None or self.pid is None:
             raise RuntimeError("zygote not started")
         ours, theirs = socket.socketpair()
         key = next(self._keys)
         fut = self._forks[key] = asyncio.get_running_loop().create_future()
         try:
-            self._conn.send_bytes(json.dumps({"key": key, "spec": spec}).encode())
-            send_handle(self._conn, theirs.fileno(), self.pid)
+            socket.send_fds(self._sock, [_REQUEST.pack(FORK, key)], [theirs.fileno()])
         except OSError:
+            self._forks.pop(key, None)
             ours.close()
             raise
         finally:
@@ -349,12 +407,12 @@ class Zygote:
         return await fut, ours
 
     async def close(self) -> None:
-        if self._conn is None or self.pid is None:
+        if self._sock is None or self.pid is None:
             return
         if not self._lost:
-            asyncio.get_running_loop().remove_reader(self._conn.fileno())
-        self._conn.close()  # EOF: the zygote kills and reaps its children, then exits
-        self._conn = None
+            asyncio.get_running_loop().remove_reader(self._sock.fileno())
+        self._sock.close()  # EOF: the zygote kills and reaps its children, then exits
+        self._sock = None
         pid, self.pid = self.pid, None
         try:
             await asyncio.wait_for(asyncio.to_thread(os.waitpid, pid, 0), 5.0)
