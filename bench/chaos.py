@@ -218,7 +218,7 @@ def settled(scene: Scene, known: frozenset[int] = frozenset()) -> bool:
     the fault, another user's), the system Deployments settled."""
     if inventory(scene).problems:
         return False
-    if set(faults.orphans(scene.core, scene.custom)) - known:
+    if set(faults.orphans(scene.core, scene.custom, scene.node)) - known:
         return False
     return faults.system_settled(scene.core, scene.apps)
 
@@ -297,7 +297,7 @@ class Row:
     failed: int
     failed_by_status: dict[str, int]
     failed_by_function: dict[str, int]
-    failed_sent_before: int  # of `failed`: sent before the fault (in flight when it struck)
+    failed_sent_before: int  # of `failed`: sent before the fault struck (in flight then)
     retried: int
     first_failure_s: float | None  # after injection
     last_failure_s: float | None
@@ -345,7 +345,7 @@ async def run_fault(scene: Scene, fault: str, rollout: bool = True,
         fault=fault, detail=injected.detail, requests=len(load.outcomes), failed=len(failures),
         failed_by_status=dict(Counter(o.label for o in failures)),
         failed_by_function=dict(Counter(o.function for o in failures)),
-        failed_sent_before=sum(o.at < injected_at for o in failures),
+        failed_sent_before=sum(o.at < (injected.struck or injected_at) for o in failures),
         retried=sum(o.retried for o in load.outcomes),
         first_failure_s=round(min(o.at for o in failures) - injected_at, 2) if failures else None,
         last_failure_s=round(max(o.at for o in failures) - injected_at, 2) if failures else None,
@@ -365,7 +365,7 @@ def _why_not(scene: Scene, known: frozenset[int]) -> list[str]:
     """At the deadline: which checks still fail (the row says why it did not converge)."""
     try:
         found = faults.unsettled(scene.core, scene.apps)
-        orphans = faults.orphans(scene.core, scene.custom).items()
+        orphans = faults.orphans(scene.core, scene.custom, scene.node).items()
         found += [f"orphan pid {pid} of sandbox {uid}" for pid, uid in orphans if pid not in known]
         return found
     except Exception as exc:
@@ -381,7 +381,7 @@ def _inventory_or_none(scene: Scene) -> Inventory | None:
 
 def _orphans_or_empty(scene: Scene) -> dict[int, str]:
     try:
-        return faults.orphans(scene.core, scene.custom)
+        return faults.orphans(scene.core, scene.custom, scene.node)
     except Exception:
         return {}
 

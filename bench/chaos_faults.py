@@ -17,11 +17,13 @@ whatever happens to the benchmark, so a crash here never leaves the shared clust
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,8 +62,24 @@ def container_process(pod: str, command: str) -> psutil.Process | None:
     return None
 
 
-def sandbox_processes() -> dict[int, str]:
-    """pid -> Sandbox uid of every live sandbox process on this host (by its cgroup)."""
+def node_key(state: Path | None = None) -> str | None:
+    """The cgroup directory name of a local cluster's node (the default cluster's without
+    `state`), which every cgroup of its pods' processes passes through; None for a cluster that
+    is not local (NEST_KUBECONFIG): its processes are not on this host."""
+    if state is None and os.environ.get("NEST_KUBECONFIG"):
+        return None
+    from nest_cluster.control_plane import NODE_NAME
+    from nest_cluster.paths import ClusterPaths
+    from nest_cluster.runner.cgroups import node_key as key
+
+    paths = ClusterPaths(ClusterPaths.default().cache, state) if state else ClusterPaths.default()
+    return str(key(NODE_NAME, str(paths.state / "node")))
+
+
+def sandbox_processes(node: str | None = None) -> dict[int, str]:
+    """pid -> Sandbox uid of every live sandbox process on this host (by its cgroup); with
+    `node` (`node_key`), only those of that local cluster's node: two local clusters (a test's
+    private one beside the shared one) must not take each other's sandboxes for orphans."""
     found: dict[int, str] = {}
     for proc in psutil.process_iter(["status"]):
         if proc.info.get("status") == psutil.STATUS_ZOMBIE:
@@ -71,23 +89,26 @@ def sandbox_processes() -> dict[int, str]:
         except OSError:
             continue
         match = SANDBOX_CGROUP.search(text)
-        if match:
+        if match and (node is None or f"/{node}/" in text):
             found[proc.pid] = match.group(1)
     return found
 
 
-def orphans(core: client.CoreV1Api, custom: client.CustomObjectsApi) -> dict[int, str]:
-    """Sandbox processes whose Sandbox no longer exists (any namespace), seen twice: processes
-    are listed before and after the Sandboxes, so one deleted between the two reads (its process
-    still going, rightly) is not counted unless it is still there afterwards."""
-    first = sandbox_processes()
+def orphans(
+    core: client.CoreV1Api, custom: client.CustomObjectsApi, node: str | None = None
+) -> dict[int, str]:
+    """Sandbox processes (of `node`'s pods, when given) whose Sandbox no longer exists (any
+    namespace), seen twice: processes are listed before and after the Sandboxes, so one deleted
+    between the two reads (its process still going, rightly) is not counted unless it is still
+    there afterwards."""
+    first = sandbox_processes(node)
     if not first:
         return {}
     listed: Any = custom.list_cluster_custom_object(
         "nest.sandbox.dev", "v1alpha1", "sandboxes", _request_timeout=TIMEOUT
     )
     alive = {s["metadata"]["uid"] for s in listed["items"]}
-    second = sandbox_processes()
+    second = sandbox_processes(node)
     return {pid: uid for pid, uid in first.items() if uid not in alive and second.get(pid) == uid}
 
 
@@ -169,20 +190,29 @@ def operator_leader(core: client.CoreV1Api) -> tuple[dict[str, Any], str]:
     return replicas[0], "no leader Lease matched: the first replica"
 
 
-def _kill(pod: str, command: str) -> int:
+def _kill(pod: str, command: str) -> tuple[int, float]:
+    """kill -9; the pid, and when (monotonic) the process was gone. Until then its listening
+    socket still accepts connections that its death then resets: requests sent before that
+    moment were in flight in the killed process, whatever the clock said when the fault began
+    (finding the process takes a scan of /proc, tenths of a second)."""
     proc = container_process(pod, command)
     if proc is None:
         raise RuntimeError(f"no {command} process of pod {pod} on this host")
     proc.send_signal(signal.SIGKILL)
-    return proc.pid
+    # Gone before we looked, or a zombie nobody reaped yet: its sockets are closed either way.
+    with contextlib.suppress(psutil.Error):
+        proc.wait(timeout=5)
+    return proc.pid, time.monotonic()
 
 
 @dataclass
 class Injected:
-    """What a fault did, and the probe that says its effect came and went."""
+    """What a fault did, and the probe that says its effect came and went; `struck`: when
+    (monotonic) it took effect, if later than when it was begun (a killed process gone)."""
 
     detail: str
     recovered: Probe
+    struck: float | None = None
 
 
 def kill_container(
@@ -193,14 +223,14 @@ def kill_container(
     restartCount went up) and the system is settled again."""
     name = pod["metadata"]["name"]
     before = restarts(pod, container)
-    pid = _kill(name, command)
+    pid, struck = _kill(name, command)
 
     def recovered() -> bool:
         now = core.read_namespaced_pod(name, SYSTEM, _request_timeout=TIMEOUT)
         body = core.api_client.sanitize_for_serialization(now)
         return restarts(body, container) > before and ready(body) and system_settled(core, apps)
 
-    return Injected(f"kill -9 {command} pid {pid} of {name}", recovered)
+    return Injected(f"kill -9 {command} pid {pid} of {name}", recovered, struck)
 
 
 def delete_pod(core: client.CoreV1Api, apps: client.AppsV1Api, pod: dict[str, Any]) -> Injected:

@@ -29,7 +29,7 @@ GATEWAY_PORT = 8090
 @dataclass
 class Scene:
     """The cluster as the harness sees it: API clients, kubectl, the test namespace, a token
-    allowed to deploy and invoke there, and the functions deployed in it."""
+    allowed to deploy and invoke there, the functions deployed in it, and its node."""
 
     api: client.ApiClient
     kubectl: Callable[..., str]
@@ -37,6 +37,9 @@ class Scene:
     token: str
     functions: dict[str, str] = field(default_factory=lambda: dict(FUNCTIONS))
     rate: float = 10.0
+    # The cgroup key of the cluster's local node (chaos_faults.node_key): orphans are looked
+    # for among its processes only. The default cluster's unless told.
+    node: str | None = field(default_factory=faults.node_key)
 
     @property
     def core(self) -> client.CoreV1Api:
@@ -59,6 +62,7 @@ class Outcome:
     error: str | None
     retried: bool
     body: str = ""  # the start of a failed answer, to say why
+    address: str = ""  # the gateway it was sent to last
 
     @property
     def failed(self) -> bool:
@@ -110,16 +114,17 @@ async def _invoke(
                                     headers=headers) as resp:  # fmt: skip
                 text = (await resp.read())[:300].decode(errors="replace")
                 return Outcome(sent, name, resp.status, None, retried,
-                               "" if resp.status == 200 else text)  # fmt: skip
+                               "" if resp.status == 200 else text, address)  # fmt: skip
         except aiohttp.ClientConnectorError:
             if attempt == 0:  # nothing was sent: another address, once
                 address, retried = gateways.pick(avoid=address), True
                 continue
-            return Outcome(sent, name, None, "ConnectError", retried)
+            return Outcome(sent, name, None, "ConnectError", retried, "", address)
         except TimeoutError:
-            return Outcome(sent, name, None, "Timeout", retried)
+            return Outcome(sent, name, None, "Timeout", retried, "", address)
         except aiohttp.ClientError as exc:
-            return Outcome(sent, name, None, type(exc).__name__, retried, str(exc)[:300])
+            return Outcome(sent, name, None, type(exc).__name__, retried, str(exc)[:300],
+                           address)  # fmt: skip
     raise AssertionError("unreachable")
 
 

@@ -27,6 +27,8 @@ APART = tuple(
     f"{INTEGRATION}{name}"
     for name in ("test_local_node", "test_cluster_lifecycle.py", "test_lifecycle.py")
 )
+# A private cluster held down for minutes: mostly waiting, so it gets a worker of its own.
+OUTAGE = f"{INTEGRATION}test_outage.py"
 
 
 # Tests that run sandbox runtimes or backends of their own on this host: one runtime's sandboxes
@@ -43,8 +45,10 @@ RUNTIMES = (
 
 def _group(nodeid: str) -> str:
     """Which tests must run one after another: those sharing the pool pods ("cluster"), those
-    apart from it ("apart"), those running runtimes ("runtimes"); any other test module is a
-    group of its own."""
+    apart from it ("apart"), the private cluster's outage ("outage"), those running runtimes
+    ("runtimes"); any other test module is a group of its own."""
+    if nodeid.startswith(OUTAGE):
+        return "outage"
     if nodeid.startswith(APART):
         return "apart"
     if nodeid.startswith(INTEGRATION):
@@ -65,8 +69,8 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The long groups first, so that under `pytest -n` (as `make test` runs) each gets a worker
     of its own at once while the other unit tests spread over what is left."""
-    rank = {"cluster": 0, "apart": 1, "runtimes": 2}
-    items.sort(key=lambda item: rank.get(_group(item.nodeid), 3))
+    rank = {"cluster": 0, "outage": 1, "apart": 2, "runtimes": 3}
+    items.sort(key=lambda item: rank.get(_group(item.nodeid), 4))
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
