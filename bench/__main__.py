@@ -10,7 +10,7 @@ import json
 NAMES = (
     "hotplug", "memory", "density", "invoke", "hotplug-e2e", "schedule", "schedule-churn", "e2e",
     "coldstart", "coldstart-layer", "gateway", "isolation-cost", "chaos", "cli",
-    "versus-pods", "report",
+    "versus-pods", "report", "scale",
 )  # fmt: skip
 
 
