@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import random
 import sys
 import sysconfig
 from collections.abc import Iterable, Sequence
@@ -168,17 +169,26 @@ class UidPool:
     Why never reuse early: a process left behind by a sandbox (one that escaped a kill, a zombie)
     would be the next sandbox's process — same uid, same rights over its files and signals.
     `release` is called only after the runtime saw the uid own no process.
+
+    Why a random free uid rather than the lowest: every pool pod is configured with the same
+    range, and pods that share a process table (the local node runs pods without PID
+    namespaces) would otherwise all hand out 200000 first, to different tenants. A random pick
+    makes two pods' live sandboxes meet on a uid rarely instead of always; it is a mitigation,
+    not a partition (per-pod ranges would be: docs/security.md).
     """
 
-    def __init__(self, uids: range) -> None:
-        self._free = list(reversed(uids))
+    def __init__(self, uids: range, pick: random.Random | None = None) -> None:
+        self._free = list(uids)
         self._used: dict[str, int] = {}
+        self._pick = pick or random.SystemRandom()
 
     def allocate(self, owner: str) -> int:
         if owner in self._used:
             return self._used[owner]
         if not self._free:
             raise RuntimeError("no free sandbox uid left in the configured range")
+        index = self._pick.randrange(len(self._free))
+        self._free[index], self._free[-1] = self._free[-1], self._free[index]
         uid = self._used[owner] = self._free.pop()
         return uid
 

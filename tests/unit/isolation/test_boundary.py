@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from isolation import cgroups
@@ -130,3 +132,14 @@ def test_the_deny_list_covers_what_issue_9_names() -> None:
 def test_the_seccomp_filter_compiles_with_libseccomp() -> None:
     filt = build_seccomp_filter()
     assert filt is not None
+
+
+def test_pools_over_the_same_range_rarely_hand_out_the_same_uid() -> None:
+    # Every pool pod has the same range; lowest-first would give both pods' first sandboxes
+    # (different tenants) the same uid on a node whose pods share a process table.
+    one = UidPool(range(200000, 300000), random.Random(1))
+    two = UidPool(range(200000, 300000), random.Random(2))
+    first = {one.allocate(f"a{i}") for i in range(50)}
+    second = {two.allocate(f"b{i}") for i in range(50)}
+    assert len(first) == len(second) == 50
+    assert len(first & second) <= 1
