@@ -5,10 +5,19 @@ watching every Sandbox, as kube-proxy reads Endpoints rather than Pods. The addr
 pure function of the deployment's sandboxes; the object is written only when it changed. A
 sandbox its replica set took out while draining a pool pod (`drain_logic.OUT_ANNOTATION`) is
 listed not ready, as an EndpointSlice lists a terminating pod: the gateway sends it nothing new.
+
+A sandbox that is bound and still starting (Pending, Scheduled, Starting) is left out of the list
+for its first `STARTING_DELAY` seconds, as the sidecar's status manager holds those passing
+phases for a second: most starts end Running well within it, and writing the starting sandbox
+as not ready first would put that write in flight just when it turns Ready, so the write a
+function waking from zero waits on would queue behind it (the key is reconciled one at a time):
+traced at 20-60 ms of a cold start. A start slower than that is listed not ready after it.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from crds import constants as c
@@ -17,6 +26,46 @@ from nest_operator import adapters
 from nest_operator.drain_logic import OUT_ANNOTATION
 from nest_operator.kube import Kube
 from nest_operator.store import Kind, Obj, Store, controller_uid, key_of, owner_reference
+
+# How long a bound sandbox may be starting before it is listed (not ready): the sidecar's
+# status manager holds a passing phase this long too (nest_sidecar.status_manager).
+STARTING_DELAY = 1.0
+STARTING_PHASES = frozenset({"", "Pending", "Scheduled", "Starting"})
+
+
+def starting(sandbox: Obj) -> bool:
+    """Bound, not being deleted, and not yet Running (nor ended): on its way to Ready."""
+    meta, spec = sandbox["metadata"], sandbox.get("spec") or {}
+    phase = str((sandbox.get("status") or {}).get("phase") or "")
+    return (
+        bool(spec.get("podName")) and not meta.get("deletionTimestamp") and phase in STARTING_PHASES
+    )
+
+
+def hold_starting(
+    sandboxes: Iterable[Obj],
+    seen: Mapping[str, float],
+    now: float,
+    listed: frozenset[str] = frozenset(),
+    delay: float = STARTING_DELAY,
+) -> tuple[set[str], dict[str, float], float | None]:
+    """Which starting sandboxes (by uid) to leave out of the list for now: those first seen
+    starting (`seen`: uid -> when) under `delay` ago, unless already `listed` (a restart is not
+    taken out of the list). Returns them, the `seen` to keep (only sandboxes still starting),
+    and in how many seconds the earliest one is due (None: none)."""
+    held: set[str] = set()
+    kept: dict[str, float] = {}
+    due: float | None = None
+    for sandbox in sandboxes:
+        if not starting(sandbox):
+            continue
+        uid = str(sandbox["metadata"]["uid"])
+        since = kept[uid] = seen.get(uid, now)
+        left = since + delay - now
+        if left > 0 and uid not in listed:
+            held.add(uid)
+            due = left if due is None else min(due, left)
+    return held, kept, due
 
 
 def addresses(sandboxes: list[tuple[Obj, int]]) -> dict[str, Any]:
@@ -62,9 +111,16 @@ def addresses(sandboxes: list[tuple[Obj, int]]) -> dict[str, Any]:
 class EndpointsController:
     """Keeps each deployment's SandboxEndpoints current; keyed like the deployment."""
 
-    def __init__(self, store: Store, kube: Kube) -> None:
+    def __init__(
+        self, store: Store, kube: Kube, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.store = store
         self.kube = kube
+        self.clock = clock
+        # Reconcile a key again after a delay (the work queue's add_after; the manager sets
+        # it): a starting sandbox's delay ends without any event announcing it.
+        self.requeue: Callable[[str, float], None] | None = None
+        self._starting: dict[str, dict[str, float]] = {}  # key -> starting uid -> first seen
 
     def key_for_sandbox(self, sandbox: Obj) -> str | None:
         rs_uid = controller_uid(sandbox)
@@ -76,6 +132,7 @@ class EndpointsController:
     async def reconcile(self, key: str) -> None:
         d = self.store.get(Kind.DEPLOYMENT, key)
         if d is None or d["metadata"].get("deletionTimestamp"):
+            self._starting.pop(key, None)
             return  # owned by the deployment: the garbage collector removes it
         pairs = []
         for rs in self.store.owned(Kind.REPLICASET, d["metadata"]["uid"]):
@@ -83,9 +140,23 @@ class EndpointsController:
                 (rs["metadata"].get("annotations") or {}).get(c.REVISION_ANNOTATION) or 0
             )
             pairs += [(s, revision) for s in self.store.owned(Kind.SANDBOX, rs["metadata"]["uid"])]
-        desired = addresses(pairs)
-        namespace, name = d["metadata"]["namespace"], d["metadata"]["name"]
         endpoints = self.store.get(Kind.ENDPOINTS, key)
+        listed = frozenset(
+            str(address.get("uid"))
+            for field in ("ready", "notReady")
+            for address in ((endpoints or {}).get("status") or {}).get(field) or []
+        )
+        held, seen, due = hold_starting(
+            (s for s, _ in pairs), self._starting.get(key, {}), self.clock(), listed
+        )
+        if seen:
+            self._starting[key] = seen
+        else:
+            self._starting.pop(key, None)
+        if due is not None and self.requeue is not None:
+            self.requeue(key, due)
+        desired = addresses([(s, r) for s, r in pairs if s["metadata"]["uid"] not in held])
+        namespace, name = d["metadata"]["namespace"], d["metadata"]["name"]
         if endpoints is None:
             body = {
                 "apiVersion": c.API_VERSION,

@@ -124,6 +124,7 @@ class ControllerManager:
         # Expectations that expire and back-offs that end announce themselves by no event.
         self.replicasets.requeue = self.queues["replicasets"].add_after
         self.deployments.requeue = self.queues["deployments"].add_after
+        self.endpoints.requeue = self.queues["endpoints"].add_after
         self.informed = False  # the store holds every kind's first list: the webhook may use it
         self.synced = False  # the controllers run (this replica leads) and events are routed
         self._tasks: list[asyncio.Task[None]] = []

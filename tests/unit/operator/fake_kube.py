@@ -53,6 +53,7 @@ class FakeKube:
     creates: list[tuple[Kind, Obj]] = field(default_factory=list)  # every attempt
     deletes: list[str] = field(default_factory=list)
     patches: list[tuple[Kind, str, dict[str, Any]]] = field(default_factory=list)
+    scales: list[tuple[Kind, str, int]] = field(default_factory=list)  # /scale writes
     events: list[Event] = field(default_factory=list)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -88,6 +89,13 @@ class FakeKube:
         obj = self._bump(merge(current, patch))
         self.store.apply(kind, "MODIFIED", obj)
         return obj
+
+    async def scale(
+        self, kind: Kind, namespace: str, name: str, replicas: int, resource_version: str = ""
+    ) -> None:
+        """`Kube.scale`: replicas through the scale subresource (also counted as a patch)."""
+        self.scales.append((kind, name, replicas))
+        await self.patch(kind, namespace, name, {"spec": {"replicas": replicas}})
 
     async def patch_status(self, kind: Kind, namespace: str, name: str, status: Obj) -> Obj:
         return await self.patch(kind, namespace, name, {"status": status})

@@ -203,3 +203,20 @@ async def test_a_new_template_is_tried_at_once_despite_the_back_off(
     await controller.reconcile(f"{NS}/w")  # same clock: no back-off for the new name
     assert len(kube.creates) == 2 and len(store.all(Kind.REPLICASET)) == 1
     assert "ReplicaFailure" not in conditions(store)
+
+
+async def test_a_replica_set_is_scaled_through_its_scale_subresource(
+    setup: tuple[Store, FakeKube, Clock, DeploymentController, list[float]],
+) -> None:
+    """Not a PATCH of the object: /scale is not asked of the admission webhook (issue 14: its
+    round trip was on the path of every start from zero)."""
+    store, kube, _, controller, _ = setup
+    add_deployment(kube)
+    await controller.reconcile(f"{NS}/w")  # creates the set with 2 replicas
+    (rs,) = store.all(Kind.REPLICASET)
+    await kube.scale(Kind.DEPLOYMENT, NS, "w", 0)
+    kube.scales.clear()
+    await controller.reconcile(f"{NS}/w")
+    assert kube.scales == [(Kind.REPLICASET, rs["metadata"]["name"], 0)]
+    scaled = store.get(Kind.REPLICASET, f"{NS}/{rs['metadata']['name']}")
+    assert scaled is not None and scaled["spec"]["replicas"] == 0
