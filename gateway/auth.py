@@ -23,7 +23,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from crds.constants import GROUP
@@ -59,6 +59,12 @@ class User:
     uid: str
     groups: tuple[str, ...]
     extra: tuple[tuple[str, tuple[str, ...]], ...]
+    # `identity_key`, made once: it is part of the decision looked up on every request.
+    identity: Hashable = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        key = (self.name, self.uid, tuple(sorted(self.groups)), self.extra)
+        object.__setattr__(self, "identity", key)
 
 
 def bearer_token(header: str | None) -> str:
@@ -113,7 +119,13 @@ def user_from_claims(claims: dict[str, Any]) -> User:
 
 def identity_key(user: User) -> Hashable:
     """What a SubjectAccessReview's answer depends on besides the attributes (order-free)."""
-    return (user.name, user.uid, tuple(sorted(user.groups)), user.extra)
+    return user.identity
+
+
+def decision_key(user: User, access: Access, namespace: str, name: str | None) -> Hashable:
+    """What a remembered decision is looked up by: the identity and every input of the review's
+    `resourceAttributes` (`access_spec`), without building the review for each request."""
+    return (user.identity, namespace, access, name if access.named and name else None)
 
 
 def access_spec(user: User, access: Access, namespace: str, name: str | None) -> dict[str, Any]:
@@ -242,7 +254,7 @@ class Authorizer:
     ) -> User:
         token = bearer_token(header)
         user = await self._identify(token)
-        await self._authorise(user, access_spec(user, access, namespace, name))
+        await self._authorise(user, access, namespace, name)
         return user
 
     async def _ask(
@@ -314,13 +326,17 @@ class Authorizer:
             f"in the last {self.windows.keep:.0f}s nor verifiable locally ({why})"
         )
 
-    async def _authorise(self, user: User, spec: dict[str, Any]) -> None:
-        key = (identity_key(user), *sorted(spec["resourceAttributes"].items()))
+    async def _authorise(
+        self, user: User, access: Access, namespace: str, name: str | None
+    ) -> None:
+        key = decision_key(user, access, namespace, name)
         cached = self.decisions.get(key, self.clock())
         age = None if cached is None else cached[1]
         review: Review | None = None
         found: dict[str, Any] | None = None
+        spec: dict[str, Any] = {}  # the review, made when it is asked or named in an answer
         if must_ask(age, self.windows):
+            spec = access_spec(user, access, namespace, name)
             found = await self._ask(lambda: self.reviewer.access_review(spec), "access review")
             review = Review.UNREACHABLE if found is None else (
                 Review.YES if allowed(found) else Review.NO)  # fmt: skip
@@ -333,6 +349,7 @@ class Authorizer:
             assert found is not None
             check_allowed(found, user, spec)  # raises Forbidden naming the permission
         elif answer is Answer.UNAVAILABLE:
+            spec = spec or access_spec(user, access, namespace, name)
             raise self._unavailable(
                 f'the API server cannot review whether user "{user.name}" may '
                 f"{describe(user, spec)} now, and it allowed that no more than "

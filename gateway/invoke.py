@@ -26,6 +26,7 @@ when none accepts it the caller gets a 502 that names the key, not a 401 it coul
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Mapping
@@ -34,7 +35,7 @@ from urllib.parse import quote
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from yarl import URL
 
@@ -95,6 +96,39 @@ class Metrics:
             "Requests held for a function at zero replicas, reported to the autoscaler.",
             labels, registry=registry,
         )  # fmt: skip
+        self._of: dict[FunctionKey, FunctionMetrics] = {}
+
+    def of(self, key: FunctionKey) -> FunctionMetrics:
+        """The children of `key`, looked up once: `labels()` joins, hashes and takes a lock on
+        every call, several times per invocation otherwise."""
+        found = self._of.get(key)
+        if found is None:
+            found = self._of[key] = FunctionMetrics(self, key)
+        return found
+
+    def forget(self, key: FunctionKey) -> None:
+        """Drop the looked-up children of a deleted function (its series stay, as before)."""
+        self._of.pop(key, None)
+
+
+class FunctionMetrics:
+    """One function's children of `Metrics`; the request counter's by status code, as met."""
+
+    __slots__ = ("_codes", "_key", "_requests", "cold_starts", "in_flight", "latency", "queued")
+
+    def __init__(self, metrics: Metrics, key: FunctionKey) -> None:
+        self._key, self._requests = key, metrics.requests
+        self._codes: dict[int, Counter] = {}
+        self.latency: Histogram = metrics.latency.labels(*key)
+        self.queued: Gauge = metrics.queued.labels(*key)
+        self.in_flight: Gauge = metrics.in_flight.labels(*key)
+        self.cold_starts: Counter = metrics.cold_starts.labels(*key)
+
+    def requests(self, code: int) -> Counter:
+        child = self._codes.get(code)
+        if child is None:
+            child = self._codes[code] = self._requests.labels(*self._key, str(code))
+        return child
 
 
 @dataclass(frozen=True)
@@ -107,6 +141,9 @@ class Call:
     headers: Mapping[str, str]
     body: bytes
     replayable: bool = False  # may run twice (`retry.replayable`): retried after a broken call
+    # `auth.forwarded()` of `headers` when the builder knows it (it set the forwarding headers
+    # itself, none of the caller's), so it is not worked out again per attempt; None: it is.
+    fwd: str | None = None
 
 
 @dataclass(frozen=True)
@@ -135,7 +172,10 @@ def forwarding(headers: Mapping[str, str], caller: Caller | None) -> dict[str, s
     caller's Host, its address appended to any X-Forwarded-For it sent, scheme and prefix."""
     if caller is None:
         return {}
-    hops = ", ".join(v for k, v in headers.items() if k.lower() == "x-forwarded-for")
+    if isinstance(headers, CIMultiDictProxy | CIMultiDict):  # an aiohttp request's: no scan
+        hops = ", ".join(headers.getall("X-Forwarded-For", ()))
+    else:
+        hops = ", ".join(v for k, v in headers.items() if k.lower() == "x-forwarded-for")
     out = {"Host": caller.host, "X-Forwarded-Host": caller.host}
     out["X-Forwarded-For"] = f"{hops}, {caller.remote}" if hops else caller.remote
     out["X-Forwarded-Proto"] = caller.scheme
@@ -144,12 +184,19 @@ def forwarding(headers: Mapping[str, str], caller: Caller | None) -> dict[str, s
     return out
 
 
+def signed_forwarding(forwarded: Mapping[str, str]) -> str:
+    """`auth.forwarded()` of a call whose only covered headers are `forwarded` (what
+    `forwarding()` made, spelled as `auth.FORWARDING` spells them, so a plain dict serves)."""
+    return auth.forwarded(forwarded, forwarded.items())
+
+
 def invoke_call(headers: Mapping[str, str], body: bytes, caller: Caller | None = None) -> Call:
     """`:invoke`: the event as a POST to the function's root (an HTTP request to a Lambda
     interface), with the caller's content type and forwarding headers."""
     content_type = headers.get("Content-Type", "application/json")
-    return Call("POST", "invoke", "", {"Content-Type": content_type} | forwarding(headers, caller),
-                body, retry.replayable("POST", headers))  # fmt: skip
+    added = forwarding(headers, caller)
+    return Call("POST", "invoke", "", {"Content-Type": content_type} | added, body,
+                retry.replayable("POST", headers), signed_forwarding(added))  # fmt: skip
 
 
 def mounted_path(raw_path: str, prefix: str) -> str | None:
@@ -174,20 +221,48 @@ def trigger_call(
     """An HTTP-trigger call; the caller's Kubernetes token is not the function's business, and
     a signature the caller sent is not passed on (ours is added per attempt). `path` is the
     decoded path after the mount, `raw_path` the same as sent (`mounted_path`), preferred."""
-    dropped = HOP_BY_HOP | {SIGNATURE} | ({"authorization"} if strip_auth else set())
-    if caller is not None:
-        dropped = dropped | _FORWARDING
+    dropped = _DROPPED[strip_auth, caller is not None]
     kept = {k: v for k, v in headers.items() if k.lower() not in dropped}
-    kept |= forwarding(headers, caller)
+    added = forwarding(headers, caller)
+    kept |= added
     if raw_path is None:
         raw_path = "/" + quote(path.lstrip("/"), safe="/")
     replayable = retry.replayable(method, headers)
-    return Call(method, "http/" + raw_path.lstrip("/"), query, kept, body, replayable)
+    # With a caller, every covered header of the call is one `forwarding()` added (the caller's
+    # own Host and X-Forwarded-* are dropped); without one, the caller's pass and are signed.
+    fwd = signed_forwarding(added) if caller is not None else None
+    return Call(method, "http/" + raw_path.lstrip("/"), query, kept, body, replayable, fwd)
+
+
+# What `trigger_call` drops, by (strip_auth, with a caller): the same four sets every time.
+_DROPPED = {
+    (strip, called): HOP_BY_HOP | {SIGNATURE} | ({"authorization"} if strip else set())
+    | (_FORWARDING if called else set())
+    for strip in (False, True) for called in (False, True)
+}  # fmt: skip
 
 
 def _kept(headers: Mapping[str, str]) -> CIMultiDict[str]:
-    """An answer's headers to pass on: pairs, not a dict (a name may repeat: Set-Cookie)."""
-    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in HOP_BY_HOP)
+    """An answer's headers to pass on: pairs, not a dict (a name may repeat: Set-Cookie). A copy
+    (in C) less the hop-by-hop names present, in order: cheaper than filtering pair by pair."""
+    kept = CIMultiDict(headers)
+    for name in HOP_BY_HOP:
+        if name in kept:
+            del kept[name]  # every value of that name
+    return kept
+
+
+@functools.lru_cache(maxsize=1024)
+def client_timeout(info: FunctionInfo) -> aiohttp.ClientTimeout:
+    """The bounds of one attempt (the same for every call of a function revision). The
+    function's timeout bounds every wait for bytes (a whole answer, or each gap of a streamed
+    one); the maximum duration, a streamed answer in all. The runtime enforces both; these
+    only keep the gateway from waiting on a runtime that does not."""
+    longest = max(info.timeout_seconds, info.max_duration_seconds)
+    return aiohttp.ClientTimeout(
+        total=longest + TIMEOUT_GRACE_SECONDS,
+        sock_read=info.timeout_seconds + TIMEOUT_GRACE_SECONDS,
+    )
 
 
 async def relay(
@@ -268,6 +343,7 @@ class Invoker:
         key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
         if kind == "DELETED":
             self.functions.pop(key, None)
+            self.metrics.forget(key)
             self.table.remove(key)
             self.activator.release(key)  # the woken requests find no function: 404
         else:
@@ -305,8 +381,9 @@ class Invoker:
             code = exc.status
             raise
         finally:
-            self.metrics.requests.labels(*key, str(code)).inc()
-            self.metrics.latency.labels(*key).observe(time.perf_counter() - started)
+            children = self.metrics.of(key)
+            children.requests(code).inc()
+            children.latency.observe(time.perf_counter() - started)
 
     async def _route(
         self, key: FunctionKey, call: Call, hold_until: float, caller: web.Request | None
@@ -358,12 +435,13 @@ class Invoker:
         """Hold until the function's endpoints show a ready address, or `retry_in` seconds when
         given (then the deadline only ends the wait, the caller tries once more). `again`: this
         request was held before (a cold start is counted once)."""
-        gauge = self.metrics.queued.labels(*key)
+        children = self.metrics.of(key)
+        gauge = children.queued
         future, first = self.activator.hold(key)  # QueueFull: 503
         if first:  # new demand: the autoscaler hears of it now, later ones with the heartbeat
             self.demand.changed()
             if info.replicas == 0 and not again:
-                self.metrics.cold_starts.labels(*key).inc()
+                children.cold_starts.inc()
                 log.info("holding a request for %s/%s at zero: reported to the autoscaler", *key)
         gauge.inc()
         try:
@@ -388,20 +466,15 @@ class Invoker:
         """The sandbox's response, or Refused when it certainly did not run (retry elsewhere)."""
         target = f"{address.base}/{call.target}" + (f"?{call.query}" if call.query else "")
         url = URL(target, encoded=True)
-        # The function's timeout bounds every wait for bytes (a whole answer, or each gap of a
-        # streamed one); the maximum duration, a streamed answer in all. The runtime enforces
-        # both; these only keep the gateway from waiting on a runtime that does not.
-        longest = max(info.timeout_seconds, info.max_duration_seconds)
-        timeout = aiohttp.ClientTimeout(
-            total=longest + TIMEOUT_GRACE_SECONDS,
-            sock_read=info.timeout_seconds + TIMEOUT_GRACE_SECONDS,
-        )
-        gauge = self.metrics.in_flight.labels(*key)
+        timeout = client_timeout(info)
+        gauge = self.metrics.of(key).in_flight
         assert self._session is not None, "Invoker.open() first"
         headers = dict(call.headers)
         if self.keys is not None:  # signed per attempt: the path names this sandbox
             method = call.method.upper()
-            fwd = auth.forwarded(CIMultiDict(headers), headers.items())
+            fwd = call.fwd
+            if fwd is None:
+                fwd = auth.forwarded(CIMultiDict(headers), headers.items())
             headers[auth.HEADER] = self.keys.ring.sign(
                 method, url.raw_path_qs, call.body, address.uid, fwd=fwd
             )

@@ -9,11 +9,18 @@ $KUBECONFIG, else the pod's service account. Authentication is on unless --no-au
 development only; deploy/ never sets it). Requests to the runtimes are signed with the data-plane
 key (--dataplane-key-file, the mounted nest-dataplane-key Secret); without one the gateway does
 not start unless --insecure-dataplane says that its runtimes take unsigned requests.
+
+The event loop is uvloop's when it is importable (--event-loop auto, the default): every
+invocation is two HTTP exchanges on one loop (caller in, runtime out), and a profile of the
+gateway under load spends most of its own time in the loop and its transports, which uvloop runs
+in C. `--event-loop asyncio` (env NEST_GATEWAY_EVENT_LOOP) keeps the standard one, e.g. to rule
+uvloop out while chasing a bug; `uvloop` insists on it (no uvloop: the gateway does not start).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import sys
@@ -36,6 +43,7 @@ environment: NEST_GATEWAY_HOST (or POD_IP), NEST_GATEWAY_PORT, NEST_GATEWAY_AUTH
              NEST_GATEWAY_LOCAL_JWT=off,
              NEST_DATAPLANE_KEY_FILE, NEST_DATAPLANE_INSECURE=1,
              NEST_MAX_BODY_BYTES, NEST_MAX_JSON_DEPTH (the runtime reads the same two),
+             NEST_GATEWAY_EVENT_LOOP (auto|uvloop|asyncio),
              NEST_GATEWAY_REGISTRY, NEST_GATEWAY_REGISTRY_PULL_HOST,
              NEST_GATEWAY_REGISTRY_CREDENTIALS (build contexts; default: the registry the
              cluster announces in kube-public/local-registry-hosting)
@@ -44,6 +52,23 @@ examples:
   nest-gateway openapi > openapi.json       # print the document
   nest-gateway openapi --check              # exit 1 when gateway/openapi.json is stale
 """
+
+
+LOOPS = ("auto", "uvloop", "asyncio")
+
+
+def event_loop(choice: str) -> asyncio.AbstractEventLoop | None:
+    """The loop to serve on: uvloop's for `uvloop`, and for `auto` when it is importable; None
+    (aiohttp makes the standard one) for `asyncio`. Raises ImportError for `uvloop` without it."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise
+        return None
+    return uvloop.new_event_loop()
 
 
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -116,6 +141,12 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         action="store_true",
         default=env.get("NEST_DATAPLANE_INSECURE", "") == "1",
         help="forward requests unsigned (only runtimes run with --insecure-dataplane take them)",
+    )
+    parser.add_argument(
+        "--event-loop",
+        choices=LOOPS,
+        default=env.get("NEST_GATEWAY_EVENT_LOOP") or "auto",
+        help="uvloop (when importable: auto, the default) or the standard asyncio loop",
     )
     limits.add_flags(parser, env)  # the same flags as the runtime's: their limits must agree
     registry = parser.add_argument_group("build contexts (POST .../contexts)")
@@ -220,10 +251,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, dataplane_auth.DataplaneKeyError) as exc:
         print(f"nest-gateway: {exc}", file=sys.stderr)
         return 1
+    try:
+        loop = event_loop(args.event_loop)
+    except ImportError:
+        print("nest-gateway: --event-loop uvloop, but uvloop is not installed", file=sys.stderr)
+        return 1
     logging.getLogger("nest.gateway").info(
-        "listening on %s:%d (auth %s)", args.host, args.port, "on" if options.auth else "off"
-    )
-    web.run_app(app, host=args.host, port=args.port, access_log=None, print=None)
+        "listening on %s:%d (auth %s, %s event loop)", args.host, args.port,
+        "on" if options.auth else "off", "asyncio" if loop is None else "uvloop",
+    )  # fmt: skip
+    web.run_app(app, host=args.host, port=args.port, access_log=None, print=None, loop=loop)
     return 0
 
 

@@ -30,6 +30,7 @@ import errno
 from collections.abc import Mapping
 
 import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
 
 # RFC 9110 §9.2.2: the methods whose repetition the client may assume harmless.
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
@@ -75,6 +76,8 @@ def replayable(method: str, headers: Mapping[str, str]) -> bool:
     Idempotency-Key (the caller promises it deduplicates, or does not mind)."""
     if method.upper() in IDEMPOTENT_METHODS:
         return True
+    if isinstance(headers, CIMultiDictProxy | CIMultiDict):  # an aiohttp request's: no scan
+        return any(name in headers for name in IDEMPOTENCY_HEADERS)
     return any(name.lower() in IDEMPOTENCY_HEADERS for name in headers)
 
 
