@@ -271,6 +271,12 @@ class PodWorker:
         self.kill_at[record.name] = time.time() + grace
         self._set(record.move(ContainerState.STOPPING))
 
+    def _kill_if_overdue(self, record: ContainerRecord, now: float) -> None:
+        """A stopping container still there past its grace is killed (the kubelet's rule)."""
+        if now >= self.kill_at.get(record.name, now) and record.pid is not None:
+            process.signal_group(record.pid, signal.SIGKILL)
+            self.kill_at[record.name] = now + 5.0  # SIGKILL again if it is somehow still there
+
     def _reconcile(self) -> None:
         if self.gone or self.shutdown_by is not None or self._deleting():
             self._wind_down()
@@ -299,9 +305,8 @@ class PodWorker:
             record = self.records[name]
             if record.state is ContainerState.RUNNING:
                 self._stop(record, grace)
-            elif now >= self.kill_at.get(name, now) and record.pid is not None:
-                process.signal_group(record.pid, signal.SIGKILL)
-                self.kill_at[name] = now + 5.0  # SIGKILL again if it is somehow still there
+            else:
+                self._kill_if_overdue(record, now)
         if self._live() or self.shutdown_by is not None:
             return
         self.dir.remove()
@@ -340,6 +345,10 @@ class PodWorker:
             record.state is ContainerState.BACKOFF and now >= record.backoff_until
         ):
             self._start(spec, record)
+        elif record.state is ContainerState.STOPPING:
+            # Stopped by a failed liveness probe: one that ignores SIGTERM (or drains longer
+            # than the grace) is killed at the grace's end, then restarted by its policy.
+            self._kill_if_overdue(record, now)
 
     # -- starting ------------------------------------------------------------------------------
 

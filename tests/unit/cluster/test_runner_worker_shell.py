@@ -121,3 +121,24 @@ async def test_a_pod_whose_status_write_finds_it_gone_is_wound_down(node: Runnin
     found.post(Event("ready", container="main", pid=pid, code=0))  # a change to publish
     await eventually(lambda: worker(pods, uid) is None, what="the worker done")
     assert not psutil.pid_exists(pid)
+
+
+async def test_a_container_that_ignores_sigterm_after_a_failed_liveness_probe_is_killed(
+    node: Running,
+) -> None:
+    api, pods, _ = node
+    pod = sleeper("stubborn")
+    pod["spec"]["terminationGracePeriodSeconds"] = 1
+    pod["spec"]["containers"][0]["command"] = ["sh", "-c", "trap '' TERM; sleep 600 & wait"]
+    uid = (await api.create(PODS, "ns", pod))["metadata"]["uid"]
+    pid = await eventually(lambda: running_pid(pods, uid), what="the container running") or 0
+    found = worker(pods, uid)
+    assert found is not None
+    found.post(Event("live", container="main", pid=pid, code=0))  # the liveness probe failed
+
+    def restarted() -> bool:
+        new = running_pid(pods, uid)
+        return new is not None and new != pid
+
+    await eventually(restarted, timeout=15.0, what="killed at the grace's end and restarted")
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
