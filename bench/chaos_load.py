@@ -6,6 +6,13 @@ earlier ones answered, so a stall shows as failures or latency, not as fewer req
 connection per request (a killed gateway's kept-alive sockets would otherwise fail requests no
 new client would send there), and routes as the gateway Service would: round-robin over the
 Ready gateway pods, listed twice a second and kept as they were while the API server is down.
+
+Every call carries an `Idempotency-Key` (the harness's functions echo their event: running one
+twice is harmless), as a caller does whose calls may be repeated: the gateway then retries a
+call its sandbox's death cut off on another replica (gateway/retry.py), and this client retries
+it once on the other gateway when the gateway's own death cut it off (connection closed or reset
+before an answer), as it does a connection refused. Without the key, such a call is answered
+502 "may have run" and not retried; `NEST_CHAOS_IDEMPOTENT=0` measures that.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +32,7 @@ from bench import chaos_faults as faults
 
 FUNCTIONS = {"chaos-sub": "subprocess", "chaos-ns": "namespace"}
 GATEWAY_PORT = 8090
+IDEMPOTENT = os.environ.get("NEST_CHAOS_IDEMPOTENT", "1") != "0"
 
 
 @dataclass
@@ -105,6 +114,8 @@ async def _invoke(
     sent = time.monotonic()
     path = f"/v1/namespaces/{scene.namespace}/functions/{name}:invoke"
     headers = {"Authorization": f"Bearer {scene.token}"}
+    if IDEMPOTENT:
+        headers["Idempotency-Key"] = f"{name}-{seq}"
     address, retried = gateways.pick(), False
     for attempt in range(2):
         if address is None:
@@ -120,6 +131,12 @@ async def _invoke(
                 address, retried = gateways.pick(avoid=address), True
                 continue
             return Outcome(sent, name, None, "ConnectError", retried, "", address)
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            if attempt == 0 and IDEMPOTENT:  # cut off before an answer, safe to repeat: once
+                address, retried = gateways.pick(avoid=address), True
+                continue
+            return Outcome(sent, name, None, type(exc).__name__, retried, str(exc)[:300],
+                           address)  # fmt: skip
         except TimeoutError:
             return Outcome(sent, name, None, "Timeout", retried, "", address)
         except aiohttp.ClientError as exc:

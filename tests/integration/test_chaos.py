@@ -11,6 +11,9 @@ left on this host whose Sandbox is gone. The functions have 2 replicas on differ
 (asserted first). Failed requests: none for the operator (the data plane does not need it) and
 for the graceful pool changes (the pod drains before it goes); for a kill -9 of a gateway or a
 runtime, none of those sent after the kill (one in flight in the killed process may fail). The
+harness's calls carry an Idempotency-Key (bench.chaos_load), so a call the kill cut off is
+retried on the other replica, by the gateway or by the client, instead of answered "may have
+run" (a POST without the key is not retried: gateway/retry.py). The
 control plane's own outages are staged on a private cluster (test_outage.py). No timing is
 asserted; every wait is a condition with a deadline.
 """
