@@ -186,7 +186,10 @@ async def _outage(scene: Scene, apiserver: psutil.Process, prefix: str) -> dict[
         assert all(a.startswith(prefix) for a in load.gateways.addresses), prefix  # ours only
         stopped_at = time.monotonic()
         helper = faults.hold_stopped(apiserver, OUTAGE_SECONDS)
-        was_stopped = apiserver.status() == psutil.STATUS_STOPPED
+        # SIGSTOP reaches every thread of a busy Go process a moment after it is sent.
+        was_stopped = await chaos.until(
+            lambda: apiserver.status() == psutil.STATUS_STOPPED, time.monotonic() + 10
+        )
         await asyncio.to_thread(helper.wait)  # the outage itself: its length is the fault
         resumed_at, resumed_wall = time.monotonic(), time.time()
         name = next(iter(scene.functions))
