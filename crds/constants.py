@@ -80,3 +80,7 @@ FUNCTION_LABEL: Final = f"{GROUP}/function"
 # On a SandboxDeployment's build Jobs (and their pods): the deployment they build; the operator
 # watches Jobs with it and deletes the superseded ones by it.
 BUILD_LABEL: Final = f"{GROUP}/build"
+# How long a Sandbox's passing phase (Pending, Scheduled, Starting) stands before it is written or
+# listed: the sidecar's status manager writes it only after this, and the operator's endpoints
+# leave a starting sandbox out for as long, so a start writes its endpoints once, at Ready.
+PASSING_PHASE_HOLD_SECONDS: Final = 1.0

@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from crds import SandboxPhase
+from crds.constants import PASSING_PHASE_HOLD_SECONDS
 from nest_kube import ApiError, Backoff
 from nest_kube.resources import resource_version
 from nest_sidecar.status import Observed, desired_status, status_patch
@@ -95,7 +96,7 @@ class StatusManager:
         api: StatusApi,
         lookup: Lookup = lambda uid: None,
         *,
-        hold: float = 1.0,
+        hold: float = PASSING_PHASE_HOLD_SECONDS,
         parallel: int = 16,
         resync_period: float = RESYNC_SECONDS,
         backoff: Backoff | None = None,

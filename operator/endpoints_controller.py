@@ -27,9 +27,9 @@ from nest_operator.drain_logic import OUT_ANNOTATION
 from nest_operator.kube import Kube
 from nest_operator.store import Kind, Obj, Store, controller_uid, key_of, owner_reference
 
-# How long a bound sandbox may be starting before it is listed (not ready): the sidecar's
-# status manager holds a passing phase this long too (nest_sidecar.status_manager).
-STARTING_DELAY = 1.0
+# How long a bound sandbox may be starting before it is listed (not ready): as long as the
+# sidecar's status manager holds a passing phase (one constant for both).
+STARTING_DELAY = c.PASSING_PHASE_HOLD_SECONDS
 STARTING_PHASES = frozenset({"", "Pending", "Scheduled", "Starting"})
 
 
