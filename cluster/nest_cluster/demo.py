@@ -111,6 +111,10 @@ def run(args: argparse.Namespace) -> int:
     wait = f"--timeout={int(args.timeout)}s"
 
     demo.step("installing Nest: CRDs, operator, gateway and pool")
+    # The CRDs first, Established, then the rest: one `apply -k deploy` on a fresh cluster
+    # refuses deploy/'s SandboxPool ("no matches for kind") while its CRD is still new.
+    demo.k("apply", "-k", str(ROOT / "crds"), show=False)
+    demo.k("wait", "--for=condition=established", wait, "crd", "--all", show=False)
     demo.k("apply", "-k", str(ROOT / "deploy"), show=False)
     for name in SYSTEM_DEPLOYMENTS:
         demo.k("-n", "nest-system", "rollout", "status", f"deployment/{name}", wait)
