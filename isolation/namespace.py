@@ -12,6 +12,8 @@ What it contains anyway (docs/isolation.md, "What namespace mode contains"):
   sandbox may hold at most its quota of threads (concurrency, capped), leaked ones included,
   and a sandbox whose calls still run past their timeout is reported Failed/`Unhealthy` (its
   sidecar restarts it; the restart waits until its leaked threads have returned).
+- Each sandbox sees its own `spec.env` in `os.environ` while its code runs (isolation.environ),
+  its writes there its own, over the runtime's environment: configuration, not a secret store.
 - Which sandbox runs code is kept in a crash record (isolation.crashlog) with a store per call,
   so when one of them ends the process (os._exit, a segfault) the next runtime names it.
 """
@@ -26,9 +28,10 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from contextvars import Token
 from typing import Any
 
-from isolation import loader, natives
+from isolation import environ, loader, natives
 from isolation.base import (
     TERMINAL,
     Admission,
@@ -95,6 +98,7 @@ class _Sandbox:
         self.account: Account | None = None
         self.hung_check: asyncio.TimerHandle | None = None
         self.streams: set[BodyStream] = set()  # streamed answers still being read
+        self.environ = environ.Overlay(spec.env)
         self.invocations = 0
         self.errors = 0
         self.timeouts = 0
@@ -121,6 +125,7 @@ class NamespaceBackend:
         self._probation = asyncio.Lock()  # suspects of an unjudged crash import one at a time
         self._beat: asyncio.TimerHandle | None = None
         self._finder = loader.install()
+        environ.install()
         # The runtime's sys.path, as namespace sandboxes may not change it (_contain_sys_path).
         self._sys_path_list = sys.path
         self._sys_path = list(sys.path)
@@ -201,6 +206,7 @@ class NamespaceBackend:
             raise SandboxExists(spec.id)
         sb = _Sandbox(spec, StatusCell(spec, self.name, self._on_change))
         self._sandboxes[spec.id] = sb
+        token = environ.enter(sb.environ)  # its import and its start see its env
         try:
             refused = self._refusal(spec)
             if refused is not None:
@@ -232,6 +238,8 @@ class NamespaceBackend:
             sb.cell.move(SandboxState.FAILED, reason=err.reason, message=err.message)
             sb.done.set()
             raise err from None
+        finally:
+            environ.leave(token)
         sb.host = host
         return sb.cell.move(SandboxState.RUNNING, pid=os.getpid())
 
@@ -320,6 +328,7 @@ class NamespaceBackend:
             timeout = sb.spec.limits.timeout_s
             deadline = time.monotonic() + timeout  # the loop's clock: asyncio.timeout_at below
             self._enter(account)
+            token = environ.enter(sb.environ)
             kept = False  # a streamed answer's slot, kept past this block until it ends
             try:
                 started = start_eagerly(host.invoke(request, new_request_id(), deadline))
@@ -337,6 +346,7 @@ class NamespaceBackend:
                     self._overran(sb, account)
                 raise InvokeTimeout(f"{sandbox_id} did not answer within {timeout:g}s") from None
             finally:
+                environ.leave(token)
                 self._leave(account)
                 self._contain_sys_path(sb)
                 if sb.admission.in_flight == 1 and not kept:
@@ -355,7 +365,16 @@ class NamespaceBackend:
         the maximum duration, its steps on the loop recorded as this sandbox's code running
         (sync steps run on its threads), closed at stop, its slot released when it ends."""
         limits = sb.spec.limits
-        enter, leave = (functools.partial(f, account) for f in (self._enter, self._leave))
+        tokens: list[Token[environ.Overlay | None]] = []  # each step's, its env (isolation.environ)
+
+        def enter() -> None:
+            self._enter(account)
+            tokens.append(environ.enter(sb.environ))
+
+        def leave() -> None:
+            environ.leave(tokens.pop())
+            self._leave(account)
+
         recorded = Bracketed(host.chunks(response.body), enter, leave)
 
         def done() -> None:
@@ -429,7 +448,8 @@ class NamespaceBackend:
             self._enter(sb.account)
             try:
                 async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                    await sb.host.close()
+                    with environ.active(sb.environ):  # its close hooks see its env
+                        await sb.host.close()
             except TimeoutError:
                 pass
             finally:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import itertools
 import queue
 import threading
@@ -63,7 +64,9 @@ class Account:
 class Job:
     """One piece of a sandbox's code on its way to a thread."""
 
-    __slots__ = ("account", "fn", "future", "importing", "late", "loop", "overdue", "state")
+    __slots__ = (
+        "account", "context", "fn", "future", "importing", "late", "loop", "overdue", "state",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -74,6 +77,9 @@ class Job:
     ) -> None:
         self.account = account
         self.fn = fn
+        # The submitter's context variables go with it (as asyncio.to_thread does): which
+        # sandbox's environment `os.environ` shows (isolation.environ).
+        self.context = contextvars.copy_context()
         self.future = future
         self.loop = future.get_loop()
         self.importing = importing
@@ -178,7 +184,7 @@ class QuotaPool:
         result: Any = None
         error: BaseException | None = None
         try:
-            result = job.fn()
+            result = job.context.run(job.fn)
         except StopIteration as exc:  # a future cannot carry StopIteration
             error = RuntimeError(f"StopIteration raised: {exc!r}")
         except BaseException as exc:  # everything reaches the awaiting caller

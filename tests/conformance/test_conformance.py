@@ -149,16 +149,13 @@ async def test_broken_function_fails_create_with_a_clear_reason(
         await backend.invoke("bad", Request())
 
 
-async def test_hook_order(
-    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_hook_order(backend: Backend, tmp_path: Path) -> None:
     skip_if_confined(backend, "the hooks write their trace outside the sandbox's scratch")
-    monkeypatch.setenv("NEST_TRACE_DIR", str(tmp_path))  # namespace: shared process env
     spec = SandboxSpec(
         "hooked",
         HOOKS,
         "main:handler",
-        env={"NEST_TRACE_DIR": str(tmp_path)},  # subprocess: per-sandbox env
+        env={"NEST_TRACE_DIR": str(tmp_path)},  # every backend: the sandbox's own env
         layers=("tests.conformance.tracing_layer:Outer", "tests.conformance.tracing_layer:Inner"),
     )
     await backend.create(spec)
