@@ -45,6 +45,30 @@ def test_function_deployed_through_the_openapi_and_invoked(developer: Client) ->
     assert [s["status"]["phase"] for s in sandboxes] == ["Running"]
 
 
+ENV_CODE = """
+import os
+TABLE = os.environ.get("TABLE")
+
+def handler(event, context):
+    return {"table": TABLE, "mode": os.getenv("MODE")}
+"""
+
+
+@pytest.mark.parametrize("isolation", ["namespace", "subprocess"])
+def test_spec_env_is_the_functions_environment(developer: Client, isolation: str) -> None:  # noqa: F811
+    """Lambda-style configuration: `spec.function.env` read at import and in calls, in both
+    isolations (namespace sandboxes share a process: each sees its own, not its neighbour's)."""
+    for name, table in ((f"env-{isolation}-a", "orders"), (f"env-{isolation}-b", "users")):
+        spec = function(name, ENV_CODE, replicas=1, isolation=isolation,
+                        env={"TABLE": table, "MODE": name})  # fmt: skip
+        created = developer.create(**spec)
+        assert created.status_code == 201, created.text
+    for name, table in ((f"env-{isolation}-a", "orders"), (f"env-{isolation}-b", "users")):
+        resp = developer.invoke(name, {})
+        assert resp.status_code == 200, resp.text
+        assert resp.json() == {"table": table, "mode": name}
+
+
 def test_scale_from_zero_under_a_request_loop(developer: Client) -> None:  # noqa: F811
     spec = function("loop", autoscaling={"minReplicas": 0, "maxReplicas": 2}, concurrency=4)
     assert developer.create(**spec).status_code == 201
