@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 
 Query = Sequence[tuple[str, str]]
 TIMEOUT_S = 60.0  # a stuck API server ends the command instead of hanging it
+# What may be sent again when a kept-alive connection was closed before its answer: the server
+# may have acted on the first one (RFC 9110 §9.2.2; the gateway's rule, gateway/retry.py).
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 USER_AGENT = "nest/0.1"
 
 
@@ -140,8 +143,9 @@ class Light:
                 break
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
                 self.close()
-                # A kept-alive connection the server closed meanwhile: once more, on a new one.
-                if not reused or attempt == 2:
+                # A kept-alive connection the server closed meanwhile: once more, on a new one,
+                # when sending it twice cannot do twice what it asks.
+                if not reused or attempt == 2 or method not in IDEMPOTENT_METHODS:
                     raise _unreachable(self.creds.server, exc) from exc
             except (OSError, http.client.HTTPException) as exc:
                 self.close()

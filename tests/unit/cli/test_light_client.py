@@ -12,6 +12,7 @@ import datetime as dt
 import ipaddress
 import json
 import os
+import socket
 import ssl
 import subprocess
 import sys
@@ -25,8 +26,9 @@ import pytest
 import yaml
 
 from crds import Interface, Isolation
-from nest import functions, kube, names
+from nest import functions, kube, names, rest
 from nest.errors import ApiError, NestError, NotFoundError
+from nest.kubeconfig import Credentials
 
 ROOT = Path(__file__).resolve().parents[3]
 FN_PATH = "/apis/nest.sandbox.dev/v1alpha1/namespaces/team/sandboxdeployments"
@@ -220,6 +222,44 @@ def test_an_api_server_that_is_not_there_is_one_error(tmp_path: Path) -> None:
     )
     with pytest.raises(NestError, match=r"cannot reach the API server at http://127\.0\.0\.1:1"):
         cluster.function("a")
+
+
+def test_a_closed_kept_alive_connection_is_retried_only_for_idempotent_methods() -> None:
+    """The server answers a connection's first request and closes it on the second unanswered,
+    as one closing an idle keep-alive does: a GET is sent again on a new connection; a POST may
+    have been acted on, so it is an error, not a second create."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    seen: list[str] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn, conn.makefile("rb") as reader:
+                for answered in (True, False):
+                    request = reader.readline().decode()
+                    while reader.readline() not in (b"\r\n", b""):
+                        pass
+                    if not request:
+                        break
+                    seen.append(request.split()[0])
+                    if not answered:
+                        break  # closed with the request unanswered
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        light = rest.Light(Credentials(server=f"http://127.0.0.1:{listener.getsockname()[1]}"))
+        assert light.request("GET", "/a") == b"{}"
+        assert light.request("GET", "/b") == b"{}"  # second connection, after one retry
+        assert seen == ["GET", "GET", "GET"]
+        with pytest.raises(NestError, match="cannot reach the API server"):
+            light.request("POST", "/c")  # on the kept-alive second connection: not again
+        assert seen == ["GET", "GET", "GET", "POST"]
+    finally:
+        listener.close()
 
 
 def _tls_files(tmp_path: Path) -> dict[str, Path]:
