@@ -22,6 +22,11 @@ from typing import Any, BinaryIO
 _PREFIX = struct.Struct("!II")
 MAX_HEADER = 1 << 20
 MAX_BODY = 64 << 20
+# One encoder and one decoder for every frame: json.dumps with separators builds a new encoder
+# per call, and json.loads of bytes sniffs the encoding each time; a frame crosses both twice
+# per invocation (the runtime's invoke, the sandbox's result), on the hot path of both.
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+_decode = json.JSONDecoder().decode
 
 
 class FrameError(Exception):
@@ -29,7 +34,7 @@ class FrameError(Exception):
 
 
 def encode_frame(header: dict[str, Any], body: bytes = b"") -> bytes:
-    head = json.dumps(header, separators=(",", ":")).encode()
+    head = _encode(header).encode()  # ASCII: the encoder escapes everything else
     return _PREFIX.pack(len(head), len(body)) + head + body
 
 
@@ -55,14 +60,16 @@ def headers_of(header: dict[str, Any]) -> dict[str, str] | list[tuple[str, str]]
 
 
 def _decode_header(raw: bytes | bytearray) -> dict[str, Any]:
-    header = json.loads(raw)
+    # UTF-8, as encode_frame writes it; anything else is a ValueError like bad JSON, and the
+    # channel treats both as a peer that does not speak the protocol.
+    header = _decode(raw.decode())
     if not isinstance(header, dict):
         raise FrameError("frame header is not a JSON object")
     return header
 
 
-def _lengths(prefix: bytes | bytearray) -> tuple[int, int]:
-    head_len, body_len = _PREFIX.unpack(prefix)
+def _lengths(prefix: bytes | bytearray, offset: int = 0) -> tuple[int, int]:
+    head_len, body_len = _PREFIX.unpack_from(prefix, offset)
     if head_len > MAX_HEADER or body_len > MAX_BODY:
         raise FrameError(f"oversized frame: header {head_len} B, body {body_len} B")
     return head_len, body_len
@@ -94,21 +101,28 @@ class FrameParser:
         self._buffer = bytearray()
 
     def feed(self, data: bytes) -> list[tuple[dict[str, Any], bytes]]:
-        buffer = self._buffer
-        buffer += data
+        # Usually `data` holds whole frames and nothing is left over: they are sliced from it
+        # directly (a body is then its one copy). Only a partial frame is kept, and appended to.
+        pending = self._buffer
+        buffer: bytes | bytearray = data
+        if pending:
+            pending += data
+            buffer = pending
         frames = []
-        start = 0
-        while len(buffer) - start >= _PREFIX.size:
-            head_len, body_len = _lengths(buffer[start : start + _PREFIX.size])
-            end = start + _PREFIX.size + head_len + body_len
-            if len(buffer) < end:
-                break
+        start, size = 0, len(buffer)
+        while size - start >= _PREFIX.size:
+            head_len, body_len = _lengths(buffer, start)
             split = start + _PREFIX.size + head_len
-            frames.append(
-                (_decode_header(buffer[start + _PREFIX.size : split]), bytes(buffer[split:end]))
-            )
+            end = split + body_len
+            if size < end:
+                break
+            frames.append((_decode_header(buffer[start + _PREFIX.size : split]),
+                           bytes(buffer[split:end])))  # fmt: skip
             start = end
-        del buffer[:start]
+        if buffer is pending:
+            del pending[:start]
+        elif start < size:
+            pending += memoryview(data)[start:]
         return frames
 
 

@@ -48,7 +48,7 @@ def _unauthorized(reason: str) -> web.Response:
 
 
 def _forwarded_to(headers: Mapping[str, str], peer: str | None) -> tuple[str, str | None]:
-    """(root_path, client) from the gateway's forwarding headers, which `_invoke` trusts only
+    """(root_path, client) from the gateway's forwarding headers, which `invoke` trusts only
     signed: the mount prefix, and the last X-Forwarded-For hop (the address the gateway saw)."""
     prefix = headers.get("X-Forwarded-Prefix", "").rstrip("/")
     hops = headers.get("X-Forwarded-For", "")
@@ -56,47 +56,67 @@ def _forwarded_to(headers: Mapping[str, str], peer: str | None) -> tuple[str, st
     return (prefix if prefix.startswith("/") else ""), client
 
 
-async def _invoke(request: web.Request, path: str, raw_path: str) -> web.StreamResponse:
-    runtime = request.app[RUNTIME_KEY]
-    keys = request.app[KEYS_KEY]
-    body_limits = request.app[LIMITS_KEY]
-    sandbox_id = request.match_info["id"]
-    headers = request.headers
-    fwd = auth.forwarded(headers, headers.items())  # '' unless X-Forwarded-* came: 4 lookups
-    # Inline, not a middleware (see data_app); the header is checked before the body is read,
-    # the body's nesting only once the signature holds (a deep scan costs CPU).
-    try:
-        if keys is not None:
-            signed = keys.parse(headers.get(auth.HEADER))
-            if isinstance(signed, str):
-                return _unauthorized(signed)
-            body = await limits.read_body(request, body_limits)
-            if not keys.check(signed, request.method, request.raw_path, sandbox_id, body, fwd):
-                return _unauthorized(auth.BAD_SIGNATURE)
-        else:
-            body = await limits.read_body(request, body_limits)
-        await limits.check_body_async(body, body_limits)
-    except limits.BodyRefused as exc:  # never reaches the sandbox, which lives on
-        return limits.problem_response(exc, request.path)
-    # The signature covered the forwarding headers, so they are the gateway's own.
-    # Without them the caller is not the gateway (a test, a benchmark): no client to name.
-    root_path, client = _forwarded_to(headers, request.remote) if fwd else ("", "")
-    # aiohttp's read-only multidict views are Mappings already (case-insensitive headers, even),
-    # and its items view keeps every header in order: copying them would cost more than the
-    # rest of the runtime's work per call. The subprocess channel carries the same fields.
-    call = Request(
-        request.method, path, request.query, headers, body, request.rel_url.raw_query_string,
-        headers.items(), root_path, client or "", raw_path,
-    )  # fmt: skip
-    try:
-        response = await runtime.invoke(sandbox_id, call)
-    except IsolationError as exc:
-        status, word, message = http_error(exc)
-        return error_response(status, word, message)
-    body = response.body
-    if type(body) is bytes:
-        return web.Response(status=response.status, headers=response.headers, body=body)
-    return await _stream(request, response.status, response.headers, body)
+class _Invoker:
+    """The invocation handlers, bound once to the runtime, its keys and its body limits: read
+    from the request's application they cost three property chains and lookups per call."""
+
+    __slots__ = ("keys", "limits", "runtime")
+
+    def __init__(
+        self, runtime: Runtime, keys: auth.KeySource | None, body_limits: BodyLimits
+    ) -> None:
+        self.runtime = runtime
+        self.keys = keys
+        self.limits = body_limits
+
+    async def invoke(
+        self, request: web.Request, path: str = "/", raw_path: str = "/"
+    ) -> web.StreamResponse:
+        """POST /v1/sandboxes/{id}/invoke as it is; an HTTP trigger with its path."""
+        keys = self.keys
+        body_limits = self.limits
+        sandbox_id = request.match_info["id"]
+        headers = request.headers
+        fwd = auth.forwarded(headers, headers.items())  # '' unless X-Forwarded-* came: 4 lookups
+        # Inline, not a middleware (see data_app); the header is checked before the body is
+        # read, the body's nesting only once the signature holds (a deep scan costs CPU).
+        try:
+            if keys is not None:
+                signed = keys.parse(headers.get(auth.HEADER))
+                if isinstance(signed, str):
+                    return _unauthorized(signed)
+                body = await limits.read_body(request, body_limits)
+                if not keys.check(signed, request.method, request.raw_path, sandbox_id, body, fwd):
+                    return _unauthorized(auth.BAD_SIGNATURE)
+            else:
+                body = await limits.read_body(request, body_limits)
+            if len(body) > body_limits.max_depth:  # shorter cannot nest deeper: nothing to scan
+                await limits.check_body_async(body, body_limits)
+        except limits.BodyRefused as exc:  # never reaches the sandbox, which lives on
+            return limits.problem_response(exc, request.path)
+        # The signature covered the forwarding headers, so they are the gateway's own.
+        # Without them the caller is not the gateway (a test, a benchmark): no client to name.
+        root_path, client = _forwarded_to(headers, request.remote) if fwd else ("", "")
+        # aiohttp's read-only multidict views are Mappings already (case-insensitive headers,
+        # even), and its items view keeps every header in order: copying them would cost more
+        # than the rest of the runtime's work per call. The subprocess channel carries the same.
+        call = Request(
+            request.method, path, request.query, headers, body, request.rel_url.raw_query_string,
+            headers.items(), root_path, client or "", raw_path,
+        )  # fmt: skip
+        try:
+            response = await self.runtime.invoke(sandbox_id, call)
+        except IsolationError as exc:
+            status, word, message = http_error(exc)
+            return error_response(status, word, message)
+        body = response.body
+        if type(body) is bytes:
+            return web.Response(status=response.status, headers=response.headers, body=body)
+        return await _stream(request, response.status, response.headers, body)
+
+    async def http_trigger(self, request: web.Request) -> web.StreamResponse:
+        raw_path = trigger_path(request.raw_path, request.match_info["id"])
+        return await self.invoke(request, "/" + request.match_info["path"], raw_path)
 
 
 async def _stream(
@@ -126,10 +146,6 @@ async def _stream(
     return response
 
 
-async def invoke(request: web.Request) -> web.StreamResponse:
-    return await _invoke(request, "/", "/")
-
-
 def trigger_path(raw: str, sandbox_id: str) -> str:
     """The function's path as sent, escapes kept: what follows /v1/sandboxes/{id}/http."""
     raw = raw.split("?", 1)[0]
@@ -137,11 +153,6 @@ def trigger_path(raw: str, sandbox_id: str) -> str:
     if raw.startswith(prefix):
         return raw[len(prefix) :] or "/"
     return ""  # an id that was escaped in the path: interfaces re-encode the decoded path
-
-
-async def http_trigger(request: web.Request) -> web.StreamResponse:
-    path = "/" + request.match_info["path"]
-    return await _invoke(request, path, trigger_path(request.raw_path, request.match_info["id"]))
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -172,8 +183,9 @@ def data_app(
     app[RUNTIME_KEY] = runtime
     app[KEYS_KEY] = keys
     app[LIMITS_KEY] = body_limits
-    app.router.add_post("/v1/sandboxes/{id}/invoke", invoke)
-    app.router.add_route("*", "/v1/sandboxes/{id}/http/{path:.*}", http_trigger)
+    invoker = _Invoker(runtime, keys, body_limits)
+    app.router.add_post("/v1/sandboxes/{id}/invoke", invoker.invoke)
+    app.router.add_route("*", "/v1/sandboxes/{id}/http/{path:.*}", invoker.http_trigger)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     return app

@@ -94,13 +94,16 @@ def sandbox_of(path: str) -> str:
 # signed) and, when any of them is present, the ones covered with them (the caller's Host too).
 FORWARDING = ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "X-Forwarded-Prefix")
 _COVERED = frozenset(name.lower() for name in ("Host", *FORWARDING))
+_FOR, _PROTO, _HOST, _PREFIX = FORWARDING
 
 
 def forwarded(headers: Mapping[str, str], items: Iterable[tuple[str, str]]) -> str:
     """The forwarding headers as signed: '' when `headers` has none of FORWARDING (the common,
     cheap case: four lookups), else every covered header of `items` as one JSON line, sorted by
     name (repeats in their order), so signer and verifier agree whatever order they travel in."""
-    if not any(name in headers for name in FORWARDING):
+    # Spelt out, not any() over FORWARDING: this runs on every request, and a generator costs
+    # twice the four lookups.
+    if not (_FOR in headers or _PROTO in headers or _HOST in headers or _PREFIX in headers):
         return ""
     pairs = [(k.lower(), v) for k, v in items if k.lower() in _COVERED]
     pairs.sort(key=lambda pair: pair[0])  # stable: repeats of one name keep their order

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import os
 from pathlib import Path
 
@@ -29,6 +31,12 @@ def test_a_signed_request_verifies(ring: auth.KeyRing) -> None:
     header = signed(ring)
     assert header.startswith("v1 t=1700000000,k=")
     assert ring.verify(header, "POST", PATH, "6f1c-uid", BODY, now=NOW) is None
+
+
+def test_the_header_carries_the_standard_hmac(ring: auth.KeyRing) -> None:
+    header = signed(ring)
+    head = f"v1\nPOST\n{PATH}\n1700000000\n6f1c-uid\n".encode()
+    assert header.endswith("s=" + hmac.new(b"k" * 32, head + BODY, hashlib.sha256).hexdigest())
 
 
 def test_the_sandbox_id_defaults_to_the_one_in_the_path(ring: auth.KeyRing) -> None:
