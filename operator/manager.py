@@ -232,9 +232,12 @@ class ControllerManager:
             self.scheduler.sandbox_changed(obj, deleted)
             for key in self.replicasets.keys_for_sandbox(obj):
                 q["replicasets"].add(key)
+            # Followed for every sandbox, so its deletion is forgotten also when its deployment
+            # went first (it was, for each sandbox a deleted deployment left, forever).
+            flipped = self._readiness_changed(obj, deleted)
             endpoints = self.endpoints.key_for_sandbox(obj)
             if endpoints is not None:
-                if self._readiness_changed(obj, deleted):
+                if flipped:
                     q["endpoints"].add(endpoints)  # a function waking from zero waits on this
                 else:
                     q["endpoints"].add_throttled(endpoints, ENDPOINTS_INTERVAL)

@@ -6,7 +6,9 @@ sandboxes by selector (as the ReplicaSet controller adopts pods), creates and de
 slow start), so a broken template fails on one sandbox, not on five hundred; none go out while
 creations it made are still expected, or when its selector would not select what it creates.
 Then, and for sandboxes kept Failed because they crashed a shared runtime, `ReplicaFailure`
-and a Warning Event say why.
+and a Warning Event say why. Status writes of mere progress are coalesced
+(`replicaset_logic.status_wait`): a held-back status is written by a reconcile requeued for
+when it is due, so the final status is exact without another event.
 """
 
 from __future__ import annotations
@@ -32,12 +34,14 @@ from nest_operator.replicaset_logic import (
     REPLICA_FAILURE,
     Expectations,
     Failure,
+    OwnedSandbox,
     ReplicaSetStatus,
     is_stamped,
     reconcile,
     runtime_crash_failure,
     selector_failure,
     status,
+    status_wait,
 )
 from nest_operator.scheduler import SchedulerCache
 from nest_operator.store import Kind, Obj, Store, controller_uid, key_of, owner_reference
@@ -48,6 +52,9 @@ FAILED_DELETE = "FailedDelete"
 # Failures the next attempt may not repeat (quota, a conflict, an outage): retried with the
 # work queue's back-off. The others last until the replica set or its sandboxes change.
 RETRIED = frozenset({FAILED_CREATE, FAILED_DELETE})
+# A held-back status this close to due is written: the requeue's timer (the loop's monotonic
+# clock) may fire a hair before `clock` (wall time) says it is due.
+STATUS_SLACK = 0.05
 
 
 def sandbox_from_template(rs: Obj) -> dict[str, Any]:
@@ -118,8 +125,11 @@ class ReplicaSetController:
         self.clock = clock
         self.expectations = Expectations()
         # Reconcile a key again after a delay (the work queue's add_after; the manager sets
-        # it): when expectations expire nothing else announces it.
+        # it): when expectations expire, or a held-back status is due, nothing else announces it.
         self.requeue: Callable[[str, float], None] | None = None
+        self._status_written: dict[str, float] = {}  # key -> when this process last wrote it
+        self._status_due: dict[str, float] = {}  # key -> when a requeue writes its held status
+        self._read: dict[str, dict[int, tuple[Obj, OwnedSandbox]]] = {}  # see _snapshots
 
     def keys_for_sandbox(self, sandbox: Obj) -> list[str]:
         owner = controller_uid(sandbox)
@@ -133,11 +143,15 @@ class ReplicaSetController:
         rs = self.store.get(Kind.REPLICASET, key)
         if rs is None or rs["metadata"].get("deletionTimestamp"):
             self.expectations.forget(key)
+            self._status_written.pop(key, None)
+            self._status_due.pop(key, None)
+            self._read.pop(key, None)
             return  # the garbage collector removes what it owned
         now = self.clock()
         body = sandbox_from_template(rs)
         selector, blocked = _selector(rs, body["metadata"]["labels"])
         owned, collect = await self._claim(rs, selector, body["metadata"]["labels"])
+        snapshots = self._snapshots(key, owned)
         self.expectations.observe(key, self._controlled(rs["metadata"]["uid"]))
         waiting = self.expectations.pending(key, now)
         failure = blocked
@@ -145,11 +159,12 @@ class ReplicaSetController:
             if self.requeue is not None:
                 self.requeue(key, waiting)
         else:
-            failed = await self._manage(rs, body, owned, collect, blocked is None, now)
+            failed = await self._manage(
+                rs, body, owned, [snapshots[id(s)] for s in owned], collect, blocked is None, now
+            )
             failure = failure or failed
-        snapshots = [adapters.owned_sandbox(s) for s in owned]
-        failure = failure or runtime_crash_failure(snapshots)
-        await self._write_status(rs, selector, failure)
+        failure = failure or runtime_crash_failure(snapshots.values())
+        await self._write_status(rs, selector, failure, snapshots)
         if failure is not None and failure.reason in RETRIED:
             raise RuntimeError(failure.message)  # the work queue retries with back-off
 
@@ -158,12 +173,12 @@ class ReplicaSetController:
         rs: Obj,
         body: Obj,
         owned: list[Obj],
+        snapshots: list[OwnedSandbox],
         collect: list[Obj],
         may_create: bool,
         now: float,
     ) -> Failure | None:
         """Create or delete towards spec.replicas (kube's manageReplicas); what failed, if any."""
-        snapshots = [adapters.owned_sandbox(s) for s in owned]
         load = {info.pod.uid: info.count for info in self.cache.pods()}
         desired = int(rs["spec"].get("replicas", 1))
         leaving = {
@@ -230,6 +245,26 @@ class ReplicaSetController:
             log.info("sandbox %s/%s leaves the endpoints: its pool pod is being deleted and "
                      "its replacement is ready", *_ns_name(sandbox))  # fmt: skip
 
+    def _snapshots(self, key: str, owned: list[Obj]) -> dict[int, OwnedSandbox]:
+        """`owned` as the decisions read them, by object id. Each reconcile reads every sandbox
+        of the set (a hundred, for one that changed): a stored object is never modified, only
+        replaced, so the last reconcile's reading of one still in the store is still right.
+        The previous readings hold their objects, so an id found among them is that object."""
+        previous = self._read.get(key, {})
+        read = {
+            id(s): (s, hit[1] if (hit := previous.get(id(s))) else adapters.owned_sandbox(s))
+            for s in owned
+        }
+        self._read[key] = read
+        return {ident: snapshot for ident, (_, snapshot) in read.items()}
+
+    def _owned(self, rs: Obj) -> list[Obj]:
+        """The sandboxes whose controller reference names `rs`, of its namespace: an owner
+        reference never crosses namespaces (the garbage collector ignores one that does)."""
+        namespace = rs["metadata"]["namespace"]
+        owned = self.store.owned(Kind.SANDBOX, rs["metadata"]["uid"])
+        return [s for s in owned if s["metadata"]["namespace"] == namespace]
+
     def _controlled(self, uid: str) -> list[str]:
         return [s["metadata"]["uid"] for s in self.store.owned(Kind.SANDBOX, uid)]
 
@@ -247,9 +282,12 @@ class ReplicaSetController:
         """
         uid = rs["metadata"]["uid"]
         if selector is None or unusable_selector(selector) is not None:
-            return self.store.owned(Kind.SANDBOX, uid), []
+            return self._owned(rs), []
+        # What it controls and what nobody does: every other sandbox of the namespace has a
+        # controller of its own and is none of its business.
+        candidates = self._owned(rs) + self.store.orphans(Kind.SANDBOX, rs["metadata"]["namespace"])
         owned, collect = [], []
-        for sandbox in self.store.in_namespace(Kind.SANDBOX, rs["metadata"]["namespace"]):
+        for sandbox in sorted(candidates, key=key_of):
             owner = controller_uid(sandbox)
             labels = sandbox["metadata"].get("labels") or {}
             matches = selector.matches(labels)
@@ -309,13 +347,19 @@ class ReplicaSetController:
         return error
 
     async def _write_status(
-        self, rs: Obj, selector: LabelSelector | None, failure: Failure | None
+        self,
+        rs: Obj,
+        selector: LabelSelector | None,
+        failure: Failure | None,
+        snapshots: dict[int, OwnedSandbox],
     ) -> None:
+        """Write the status of what it owns now (`snapshots`: of the objects it claimed, by id;
+        those it created or changed since are read anew), unless it is held back."""
         current = rs.get("status") or {}
-        owned = self.store.owned(Kind.SANDBOX, rs["metadata"]["uid"])
+        owned = self._owned(rs)
         template_labels = ((rs["spec"].get("template") or {}).get("metadata") or {}).get("labels")
         result = status(
-            [adapters.owned_sandbox(s) for s in owned],
+            [snapshots.get(id(s)) or adapters.owned_sandbox(s) for s in owned],
             template_labels or {},
             int(rs["metadata"].get("generation", 1)),
             adapters.conditions_from(current),
@@ -328,8 +372,21 @@ class ReplicaSetController:
             self.kube.event(rs, "Warning", failure.reason, failure.message)  # once per change
         selector_string = selector.to_selector_string() if selector is not None else ""
         body = status_body(result, selector_string)
-        if any(current.get(k) != v for k, v in body.items()):
-            await self.kube.patch_status(Kind.REPLICASET, *_ns_name(rs), body)
+        if all(current.get(k) == v for k, v in body.items()):
+            return
+        key, now = key_of(rs), self.clock()
+        written = self._status_written.get(key)
+        desired = int(rs["spec"].get("replicas", 1))
+        wait = status_wait(current, body, desired, None if written is None else now - written)
+        if wait > STATUS_SLACK and self.requeue is not None:
+            due = self._status_due.get(key)
+            if due is None or due <= now or due > now + wait:  # else a requeue is set already
+                self._status_due[key] = now + wait
+                self.requeue(key, wait)
+            return
+        await self.kube.patch_status(Kind.REPLICASET, *_ns_name(rs), body)
+        self._status_written[key] = now
+        self._status_due.pop(key, None)
 
 
 def leaving_sandbox(sandbox: Obj, ready: bool) -> Leaving | None:

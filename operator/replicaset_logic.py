@@ -10,11 +10,19 @@ Controllers never multiply: a replica set whose new sandboxes its own selector w
 creates none and says so (`ReplicaFailure`/`SelectorMismatch`: it would release each one and
 create another, forever); creations it made but has not yet seen are expected before it creates
 again (kube's ControllerExpectations), and at most `BURST_REPLICAS` go out per sync.
+
+Status writes are coalesced (`status_wait`): a replica set of a hundred sandboxes becoming
+ready one by one would otherwise write its status a hundred times. Only progress is held back
+(counts rising, nothing else changed), and only until it amounts to a tenth of the replicas or
+has waited `STATUS_REFRESH`; a status that reaches spec.replicas, any count falling (so readers
+never see more available than there are: a rolling update scales the old set down by it), a new
+generation, condition or selector is written at once.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -44,6 +52,12 @@ RUNTIME_CRASH = RUNTIME_CRASH_REASON
 # through), so only an unknown outcome waits, and a minute short of a replica is enough margin
 # for a lagging watch without leaving the replica set short for long.
 EXPECTATIONS_TTL = 60.0
+# Coalescing of status writes (module docstring): progress of less than this fraction of
+# spec.replicas waits, at most STATUS_REFRESH seconds after the last write.
+PROGRESS_STEP = 0.1
+STATUS_REFRESH = 15.0
+COUNT_FIELDS = ("replicas", "fullyLabeledReplicas", "readyReplicas", "availableReplicas")
+SETTLED_FIELDS = ("replicas", "readyReplicas", "availableReplicas")
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,3 +303,31 @@ def status(
         observed_generation=generation,
         conditions=new_conditions,
     )
+
+
+def status_wait(
+    written: Mapping[str, object],
+    new: Mapping[str, object],
+    desired: int,
+    since_write: float | None,
+) -> float:
+    """Seconds to hold the status `new` back (0: write it now), given the one `written` and
+    the seconds `since_write` this process wrote it (None: it has not, since it started).
+
+    Held back only while it is mere progress: every count at least the written one, nothing
+    else different, spec.replicas not reached, and less than a PROGRESS_STEP of it gained."""
+    if since_write is None or any(
+        written.get(k) != v for k, v in new.items() if k not in COUNT_FIELDS
+    ):
+        return 0.0
+    gained = [_count(new, k) - _count(written, k) for k in COUNT_FIELDS]
+    if min(gained) < 0 or all(_count(new, k) == desired for k in SETTLED_FIELDS):
+        return 0.0
+    if max(gained) >= max(1, math.ceil(desired * PROGRESS_STEP)):
+        return 0.0
+    return max(0.0, STATUS_REFRESH - since_write)
+
+
+def _count(status_: Mapping[str, object], field_: str) -> int:
+    value = status_.get(field_)
+    return value if isinstance(value, int) else 0

@@ -13,6 +13,7 @@ from nest_operator.replicaset_logic import (
     REPLICA_FAILURE,
     RUNTIME_CRASH,
     SELECTOR_MISMATCH,
+    STATUS_REFRESH,
     Expectations,
     OwnedSandbox,
     ReplicaSetDecision,
@@ -21,6 +22,7 @@ from nest_operator.replicaset_logic import (
     runtime_crash_failure,
     selector_failure,
     status,
+    status_wait,
 )
 
 
@@ -178,3 +180,29 @@ def test_expectations_wait_for_what_was_created_or_expire() -> None:
     exp.expect("k", 1, known=(), now=0)
     exp.forget("k")
     assert exp.pending("k", 1) == 0
+
+
+def _counts(replicas: int, ready: int, generation: int = 1) -> dict[str, object]:
+    return {
+        "replicas": replicas,
+        "fullyLabeledReplicas": replicas,
+        "readyReplicas": ready,
+        "availableReplicas": ready,
+        "observedGeneration": generation,
+        "conditions": [],
+    }
+
+
+def test_only_small_progress_waits_for_its_status_write() -> None:
+    written = _counts(100, 40)
+    assert status_wait(written, _counts(100, 45), 100, since_write=2.0) == STATUS_REFRESH - 2.0
+    assert status_wait(written, _counts(100, 45), 100, since_write=STATUS_REFRESH) == 0
+    assert status_wait(written, _counts(100, 50), 100, since_write=2.0) == 0  # a tenth gained
+    assert status_wait(written, _counts(100, 39), 100, since_write=2.0) == 0  # fewer ready
+    assert status_wait(written, _counts(100, 41, generation=2), 100, since_write=2.0) == 0
+    assert status_wait(written, _counts(100, 41), 100, since_write=None) == 0  # not written yet
+    assert status_wait(_counts(5, 4), _counts(5, 5), 5, since_write=0.1) == 0  # spec reached
+    assert status_wait(_counts(30, 1), _counts(30, 2), 30, since_write=0.1) > 0
+    assert status_wait(_counts(3, 1), _counts(3, 2), 3, since_write=0.1) == 0  # a step is one
+    scaled_up = {**_counts(100, 40), "conditions": [{"type": "ReplicaFailure"}]}
+    assert status_wait(written, scaled_up, 100, since_write=2.0) == 0

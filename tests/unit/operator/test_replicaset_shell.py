@@ -15,9 +15,16 @@ from typing import Any, cast
 import pytest
 
 from crds import constants as c
+from nest_operator import adapters
 from nest_operator.kube import Kube
 from nest_operator.replicaset_controller import ReplicaSetController
-from nest_operator.replicaset_logic import BURST_REPLICAS, EXPECTATIONS_TTL, REPLICA_FAILURE
+from nest_operator.replicaset_logic import (
+    BURST_REPLICAS,
+    EXPECTATIONS_TTL,
+    REPLICA_FAILURE,
+    STATUS_REFRESH,
+    OwnedSandbox,
+)
 from nest_operator.scheduler import SchedulerCache
 from nest_operator.store import Kind, Obj, Store
 from tests.unit.operator.fake_kube import FakeKube, api_error
@@ -297,3 +304,108 @@ def test_the_fake_merges_patches_as_the_api_server() -> None:
     merged = merge(base, {"metadata": {"ownerReferences": None, "labels": {"b": "2"}}})
     assert merged == {"metadata": {"labels": {"a": "1", "b": "2"}}}
     assert base == copy.deepcopy(base)
+
+
+# -- what a claim looks at, and coalesced status writes (issue 14) ------------------------------
+
+
+async def test_a_claim_leaves_other_controllers_and_other_namespaces_alone(
+    store: Store, kube: FakeKube, controller: ReplicaSetController
+) -> None:
+    rs = add_replicaset(kube, replicas=2)
+    other = {"kind": c.REPLICASET_KIND, "metadata": {"name": "v", "uid": "uid-other"}}
+    add_sandbox(kube, "theirs", {"app": "a"}, other)
+    elsewhere = kube.stored(Kind.SANDBOX, "elsewhere", {
+        "metadata": {"name": "far", "labels": {"app": "a"}, "ownerReferences": [
+            {"kind": c.REPLICASET_KIND, "name": "w", "uid": rs["metadata"]["uid"],
+             "controller": True}]},
+        "spec": {"function": FUNCTION},
+    })  # fmt: skip
+    store.apply(Kind.SANDBOX, "ADDED", elsewhere)
+    stray = kube.stored(Kind.SANDBOX, "elsewhere", {"metadata": {"name": "stray",
+                        "labels": {"app": "a"}}, "spec": {"function": FUNCTION}})  # fmt: skip
+    store.apply(Kind.SANDBOX, "ADDED", stray)
+    add_sandbox(kube, "orphan", {"app": "a"}, None)
+    await controller.reconcile(f"{NS}/w")
+    # The orphan of its namespace is adopted, one more is made; nothing else is touched.
+    assert [(kind, name) for kind, name, _ in kube.patches if kind == Kind.SANDBOX] == [
+        (Kind.SANDBOX, "orphan")
+    ]
+    assert (kube.sandbox_creates(), kube.deletes) == (1, [])
+    assert status_of(store)["replicas"] == 2
+    assert store.orphans(Kind.SANDBOX, NS) == [] and store.orphans(Kind.SANDBOX, "elsewhere")
+
+
+def status_writes(kube: FakeKube) -> int:
+    return sum(1 for kind, _, body in kube.patches if kind == Kind.REPLICASET and "status" in body)
+
+
+async def ready(kube: FakeKube, name: str, value: bool = True) -> None:
+    condition = {"type": "Ready", "status": "True" if value else "False"}
+    await kube.patch(Kind.SANDBOX, NS, name, {"status": {"conditions": [condition]}})
+
+
+async def test_progress_is_written_in_steps_and_the_status_that_matters_at_once(
+    store: Store, kube: FakeKube, controller: ReplicaSetController, clock: Clock
+) -> None:
+    rs = add_replicaset(kube, replicas=20)
+    for i in range(20):
+        add_sandbox(kube, f"s{i:02d}", {"app": "a"}, rs, ready=False)
+    await controller.reconcile(f"{NS}/w")  # its first status is written whatever it says
+    assert (status_writes(kube), status_of(store)["readyReplicas"]) == (1, 0)
+    await ready(kube, "s00")
+    await controller.reconcile(f"{NS}/w")  # one of twenty: held back, and a reconcile set
+    assert (status_writes(kube), status_of(store)["readyReplicas"]) == (1, 0)
+    assert requeued == [(f"{NS}/w", STATUS_REFRESH)]
+    await controller.reconcile(f"{NS}/w")
+    assert len(requeued) == 1  # one requeue per held-back status, not one per reconcile
+    await ready(kube, "s01")
+    await controller.reconcile(f"{NS}/w")  # a tenth of the replicas: written
+    assert (status_writes(kube), status_of(store)["readyReplicas"]) == (2, 2)
+    await ready(kube, "s02")
+    await controller.reconcile(f"{NS}/w")
+    clock.now += STATUS_REFRESH  # the requeued reconcile: the held-back status is due
+    await controller.reconcile(f"{NS}/w")
+    assert (status_writes(kube), status_of(store)["readyReplicas"]) == (3, 3)
+    await ready(kube, "s02", False)  # fewer ready: written at once
+    await controller.reconcile(f"{NS}/w")
+    assert (status_writes(kube), status_of(store)["readyReplicas"]) == (4, 2)
+    for i in range(2, 20):
+        await ready(kube, f"s{i:02d}")
+    await controller.reconcile(f"{NS}/w")  # all of spec.replicas ready: written at once
+    assert (status_writes(kube), status_of(store)["readyReplicas"]) == (5, 20)
+
+
+async def test_a_new_generation_is_observed_at_once(
+    store: Store, kube: FakeKube, controller: ReplicaSetController
+) -> None:
+    rs = add_replicaset(kube, replicas=20)
+    for i in range(20):
+        add_sandbox(kube, f"s{i:02d}", {"app": "a"}, rs, ready=False)
+    await controller.reconcile(f"{NS}/w")
+    await ready(kube, "s00")
+    await kube.patch(Kind.REPLICASET, NS, "w", {"metadata": {"generation": 2}})
+    await controller.reconcile(f"{NS}/w")
+    assert status_writes(kube) == 2
+    assert (status_of(store)["observedGeneration"], status_of(store)["readyReplicas"]) == (2, 1)
+
+
+async def test_a_reconcile_reads_again_only_the_sandboxes_that_changed(
+    store: Store, kube: FakeKube, controller: ReplicaSetController, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rs = add_replicaset(kube, replicas=3)
+    for i in range(3):
+        add_sandbox(kube, f"s{i}", {"app": "a"}, rs)
+    await controller.reconcile(f"{NS}/w")
+    reads: list[str] = []
+    read = adapters.owned_sandbox
+
+    def counted(sandbox: Obj) -> OwnedSandbox:
+        reads.append(sandbox["metadata"]["name"])
+        return read(sandbox)
+
+    monkeypatch.setattr(adapters, "owned_sandbox", counted)
+    await ready(kube, "s1", False)
+    await controller.reconcile(f"{NS}/w")
+    assert reads == ["s1"]
+    assert status_of(store)["readyReplicas"] == 2
