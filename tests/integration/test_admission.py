@@ -438,6 +438,11 @@ def test_a_sidecar_token_writes_only_its_own_pods_lease(
     api: client.ApiClient, kubeconfig: Path, pool_pods: list[dict[str, Any]], restriction: Any
 ) -> None:
     a, b = pool_pods[0], pool_pods[1]
+    # A patch of a Lease that does not exist is a 404 before admission runs: b's sidecar must
+    # have taken its Lease (a pool pod just started, e.g. by an earlier rollout, may not yet).
+    admin = client.CoordinationV1Api(api)
+    wait_for(lambda: admin.read_namespaced_lease(b["metadata"]["name"], SYSTEM), timeout=120,
+             what=f"pool pod {b['metadata']['name']}'s Lease")  # fmt: skip
     leases = client.CoordinationV1Api(sidecar_of(api, kubeconfig, a))
     renew = {"metadata": {"annotations": {"nest.sandbox.dev/test": "x"}}}
     message = refused(
