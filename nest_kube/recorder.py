@@ -8,19 +8,32 @@ task on the loop writes them in order. Pending records of the same Event coalesc
 identical occurrences that arrive before the writer gets to them are one create with count 5,
 not a create and four patches.
 
+Why repeats are held: a routine Event counted on a replica set (a `Scheduled` per pool pod)
+repeats for every sandbox of a burst, and a count PATCH per repeat was most of the Event writes
+of a big apply. The first occurrence of an Event, Warning or Normal, is written at once, so
+`kubectl describe` tells the story as it happens; a repeat of an Event this recorder wrote less
+than `window` seconds ago is held, and the latest count and lastTimestamp go out once at the end
+of that window: an Event costs at most one write per window however often it repeats, and its
+count on the server is at most `window` (30 s) behind. client-go's events.k8s.io recorder holds
+repeats longer: it writes a series' second occurrence, then the count only on a 30-minute
+heartbeat or when the series ends. `flush` and `close` (shutdown) write held counts at once.
+
 Writes: a record whose Event this recorder created is a merge PATCH of count, lastTimestamp and
 message (as client-go's recorder does); any other a create. A patch answered 404 (the Event
 expired: the API server keeps them an hour) becomes a create, a create answered 409 (made
 before a restart of this cache) a patch. Every other failure is logged at debug and dropped:
-the map is bounded (`max_pending`), and past it occurrences are dropped and counted.
+pending and held records are bounded together (`max_pending`), and past it occurrences are
+dropped and counted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Mapping
-from typing import Any
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Final
 
 from nest_kube.api import MERGE_PATCH, Api, ApiError
 from nest_kube.correlator import (
@@ -37,6 +50,9 @@ from nest_kube.resources import EVENTS
 log = logging.getLogger(__name__)
 NORMAL = "Normal"
 WARNING = "Warning"
+# How long a repeat of a written Event waits for the next write of that Event: its count on the
+# server is at most this far behind.
+HOLD_SECONDS: Final = 30.0
 
 
 class EventRecorder:
@@ -49,15 +65,22 @@ class EventRecorder:
         *,
         correlator: Correlator | None = None,
         max_pending: int = 1000,
+        window: float = HOLD_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.api = api
         self.source = source
         self.correlator = correlator or Correlator(source)
         self.max_pending = max_pending
+        self.window = window
+        self.clock = clock
         # Statistics (also what the tests and the benchmarks read).
         self.created = self.patched = self.limited = self.dropped = self.failed = 0
-        self._pending: dict[str, Record] = {}
-        self._created: Lru[str, bool] = Lru()
+        self.held = 0  # repeats held for their Event's next write instead of a write each
+        self._pending: dict[str, Record] = {}  # to write now, in order
+        self._held: dict[str, Record] = {}  # repeats of Events written in the last window
+        self._written: Lru[str, float] = Lru()  # Event name -> when this recorder last wrote it
+        self._writing: str | None = None  # the Event whose write is in flight
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -80,16 +103,52 @@ class EventRecorder:
             if record is None:
                 self.limited += 1
                 return
-            if record.name not in self._pending and len(self._pending) >= self.max_pending:
+            name = record.name
+            queued = name in self._pending or name in self._held
+            if not queued and len(self._pending) + len(self._held) >= self.max_pending:
                 self.dropped += 1
                 return
-            self._pending[record.name] = record
             self._ensure_writer()
-            self._idle.clear()
-            self._wake.set()
+            if name in self._pending:
+                self._pending[name] = record  # not written yet: the write carries this count
+            elif name in self._held or self._recent(name):
+                self.held += 1
+                self._held[name] = record  # the latest count is what its next write carries
+                self._wake.set()  # the writer's next wake-up may be sooner now
+            else:
+                self._pending[name] = record
+                self._idle.clear()
+                self._wake.set()
         except Exception:  # e.g. no running loop, an object without metadata
             self.dropped += 1
             log.debug("event %s not recorded", reason, exc_info=True)
+
+    def _recent(self, name: str) -> bool:
+        """Written (or being written) less than a window ago: a repeat waits for the window."""
+        if name == self._writing:
+            return True
+        last = self._written.get(name)
+        return last is not None and self.clock() - last < self.window
+
+    def _due(self, name: str) -> float:
+        last = self._written.get(name)  # forgotten (the cache is bounded): due now, a create
+        return float("-inf") if last is None else last + self.window
+
+    def _release(self, everything: bool = False) -> float | None:
+        """Move the held records whose window has ended (all of them: `everything`) to pending;
+        returns when the next one still held is due (None: none is)."""
+        now, due = self.clock(), None
+        for name in list(self._held):
+            if name == self._writing:
+                continue  # due a window after the write in flight ends
+            at = self._due(name)
+            if everything or at <= now:
+                self._pending[name] = self._held.pop(name)
+            else:
+                due = at if due is None else min(due, at)
+        if self._pending:
+            self._idle.clear()
+        return due
 
     def _ensure_writer(self) -> None:
         if self._task is None or self._task.done():
@@ -97,24 +156,31 @@ class EventRecorder:
 
     async def _run(self) -> None:
         while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._pending:
-                name = next(iter(self._pending))
-                record = self._pending.pop(name)
-                try:
-                    await self._write(record)
-                except ApiError as exc:
-                    self.failed += 1
-                    log.debug("event %s for %s not recorded: %s", record.reason,
-                              record.ref.name, exc)  # fmt: skip
-                except Exception:
-                    self.failed += 1
-                    log.exception("event %s for %s not recorded", record.reason, record.ref.name)
-            self._idle.set()
+            due = self._release()
+            if not self._pending:
+                self._idle.set()
+                timeout = None if due is None else max(0.0, due - self.clock())
+                with contextlib.suppress(TimeoutError):  # a held record is due
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                self._wake.clear()
+                continue
+            name = next(iter(self._pending))
+            record = self._pending.pop(name)
+            self._writing = name
+            try:
+                await self._write(record)
+            except ApiError as exc:
+                self.failed += 1
+                log.debug("event %s for %s not recorded: %s", record.reason,
+                          record.ref.name, exc)  # fmt: skip
+            except Exception:
+                self.failed += 1
+                log.exception("event %s for %s not recorded", record.reason, record.ref.name)
+            finally:
+                self._writing = None
 
     async def _write(self, record: Record) -> None:
-        if self._created.get(record.name):
+        if self._written.get(record.name) is not None:
             try:
                 await self._patch(record)
                 return
@@ -128,25 +194,35 @@ class EventRecorder:
             if exc.status != 409:
                 raise
             await self._patch(record)
-        self._created.put(record.name, True)
+        self._written.put(record.name, self.clock())
 
     async def _patch(self, record: Record) -> None:
         await self.api.patch(
             EVENTS, record.namespace, record.name, count_patch(record), content_type=MERGE_PATCH
         )
         self.patched += 1
+        self._written.put(record.name, self.clock())
 
     async def flush(self, timeout: float = 5.0) -> bool:
-        """Wait until every pending record is written (or failed); False at the deadline."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+        """Write every pending and held record now and wait until they are written (or failed);
+        False at the deadline."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            self._release(everything=True)  # not the repeat of a write in flight: once it ends
+            if self._pending:
+                self._ensure_writer()
+                self._wake.set()
+            try:
+                await asyncio.wait_for(self._idle.wait(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                return False
+            if not self._held:
+                return True
 
     async def close(self, timeout: float = 2.0) -> None:
-        """Write what is pending (for at most `timeout`), then stop the writer."""
-        if self._pending:
+        """Write what is pending or held (for at most `timeout`), then stop the writer."""
+        if self._pending or self._held:
             await self.flush(timeout)
         if self._task is not None:
             self._task.cancel()

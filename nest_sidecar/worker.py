@@ -37,7 +37,6 @@ from crds.sandbox import (
     RestartPolicy,
     Sandbox,
 )
-from nest_kube import on_controller
 from nest_sidecar.cri import RUNTIME_UNAVAILABLE, RuntimeAPI
 from nest_sidecar.errors import (
     CodeFetchFailed,
@@ -373,14 +372,14 @@ class SandboxWorker:
             message = info.message or f"runtime state {info.state}"
             self._stopped(info.reason or "Error", message, ran=True)
             return
-        # One Event for fetch and start, on the replica set when there is one (counted there per
-        # pool pod): at hundreds of sandboxes a second, an Event per sandbox is a write each.
-        self.kube.event(
-            on_controller(self.obj),
-            "Normal",
-            "Started",
-            f"code {code.digest[:12]} started in {fn.isolation.value} isolation",
-        )
+        # A first start is told by the status this start writes (CodeReady, Ready and Isolated,
+        # with their times). An Event as well, counted on the replica set per pool pod, was
+        # most of a big apply's Event writes: an Event object per 4 sandboxes (a set's spread
+        # over 25 pods) and a count for each. A start after a failure is news among the
+        # Warnings before it: it is told on the sandbox they are about.
+        if self.failures:
+            message = f"code {code.digest[:12]} started again in {fn.isolation.value} isolation"
+            self._event("Normal", "Started", message)
         self._running(started=datetime.now(UTC))
 
     def _running(self, started: datetime | None) -> None:

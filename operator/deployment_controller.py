@@ -12,6 +12,13 @@ A template with `source.build` is first resolved by `build_controller` (its buil
 as `source.oci`); until that build succeeded no new replica set is created, the existing ones
 keep serving, and Progressing says `Building` (build_logic.building_plan). Status, the Built
 condition and status.build included, is written here only, in one patch.
+
+Status is batched as the endpoints are (`endpoints_controller.StatusBatch`, issue 14: a
+100-replica ramp was a status write per few sandboxes): what a reader acts on is written at
+once (`urgent`: observedGeneration, conditions but for their times, availability to or from
+zero, collisionCount, selector, build); a change of the counts alone waits until they stood
+still for a second, at most ten. A rollout ends with its Progressing condition turning
+NewReplicaSetAvailable, so the end of a ramp is never held back.
 """
 
 from __future__ import annotations
@@ -30,11 +37,16 @@ from nest_operator import adapters, build_logic
 from nest_operator import deployment_failures as failures
 from nest_operator.build_controller import BuildController, status_build_body
 from nest_operator.deployment_logic import DeploymentInfo, DeploymentPlan, DeploymentStatus
+from nest_operator.endpoints_controller import StatusBatch
 from nest_operator.kube import Kube
 from nest_operator.replicaset_controller import api_message
 from nest_operator.store import Kind, Obj, Store, controller_uid, key_of, owner_reference
 
 log = logging.getLogger(__name__)
+# The status fields a change of which alone may wait (`urgent`).
+COUNTS = frozenset(
+    {"replicas", "updatedReplicas", "readyReplicas", "availableReplicas", "unavailableReplicas"}
+)
 
 
 class Created(Enum):
@@ -81,8 +93,9 @@ class DeploymentController:
         self.failures: dict[str, failures.CreateFailure] = {}  # by deployment key
         self._timers: dict[str, float] = {}  # by deployment key: when it is requeued for
         # Reconcile a key again after a delay (the work queue's add_after; the manager sets
-        # it): a back-off ends without any event announcing it.
+        # it): a back-off ends without any event announcing it, nor does a batch.
         self.requeue: Callable[[str, float], None] | None = None
+        self.batch = StatusBatch()
 
     def key_for_owned(self, obj: Obj) -> str | None:
         """The key of the deployment controlling `obj` (a replica set, a build Job)."""
@@ -95,6 +108,7 @@ class DeploymentController:
         if d is None or d["metadata"].get("deletionTimestamp"):
             self.failures.pop(key, None)
             self._timers.pop(key, None)
+            self.batch.done(key)
             return
         now = self.clock()
         build = await self.builds.sync(d) if self.builds is not None else None
@@ -149,8 +163,17 @@ class DeploymentController:
                 await self.kube.delete(Kind.REPLICASET, by_name[name])
         body = status_body(plan.status, selector.to_selector_string(), build)
         current = d.get("status") or {}
-        if any(_differs(current, k, v) for k, v in body.items()):
-            await self.kube.patch_status(Kind.DEPLOYMENT, namespace, d["metadata"]["name"], body)
+        if not any(_differs(current, k, v) for k, v in body.items()):
+            self.batch.done(key)
+            return
+        if not urgent(current, body):
+            write, after = self.batch.hold(key, _timeless(body), self.clock())
+            if after is not None and self.requeue is not None:
+                self.requeue(key, after)
+            if not write:
+                return
+        self.batch.done(key)
+        await self.kube.patch_status(Kind.DEPLOYMENT, namespace, d["metadata"]["name"], body)
 
     def _requeue(self, key: str, at: float) -> None:
         """One timer per retry time, however many events arrive while a creation is held."""
@@ -235,6 +258,29 @@ def with_built(
     return replace(
         status, conditions=build_logic.with_built(status.conditions, build.condition, now)
     )
+
+
+def urgent(current: Obj, body: Obj) -> bool:
+    """Whether the status `body` is written at once rather than batched (`COUNTS` alone wait)."""
+    if any(_differs(current, k, v) for k, v in body.items() if k not in COUNTS | {"conditions"}):
+        return True
+    if (int(current.get("availableReplicas") or 0) == 0) != (body["availableReplicas"] == 0):
+        return True  # the function starts or stops serving
+    return _gist(current.get("conditions")) != _gist(body["conditions"])
+
+
+def _gist(conditions: Any) -> list[tuple[str, ...]]:
+    """Conditions as readers act on them: not their times (Progressing's lastUpdateTime moves
+    with every count that grows)."""
+    return sorted(
+        tuple(str(cond.get(k) or "") for k in ("type", "status", "reason", "message"))
+        for cond in conditions or []
+    )
+
+
+def _timeless(body: Obj) -> Obj:
+    """`body` without condition times: what a batch compares to tell a change."""
+    return body | {"conditions": _gist(body.get("conditions"))}
 
 
 def _differs(current: Obj, key: str, value: Any) -> bool:

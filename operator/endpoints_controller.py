@@ -12,13 +12,22 @@ phases for a second: most starts end Running well within it, and writing the sta
 as not ready first would put that write in flight just when it turns Ready, so the write a
 function waking from zero waits on would queue behind it (the key is reconciled one at a time):
 traced at 20-60 ms of a cold start. A start slower than that is listed not ready after it.
+
+Writes are batched unless a reader acts on them now (issue 14: a 2,000-sandbox apply wrote the
+list 0.3 times per sandbox). Written at once (`urgent`): the first status, a ready address that
+left the list or changed (the gateway must stop sending to it), and more ready addresses by half
+of those listed, which includes any from zero (the write a function waking from zero waits on):
+a ramp to 100 is about a dozen writes. Any other change (a few more ready, the not-ready list)
+waits in a `StatusBatch` until the deployment's sandboxes stood still for `QUIET_SECONDS`, at
+most `LONGEST_HOLD_SECONDS`; the deployment controller batches its status the same way.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Final
 
 from crds import constants as c
 from nest_kube import ApiError
@@ -31,6 +40,52 @@ from nest_operator.store import Kind, Obj, Store, controller_uid, key_of, owner_
 # sidecar's status manager holds a passing phase (one constant for both).
 STARTING_DELAY = c.PASSING_PHASE_HOLD_SECONDS
 STARTING_PHASES = frozenset({"", "Pending", "Scheduled", "Starting"})
+# A batched status change is written once the status it would write stood this long (a burst of
+# changes is one write), and at the latest this long after the first change held back.
+QUIET_SECONDS: Final = 1.0
+LONGEST_HOLD_SECONDS: Final = 10.0
+# More ready addresses by this share of those listed are written at once (from zero: any).
+GROWTH: Final = 0.5
+
+
+@dataclass
+class _Held:
+    since: float  # when the first change held back was seen: the longest hold counts from here
+    changed: float  # when what would be written last changed: the quiet period counts from here
+    desired: object
+    timer: float | None = None  # when the requeue asked for is due
+
+
+class StatusBatch:
+    """When a status change nothing waits on is written, per key: after `quiet` seconds without
+    a change of what would be written, at most `longest` after the first (the EndpointSlice
+    controller's --endpointslice-updates-batch-period, with a debounce). One requeue per key is
+    outstanding at a time, however many changes arrive while a write is held."""
+
+    def __init__(self, quiet: float = QUIET_SECONDS, longest: float = LONGEST_HOLD_SECONDS) -> None:
+        self.quiet, self.longest = quiet, longest
+        self._held: dict[str, _Held] = {}
+
+    def hold(self, key: str, desired: object, now: float) -> tuple[bool, float | None]:
+        """(write now?, requeue after how many seconds or None) for a change to `desired`,
+        which must compare equal for equal statuses (no timestamps in it)."""
+        held = self._held.get(key)
+        if held is None:
+            held = self._held[key] = _Held(now, now, desired)
+        elif held.desired != desired:
+            held.changed, held.desired = now, desired
+        due = min(held.changed + self.quiet, held.since + self.longest)
+        if due <= now:
+            del self._held[key]
+            return True, None
+        if held.timer is not None and held.timer > now:
+            return False, None  # the requeue outstanding comes first and asks again
+        held.timer = due
+        return False, due - now
+
+    def done(self, key: str) -> None:
+        """Written, or nothing left to write: the next change starts a new batch."""
+        self._held.pop(key, None)
 
 
 def starting(sandbox: Obj) -> bool:
@@ -108,6 +163,18 @@ def addresses(sandboxes: list[tuple[Obj, int]]) -> dict[str, Any]:
     }
 
 
+def urgent(current: Mapping[str, Any], desired: Mapping[str, Any], growth: float = GROWTH) -> bool:
+    """Whether the change from the listed status `current` to `desired` is written at once."""
+    if "readyCount" not in current:
+        return True  # never written: readers (the gateway, `nest describe`) wait for a status
+    listed = {str(address.get("uid")): address for address in current.get("ready") or []}
+    ready = {str(address["uid"]): address for address in desired["ready"]}
+    if any(ready.get(uid) != address for uid, address in listed.items()):
+        return True  # not ready any more, drained, gone, or moved: no new call may go to it
+    added = len(ready) - len(listed)
+    return added > 0 and added >= growth * len(listed)
+
+
 class EndpointsController:
     """Keeps each deployment's SandboxEndpoints current; keyed like the deployment."""
 
@@ -121,6 +188,7 @@ class EndpointsController:
         # it): a starting sandbox's delay ends without any event announcing it.
         self.requeue: Callable[[str, float], None] | None = None
         self._starting: dict[str, dict[str, float]] = {}  # key -> starting uid -> first seen
+        self.batch = StatusBatch()
 
     def key_for_sandbox(self, sandbox: Obj) -> str | None:
         rs_uid = controller_uid(sandbox)
@@ -133,6 +201,7 @@ class EndpointsController:
         d = self.store.get(Kind.DEPLOYMENT, key)
         if d is None or d["metadata"].get("deletionTimestamp"):
             self._starting.pop(key, None)
+            self.batch.done(key)
             return  # owned by the deployment: the garbage collector removes it
         pairs = []
         for rs in self.store.owned(Kind.REPLICASET, d["metadata"]["uid"]):
@@ -171,5 +240,14 @@ class EndpointsController:
                     raise
                 return  # created meanwhile; its watch event brings us back
         current = endpoints.get("status") or {}
-        if any(current.get(k) != v for k, v in desired.items()):
-            await self.kube.patch_status(Kind.ENDPOINTS, namespace, name, desired)
+        if all(current.get(k) == v for k, v in desired.items()):
+            self.batch.done(key)
+            return
+        if not urgent(current, desired):
+            write, after = self.batch.hold(key, desired, self.clock())
+            if after is not None and self.requeue is not None:
+                self.requeue(key, after)
+            if not write:
+                return
+        self.batch.done(key)
+        await self.kube.patch_status(Kind.ENDPOINTS, namespace, name, desired)

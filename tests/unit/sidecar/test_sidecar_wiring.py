@@ -1,7 +1,7 @@
 """The whole sidecar (`main.Sidecar`) on `nest_kube.FakeApi` and an in-memory runtime: it watches
-only the Sandboxes bound to its pod, runs them (Running status, a Started Event), keeps its Lease,
-stops and releases a deleted one, puts right a status someone else changed, and never adds the
-finalizer (the binder does)."""
+only the Sandboxes bound to its pod, runs them (Running status; a Started Event only for a start
+after a failure), keeps its Lease, stops and releases a deleted one, puts right a status someone
+else changed, and never adds the finalizer (the binder does)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from nest_kube.resources import EVENTS, LEASES, SANDBOXES
 from nest_sidecar.lease import Capacity
 from nest_sidecar.main import Settings, Sidecar
 from sandbox.api import CreateSandbox, RuntimeInfo, SandboxEvent, SandboxInfo
+from sandbox.errors import RuntimeUnavailable
 from tests.unit.kube.support import eventually
 
 POD_UID = "pod-uid-0"
@@ -82,6 +83,20 @@ class MemoryRuntime:
         return self._events()
 
 
+class FlakyRuntime(MemoryRuntime):
+    """Does not answer the first create (restarting), then runs as MemoryRuntime."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refused = False
+
+    async def create(self, request: CreateSandbox) -> SandboxInfo:
+        if not self.refused:
+            self.refused = True
+            raise RuntimeUnavailable("connection refused")
+        return await super().create(request)
+
+
 def settings(tmp_path: Path) -> Settings:
     return Settings(
         pod_name="pool-0", pod_namespace="nest-system", pod_uid=POD_UID, pod_ip="127.0.0.1",
@@ -120,8 +135,7 @@ async def test_the_sidecar_runs_what_is_bound_to_it_and_repairs_its_status(
         lease = await api.get(LEASES, "nest-system", "pool-0")
         assert lease["spec"]["holderIdentity"] == POD_UID
         await sidecar.recorder.flush()
-        reasons = [e["reason"] for e in (await api.list(EVENTS, "ns"))["items"]]
-        assert reasons == ["Started"]
+        assert (await api.list(EVENTS, "ns"))["items"] == []  # the status tells a first start
         scraped = generate_latest(sidecar.metrics.registry).decode()
         assert 'nest_sidecar_sandboxes{phase="Running"} 1.0' in scraped
         assert "nest_sidecar_status_writes_total 1.0" in scraped
@@ -159,6 +173,27 @@ async def test_the_sidecar_never_adds_the_finalizer_and_still_stops_a_deleted_sa
         assert api.writes["patch", "sandboxes"] == 1  # its status, and nothing else
         await api.delete(SANDBOXES, "ns", "bare")  # nothing holds it: gone at once
         await eventually(lambda: runtime.running == {}, what="the sandbox stopped")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_a_start_after_a_failure_is_a_started_event_on_the_sandbox(tmp_path: Path) -> None:
+    api = FakeApi()
+    api.put(SANDBOXES, sandbox("flaky"))
+    sidecar = Sidecar(settings(tmp_path), api, FlakyRuntime())
+    stop = asyncio.Event()
+    task = asyncio.create_task(sidecar.run(stop))
+    try:
+        await eventually(lambda: phase(api, "flaky") == "Running", what="Running after a retry")
+        assert await sidecar.recorder.flush()
+        events = (await api.list(EVENTS, "ns"))["items"]
+        told = {(e["type"], e["reason"]) for e in events}
+        assert told == {("Warning", "RuntimeUnavailable"), ("Warning", "BackOff"),
+                        ("Normal", "Started")}  # fmt: skip
+        assert {e["involvedObject"]["name"] for e in events} == {"flaky"}
+        [started] = [e for e in events if e["reason"] == "Started"]
+        assert "started again in namespace isolation" in started["message"]
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
