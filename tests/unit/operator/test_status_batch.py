@@ -19,13 +19,13 @@ from nest_operator.deployment_controller import DeploymentController
 from nest_operator.endpoints_controller import (
     LONGEST_HOLD_SECONDS,
     QUIET_SECONDS,
-    EndpointsController,
     StatusBatch,
     urgent,
 )
 from nest_operator.kube import Kube
 from nest_operator.store import Kind, Obj, Store
 from tests.unit.operator.fake_kube import FakeKube
+from tests.unit.operator.test_endpoints_starting import world
 
 NS = "ns"
 
@@ -60,7 +60,7 @@ def test_a_batch_that_keeps_changing_is_written_at_the_longest_hold() -> None:
 
 
 def address(uid: str) -> dict[str, Any]:
-    return {"sandbox": f"s-{uid}", "uid": uid, "revision": 1, "podIP": "10.0.0.1", "port": 80}
+    return {"sandbox": f"s-{uid}", "uid": uid, "revision": 1, "podIP": "127.0.0.9", "port": 80}
 
 
 def status(ready: list[str], not_ready: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -75,7 +75,7 @@ def test_what_a_reader_acts_on_is_urgent_and_the_rest_waits() -> None:
     assert urgent(three, status(["a", "b", "c", "d", "e"]))  # by half of those listed
     assert urgent(three, status(["a", "b"], ("c",)))  # a ready one is not any more
     moved = status(["a", "b", "c"])
-    moved["ready"][0]["podIP"] = "10.0.0.2"
+    moved["ready"][0]["podIP"] = "127.0.0.10"
     assert urgent(three, moved)
     assert not urgent(three, status(["a", "b", "c", "d"]))  # one more of three
     assert not urgent(three, status(["a", "b", "c"], ("x",)))  # the not-ready list only
@@ -107,22 +107,13 @@ def sandbox(rs: Obj, uid: str, ready: bool) -> Obj:
     return {
         "metadata": {"name": f"s-{uid}", "namespace": NS, "uid": uid, "ownerReferences": [owner]},
         "spec": {"podName": "p1"},
-        "status": {"phase": "Running", "podIP": "10.0.0.1", "port": 80,
+        "status": {"phase": "Running", "podIP": "127.0.0.9", "port": 80,
                    "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
     }  # fmt: skip
 
 
 async def test_a_ramp_of_a_hundred_writes_its_endpoints_a_dozen_times() -> None:
-    kube, clock = FakeKube(Store()), Clock()
-    d = kube.stored(Kind.DEPLOYMENT, NS, {"kind": c.DEPLOYMENT_KIND, "metadata": {"name": "f"}})
-    kube.store.apply(Kind.DEPLOYMENT, "ADDED", d)
-    ref = {"kind": c.DEPLOYMENT_KIND, "name": "f", "uid": d["metadata"]["uid"], "controller": True}
-    body = {"kind": c.REPLICASET_KIND, "metadata": {"name": "f-1", "ownerReferences": [ref]}}
-    rs = kube.stored(Kind.REPLICASET, NS, body)
-    kube.store.apply(Kind.REPLICASET, "ADDED", rs)
-    ctl = EndpointsController(kube.store, cast(Kube, kube), clock=clock)
-    requeued: list[float] = []
-    ctl.requeue = lambda key, delay: requeued.append(delay)
+    kube, ctl, clock, requeued, rs = world()  # a deployment, its replica set, the controller
 
     def writes() -> list[dict[str, Any]]:
         return [p["status"] for kind, _, p in kube.patches if kind == Kind.ENDPOINTS]
