@@ -52,9 +52,18 @@ FAILED_DELETE = "FailedDelete"
 # Failures the next attempt may not repeat (quota, a conflict, an outage): retried with the
 # work queue's back-off. The others last until the replica set or its sandboxes change.
 RETRIED = frozenset({FAILED_CREATE, FAILED_DELETE})
+NAMESPACE_TERMINATING = "NamespaceTerminating"  # core/v1 NamespaceTerminatingCause
 # A held-back status this close to due is written: the requeue's timer (the loop's monotonic
 # clock) may fire a hair before `clock` (wall time) says it is due.
 STATUS_SLACK = 0.05
+
+
+def namespace_terminating(exc: Exception) -> bool:
+    """A create refused because its namespace is being deleted: no failure to report or retry,
+    the replica set goes with it (kube's replica set controller skips NamespaceTerminating)."""
+    return isinstance(exc, ApiError) and any(
+        cause.get("reason") == NAMESPACE_TERMINATING for cause in exc.causes
+    )
 
 
 def sandbox_from_template(rs: Obj) -> dict[str, Any]:
@@ -201,7 +210,7 @@ class ReplicaSetController:
             create = min(create, drain.create_cap)
         failure = None
         error = await self._create(rs, body, create, now)
-        if error is not None:
+        if error is not None and not namespace_terminating(error):
             failure = Failure(FAILED_CREATE, api_message(error))
         by_name = {s["metadata"]["name"]: s for s in owned}
         await self._take_out([by_name[name] for name in drain.take_out], now)

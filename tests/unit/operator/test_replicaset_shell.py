@@ -15,6 +15,7 @@ from typing import Any, cast
 import pytest
 
 from crds import constants as c
+from nest_kube import ApiError
 from nest_operator import adapters
 from nest_operator.kube import Kube
 from nest_operator.replicaset_controller import ReplicaSetController
@@ -254,6 +255,26 @@ async def test_a_refused_creation_stops_the_slow_start_and_is_retried(
     await controller.reconcile(f"{NS}/w")
     assert kube.sandbox_creates() == 4 + 10
     assert replica_failure(store) is None
+
+
+async def test_a_create_refused_by_a_terminating_namespace_is_no_failure(
+    store: Store, kube: FakeKube, controller: ReplicaSetController
+) -> None:
+    def terminating(kind: Kind, body: Obj) -> None:
+        message = f"unable to create new content in namespace {NS} because it is being terminated"
+        cause = {
+            "reason": "NamespaceTerminating",
+            "message": message,
+            "field": "metadata.namespace",
+        }
+        raise ApiError(403, "Forbidden", {"message": message, "details": {"causes": [cause]}})
+
+    add_replicaset(kube, replicas=3)
+    kube.on_create = terminating
+    await controller.reconcile(f"{NS}/w")  # no RuntimeError: nothing to retry, it goes too
+    assert kube.sandbox_creates() == 3
+    assert replica_failure(store) is None
+    assert not [w for w in warnings(kube) if w[0] == "FailedCreate"]
 
 
 async def test_at_most_burst_replicas_per_sync(
