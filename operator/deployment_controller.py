@@ -13,7 +13,7 @@ as `source.oci`); until that build succeeded no new replica set is created, the 
 keep serving, and Progressing says `Building` (build_logic.building_plan). Status, the Built
 condition and status.build included, is written here only, in one patch.
 
-Status is batched as the endpoints are (`endpoints_controller.StatusBatch`, issue 14: a
+Status is batched as the endpoints are (`status_batch.StatusBatch`, issue 14: a
 100-replica ramp was a status write per few sandboxes): what a reader acts on is written at
 once (`urgent`: observedGeneration, conditions but for their times, availability to or from
 zero, collisionCount, selector, build); a change of the counts alone waits until they stood
@@ -37,9 +37,9 @@ from nest_operator import adapters, build_logic
 from nest_operator import deployment_failures as failures
 from nest_operator.build_controller import BuildController, status_build_body
 from nest_operator.deployment_logic import DeploymentInfo, DeploymentPlan, DeploymentStatus
-from nest_operator.endpoints_controller import StatusBatch
 from nest_operator.kube import Kube
 from nest_operator.replicaset_controller import api_message
+from nest_operator.status_batch import StatusBatch
 from nest_operator.store import Kind, Obj, Store, controller_uid, key_of, owner_reference
 
 log = logging.getLogger(__name__)
@@ -166,14 +166,11 @@ class DeploymentController:
         if not any(_differs(current, k, v) for k, v in body.items()):
             self.batch.done(key)
             return
-        if not urgent(current, body):
-            write, after = self.batch.hold(key, _timeless(body), self.clock())
-            if after is not None and self.requeue is not None:
-                self.requeue(key, after)
-            if not write:
-                return
-        self.batch.done(key)
-        await self.kube.patch_status(Kind.DEPLOYMENT, namespace, d["metadata"]["name"], body)
+        write, after = self.batch.admit(key, _timeless(body), self.clock(), urgent(current, body))
+        if after is not None and self.requeue is not None:
+            self.requeue(key, after)
+        if write:
+            await self.kube.patch_status(Kind.DEPLOYMENT, namespace, d["metadata"]["name"], body)
 
     def _requeue(self, key: str, at: float) -> None:
         """One timer per retry time, however many events arrive while a creation is held."""

@@ -18,15 +18,13 @@ list 0.3 times per sandbox). Written at once (`urgent`): the first status, a rea
 left the list or changed (the gateway must stop sending to it), and more ready addresses by half
 of those listed, which includes any from zero (the write a function waking from zero waits on):
 a ramp to 100 is about a dozen writes. Any other change (a few more ready, the not-ready list)
-waits in a `StatusBatch` until the deployment's sandboxes stood still for `QUIET_SECONDS`, at
-most `LONGEST_HOLD_SECONDS`; the deployment controller batches its status the same way.
+waits in the `status_batch.StatusBatch` the deployment controller's status waits in too.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any, Final
 
 from crds import constants as c
@@ -34,58 +32,15 @@ from nest_kube import ApiError
 from nest_operator import adapters
 from nest_operator.drain_logic import OUT_ANNOTATION
 from nest_operator.kube import Kube
+from nest_operator.status_batch import StatusBatch
 from nest_operator.store import Kind, Obj, Store, controller_uid, key_of, owner_reference
 
 # How long a bound sandbox may be starting before it is listed (not ready): as long as the
 # sidecar's status manager holds a passing phase (one constant for both).
 STARTING_DELAY = c.PASSING_PHASE_HOLD_SECONDS
 STARTING_PHASES = frozenset({"", "Pending", "Scheduled", "Starting"})
-# A batched status change is written once the status it would write stood this long (a burst of
-# changes is one write), and at the latest this long after the first change held back.
-QUIET_SECONDS: Final = 1.0
-LONGEST_HOLD_SECONDS: Final = 10.0
 # More ready addresses by this share of those listed are written at once (from zero: any).
 GROWTH: Final = 0.5
-
-
-@dataclass
-class _Held:
-    since: float  # when the first change held back was seen: the longest hold counts from here
-    changed: float  # when what would be written last changed: the quiet period counts from here
-    desired: object
-    timer: float | None = None  # when the requeue asked for is due
-
-
-class StatusBatch:
-    """When a status change nothing waits on is written, per key: after `quiet` seconds without
-    a change of what would be written, at most `longest` after the first (the EndpointSlice
-    controller's --endpointslice-updates-batch-period, with a debounce). One requeue per key is
-    outstanding at a time, however many changes arrive while a write is held."""
-
-    def __init__(self, quiet: float = QUIET_SECONDS, longest: float = LONGEST_HOLD_SECONDS) -> None:
-        self.quiet, self.longest = quiet, longest
-        self._held: dict[str, _Held] = {}
-
-    def hold(self, key: str, desired: object, now: float) -> tuple[bool, float | None]:
-        """(write now?, requeue after how many seconds or None) for a change to `desired`,
-        which must compare equal for equal statuses (no timestamps in it)."""
-        held = self._held.get(key)
-        if held is None:
-            held = self._held[key] = _Held(now, now, desired)
-        elif held.desired != desired:
-            held.changed, held.desired = now, desired
-        due = min(held.changed + self.quiet, held.since + self.longest)
-        if due <= now:
-            del self._held[key]
-            return True, None
-        if held.timer is not None and held.timer > now:
-            return False, None  # the requeue outstanding comes first and asks again
-        held.timer = due
-        return False, due - now
-
-    def done(self, key: str) -> None:
-        """Written, or nothing left to write: the next change starts a new batch."""
-        self._held.pop(key, None)
 
 
 def starting(sandbox: Obj) -> bool:
@@ -243,11 +198,8 @@ class EndpointsController:
         if all(current.get(k) == v for k, v in desired.items()):
             self.batch.done(key)
             return
-        if not urgent(current, desired):
-            write, after = self.batch.hold(key, desired, self.clock())
-            if after is not None and self.requeue is not None:
-                self.requeue(key, after)
-            if not write:
-                return
-        self.batch.done(key)
-        await self.kube.patch_status(Kind.ENDPOINTS, namespace, name, desired)
+        write, after = self.batch.admit(key, desired, self.clock(), urgent(current, desired))
+        if after is not None and self.requeue is not None:
+            self.requeue(key, after)
+        if write:
+            await self.kube.patch_status(Kind.ENDPOINTS, namespace, name, desired)

@@ -126,9 +126,7 @@ class Runtime:
 
     async def invoke(self, sandbox_id: str, request: Request) -> Response:
         """Counts live in the backends (read at scrape time); only latency is recorded here."""
-        backend = self._where.get(sandbox_id)  # _backend, inlined: this runs on every call
-        if backend is None:
-            raise IsoNotFound(sandbox_id)
+        backend = self._backend(sandbox_id)
         started = time.perf_counter()
         response = await backend.invoke(sandbox_id, request)
         self.metrics.observe(sandbox_id, time.perf_counter() - started)

@@ -12,13 +12,13 @@ import pytest
 
 from crds import constants as c
 from nest_operator.endpoints_controller import (
-    QUIET_SECONDS,
     STARTING_DELAY,
     EndpointsController,
     hold_starting,
     starting,
 )
 from nest_operator.kube import Kube
+from nest_operator.status_batch import QUIET_SECONDS
 from nest_operator.store import Kind, Obj, Store
 from tests.unit.operator.fake_kube import FakeKube
 

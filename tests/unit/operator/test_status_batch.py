@@ -16,13 +16,9 @@ import pytest
 from crds import constants as c
 from nest_operator import deployment_controller as dc
 from nest_operator.deployment_controller import DeploymentController
-from nest_operator.endpoints_controller import (
-    LONGEST_HOLD_SECONDS,
-    QUIET_SECONDS,
-    StatusBatch,
-    urgent,
-)
+from nest_operator.endpoints_controller import urgent
 from nest_operator.kube import Kube
+from nest_operator.status_batch import LONGEST_HOLD_SECONDS, QUIET_SECONDS, StatusBatch
 from nest_operator.store import Kind, Obj, Store
 from tests.unit.operator.fake_kube import FakeKube
 from tests.unit.operator.test_endpoints_starting import world
